@@ -1,0 +1,34 @@
+"""Architectures from their JSON description (``{"name": ..., hyperparameters...}``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from llfc_core.archs.base import DEFAULT_MAX_PARAMS, Architecture, check_size
+from llfc_core.archs.mlp import MLP
+from llfc_core.errors import ArchitectureError
+
+ARCHITECTURES: dict[str, Any] = {MLP.name: MLP}
+
+
+def parse_arch(spec: Any, max_params: int = DEFAULT_MAX_PARAMS) -> Architecture:
+    """Validate an arch JSON object and return the architecture it describes.
+
+    Raises :class:`ArchitectureError` for an unknown name, bad hyperparameters, or a model larger
+    than ``max_params`` (checked on the meta device, so an absurd width allocates nothing).
+    """
+    if not isinstance(spec, Mapping):
+        raise ArchitectureError(
+            'The arch must be a JSON object such as {"name": "mlp", "widths": [64, 256, 10]}.'
+        )
+    name = spec.get("name")
+    if name not in ARCHITECTURES:
+        known = ", ".join(sorted(ARCHITECTURES))
+        raise ArchitectureError(f"Unknown arch name {name!r}; known archs are {known}.")
+    arch: Architecture = ARCHITECTURES[name].from_json(spec)
+    check_size(arch, max_params)
+    return arch
+
+
+__all__ = ["ARCHITECTURES", "MLP", "Architecture", "parse_arch"]

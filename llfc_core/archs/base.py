@@ -1,0 +1,123 @@
+"""What every architecture provides, and the checks shared by all of them."""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from llfc_core.errors import ArchitectureError
+from llfc_core.permutation import PermutationSpec
+
+DEFAULT_MAX_PARAMS = 500_000_000
+"""Largest model accepted by default; checked on the meta device before any allocation."""
+
+
+class Architecture(ABC):
+    """A JSON-described network: how to build it, its input, and its permutation symmetries.
+
+    Feature layers for LLFC are every ``nn.ReLU`` module in forward order (each used exactly once),
+    then the logits. Condition II is measured on every ``nn.Linear`` and ``nn.Conv2d``.
+    """
+
+    name: ClassVar[str]
+
+    @property
+    @abstractmethod
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example, without the batch dimension."""
+
+    @property
+    @abstractmethod
+    def num_classes(self) -> int:
+        """Number of logits."""
+
+    @abstractmethod
+    def build(self) -> nn.Module:
+        """A freshly initialised model on the current default device."""
+
+    @abstractmethod
+    def permutation_spec(self) -> PermutationSpec:
+        """Which tensor axes share which hidden permutation."""
+
+    @abstractmethod
+    def to_json(self) -> dict[str, Any]:
+        """The canonical JSON object for this arch (defaults filled in)."""
+
+    @property
+    def has_batch_norm(self) -> bool:
+        """Whether interpolated models need their BatchNorm statistics re-estimated."""
+        return False
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of every state-dict tensor, computed on the meta device (no memory used)."""
+        with torch.device("meta"):
+            model = self.build()
+        return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+    def num_params(self) -> int:
+        """Number of learned parameters."""
+        with torch.device("meta"):
+            model = self.build()
+        return sum(p.numel() for p in model.parameters())
+
+
+def check_size(arch: Architecture, max_params: int) -> None:
+    """Refuse an arch with more than ``max_params`` parameters before allocating anything."""
+    count = arch.num_params()
+    if count > max_params:
+        raise ArchitectureError(
+            f"The {arch.name} arch has {count:,} parameters, more than the limit of "
+            f"{max_params:,}; use smaller widths."
+        )
+
+
+def require_int(spec: Mapping[str, Any], key: str, default: int | None, low: int, high: int) -> int:
+    """Read an integer hyperparameter in [low, high] from an arch object."""
+    value = spec.get(key, default)
+    if value is None:
+        raise ArchitectureError(f"The arch needs an integer '{key}'.")
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ArchitectureError(
+            f"The arch field '{key}' must be an integer from {low} to {high}, got {value!r}."
+        )
+    return value
+
+
+def require_bool(spec: Mapping[str, Any], key: str, default: bool) -> bool:
+    """Read a boolean hyperparameter from an arch object."""
+    value = spec.get(key, default)
+    if not isinstance(value, bool):
+        raise ArchitectureError(f"The arch field '{key}' must be true or false, got {value!r}.")
+    return value
+
+
+def require_number(
+    spec: Mapping[str, Any], key: str, default: float, low: float, high: float
+) -> float:
+    """Read a real hyperparameter in [low, high] from an arch object."""
+    value = spec.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise ArchitectureError(
+            f"The arch field '{key}' must be a number from {low} to {high}, got {value!r}."
+        )
+    return float(value)
+
+
+def reject_unknown_fields(spec: Mapping[str, Any], allowed: set[str]) -> None:
+    """Refuse fields an arch does not understand, so typos do not pass silently."""
+    unknown = sorted(set(spec) - allowed - {"name"})
+    if unknown:
+        raise ArchitectureError(
+            f"The {spec.get('name')} arch does not take {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(sorted(allowed))}."
+        )
+
+
+def scaled_width(base: int, multiplier: float) -> int:
+    """A channel count scaled by a width multiplier, at least 1."""
+    return max(1, math.floor(base * multiplier + 0.5))

@@ -1,0 +1,58 @@
+"""Typed errors a caller can cause. Each carries a sentence a person can act on.
+
+The service maps every subclass of :class:`LLFCError` to a 4xx problem detail once;
+anything else escaping the engine is a bug.
+"""
+
+from __future__ import annotations
+
+
+class LLFCError(Exception):
+    """Base class: the message is a complete sentence meant for the user."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ArchitectureError(LLFCError):
+    """An arch JSON object that names no known architecture or has bad hyperparameters."""
+
+
+class CheckpointMismatchError(LLFCError):
+    """A state dict that does not fit its arch: missing, extra or mis-shaped tensors."""
+
+    def __init__(
+        self,
+        message: str,
+        missing: list[str] | None = None,
+        unexpected: list[str] | None = None,
+        mis_shaped: list[str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.missing = missing or []
+        self.unexpected = unexpected or []
+        self.mis_shaped = mis_shaped or []
+
+
+class CheckpointFormatError(LLFCError):
+    """Bytes that are not a readable safetensors file or weights-only torch state dict."""
+
+
+class IncompatiblePairError(LLFCError):
+    """Two models that cannot be compared: different architectures or shapes."""
+
+
+class DatasetError(LLFCError):
+    """Data of the wrong shape or dtype, or a dataset that does not fit the arch."""
+
+
+class InvalidParameterError(LLFCError):
+    """A job parameter outside its allowed range (alphas outside [0, 1], unknown method...)."""
+
+
+class CancelledError(LLFCError):
+    """Raised between batches when the caller's cancellation check says stop."""
+
+    def __init__(self, message: str = "The job was cancelled.") -> None:
+        super().__init__(message)
