@@ -7,9 +7,11 @@ from typing import Any
 
 from llfc_core.archs.base import DEFAULT_MAX_PARAMS, Architecture, check_size
 from llfc_core.archs.mlp import MLP
+from llfc_core.archs.resnet import ResNet
+from llfc_core.archs.vgg import VGG
 from llfc_core.errors import ArchitectureError
 
-ARCHITECTURES: dict[str, Any] = {MLP.name: MLP}
+ARCHITECTURES: dict[str, Any] = {MLP.name: MLP, VGG.name: VGG, ResNet.name: ResNet}
 
 
 def parse_arch(spec: Any, max_params: int = DEFAULT_MAX_PARAMS) -> Architecture:
@@ -31,4 +33,4 @@ def parse_arch(spec: Any, max_params: int = DEFAULT_MAX_PARAMS) -> Architecture:
     return arch
 
 
-__all__ = ["ARCHITECTURES", "MLP", "Architecture", "parse_arch"]
+__all__ = ["ARCHITECTURES", "MLP", "VGG", "Architecture", "ResNet", "parse_arch"]
