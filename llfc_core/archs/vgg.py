@@ -115,11 +115,11 @@ class VGG(Architecture):
 
     def channels(self) -> list[int]:
         """Output channels of every conv layer, in order."""
-        return [scaled_width(c, self.width) for c in CONFIGS[self.depth] if c != POOL]
+        return [scaled_width(c, self.width) for c in CONFIGS[self.depth] if isinstance(c, int)]
 
     def _layer_indices(self) -> list[tuple[int, int | None, int]]:
         """``(conv, batch_norm or None, relu)`` module indices inside ``features``, per conv."""
-        indices = []
+        indices: list[tuple[int, int | None, int]] = []
         index = 0
         for entry in CONFIGS[self.depth]:
             if entry == POOL:
