@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from llfc_core.archs import parse_arch
+from llfc_core.archs import ARCHITECTURES, parse_arch
 from llfc_core.archs.base import Architecture
 from llfc_core.data import ArrayDataset, SyntheticDataset, digits
 from llfc_core.errors import CancelledError, CheckpointMismatchError, InvalidParameterError
@@ -300,3 +300,14 @@ def test_epochs_outside_the_run_and_bad_mode_counts_are_refused(
         train_modes(small_mlp, small_train, FAST, num_modes=0, device=CPU)
     with pytest.raises(InvalidParameterError, match="beyond the largest seed"):
         train_modes(small_mlp, small_train, replace(FAST, seed=2**31 - 1), device=CPU)
+
+
+@pytest.mark.skipif("resnet" not in ARCHITECTURES, reason="the resnet arch is not registered")
+def test_a_small_resnet_learns_digits_reshaped_to_images(digits_train: ArrayDataset) -> None:
+    arch = parse_arch(
+        {"name": "resnet", "depth": 8, "width": 0.5, "in_channels": 1, "input_size": 8}
+    )
+    config = TrainConfig(epochs=2, batch_size=64, lr=0.1)
+    state = train_mode(arch, digits_train, config, device=CPU)
+    _, error = evaluate(arch, state, digits("test"), device=CPU)
+    assert error < 0.10
