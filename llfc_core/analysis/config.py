@@ -1,0 +1,87 @@
+"""Parameters of an analysis, validated once."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from llfc_core.errors import InvalidParameterError
+from llfc_core.interpolation import check_alpha
+
+DEFAULT_ALPHAS = tuple(i / 10 for i in range(11))
+DEFAULT_LLFC_ALPHAS = (0.25, 0.5, 0.75)
+MAX_ALPHAS = 101
+MAX_LLFC_ALPHAS = 21
+MAX_BATCH_SIZE = 65_536
+MATCH_CHOICES = ("none", "weight", "activation")
+# Job parameters that choose the data rather than the analysis; the caller applies them.
+DATA_SELECTION_KEYS = frozenset({"split", "max_examples"})
+
+
+def _alphas(value: Any, name: str, limit: int) -> tuple[float, ...]:
+    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
+        raise InvalidParameterError(f"'{name}' must be a non-empty list of numbers from 0 to 1.")
+    if len(value) > limit:
+        raise InvalidParameterError(f"'{name}' may hold at most {limit} values, got {len(value)}.")
+    return tuple(sorted({check_alpha(alpha) for alpha in value}))
+
+
+@dataclass(frozen=True)
+class AnalysisConfig:
+    """What to measure: LMC on ``alphas``, LLFC and Condition I on ``llfc_alphas``.
+
+    ``match`` is 'none', 'weight' or 'activation'; ``reset_bn`` None means "on for BatchNorm nets".
+    """
+
+    alphas: tuple[float, ...] = DEFAULT_ALPHAS
+    llfc_alphas: tuple[float, ...] = DEFAULT_LLFC_ALPHAS
+    match: str = "none"
+    batch_size: int = 256
+    reset_bn: bool | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "alphas", _alphas(list(self.alphas), "alphas", MAX_ALPHAS))
+        object.__setattr__(
+            self, "llfc_alphas", _alphas(list(self.llfc_alphas), "llfc_alphas", MAX_LLFC_ALPHAS)
+        )
+        if self.match not in MATCH_CHOICES:
+            raise InvalidParameterError(
+                f"'match' must be one of {', '.join(MATCH_CHOICES)}, got {self.match!r}."
+            )
+        if (
+            isinstance(self.batch_size, bool)
+            or not isinstance(self.batch_size, int)
+            or not 1 <= self.batch_size <= MAX_BATCH_SIZE
+        ):
+            raise InvalidParameterError(
+                f"'batch_size' must be an integer from 1 to {MAX_BATCH_SIZE}, "
+                f"got {self.batch_size!r}."
+            )
+        if self.reset_bn is not None and not isinstance(self.reset_bn, bool):
+            raise InvalidParameterError(f"'reset_bn' must be true or false, got {self.reset_bn!r}.")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise InvalidParameterError(f"'seed' must be an integer, got {self.seed!r}.")
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> AnalysisConfig:
+        """Build from job parameters; unknown keys are refused so typos do not pass silently."""
+        known = {"alphas", "llfc_alphas", "match", "batch_size", "reset_bn", "seed"}
+        unknown = sorted(set(params) - known - DATA_SELECTION_KEYS)
+        if unknown:
+            raise InvalidParameterError(
+                f"Unknown analyze parameter(s) {', '.join(map(repr, unknown))}; "
+                f"known ones are {', '.join(sorted(known | DATA_SELECTION_KEYS))}."
+            )
+        return cls(**{key: params[key] for key in known if key in params})
+
+    @property
+    def all_alphas(self) -> tuple[float, ...]:
+        """Every alpha at which theta_alpha is evaluated."""
+        return tuple(sorted(set(self.alphas) | set(self.llfc_alphas)))
+
+
+def alpha_key(alpha: float) -> str:
+    """The JSON key of an alpha: 0.5 -> '0.5', 0.25 -> '0.25'."""
+    return f"{alpha:g}"
