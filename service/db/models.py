@@ -1,0 +1,230 @@
+"""SQL tables. The job row is the system of record for every job; Celery only carries its id.
+
+The schema is created and changed only by the Alembic migrations in ``migrations/``; these
+classes must match them (``tests/service/test_migrations.py`` compares the two).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+JOB_KINDS = ("match", "interpolate", "analyze", "train")
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+ACTIVE_STATUSES = ("queued", "running")
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id(prefix: str) -> str:
+    """A random public id such as ``job_3f2a...``: unguessable, so ids leak nothing."""
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC timestamps on every database.
+
+    PostgreSQL keeps the zone (``timestamptz``); SQLite has no zone type, so values are stored as
+    naive UTC and given their zone back when read.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("Timestamps must be timezone-aware.")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+"""Named constraints, so migrations can alter them on SQLite (batch mode) as on PostgreSQL."""
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Owner(Base):
+    """Whoever holds API keys; every checkpoint, dataset and job belongs to one owner."""
+
+    __tablename__ = "owners"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class ApiKey(Base):
+    """An API key, stored only as HMAC-SHA256(secret_key, key); ``prefix`` names it for people."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"), index=True)
+    prefix: Mapped[str] = mapped_column(String(20))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+
+
+class Checkpoint(Base):
+    """A validated state dict, stored as safetensors in the blob store.
+
+    ``sha256`` and ``size_bytes`` describe the bytes the owner uploaded (so re-uploading the same
+    file finds the same row); ``blob_sha256`` names the stored safetensors blob.
+    """
+
+    __tablename__ = "checkpoints"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "sha256", name="uq_checkpoints_owner_sha256"),
+        Index("ix_checkpoints_owner_created", "owner_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64))
+    blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
+    format: Mapped[str] = mapped_column(String(20))
+    arch: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    num_params: Mapped[int] = mapped_column(BigInteger)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    source_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Dataset(Base):
+    """An uploaded ``.npz`` or ``.safetensors`` file of arrays ``x`` and ``y``, stored as is."""
+
+    __tablename__ = "datasets"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "sha256", name="uq_datasets_owner_sha256"),
+        Index("ix_datasets_owner_created", "owner_id", "created_at", "id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(200))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)
+    format: Mapped[str] = mapped_column(String(20))
+    num_examples: Mapped[int] = mapped_column(Integer)
+    input_shape: Mapped[list[int]] = mapped_column(JSONType)
+    num_classes: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Job(Base):
+    """One unit of work and its whole life: the worker claims it, reports into it, finishes it.
+
+    ``model_a_id``, ``model_b_id`` and ``dataset_ref`` are kept as plain text (no foreign key) so
+    a job still says what it ran on after those inputs are deleted.
+    """
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        UniqueConstraint("owner_id", "idempotency_key", name="uq_jobs_owner_idempotency_key"),
+        Index("ix_jobs_owner_created", "owner_id", "created_at", "id"),
+        Index("ix_jobs_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(20))
+    status: Mapped[str] = mapped_column(String(20), default="queued")
+    progress_fraction: Mapped[float] = mapped_column(Float, default=0.0)
+    progress_stage: Mapped[str] = mapped_column(String(200), default="queued")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    run_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    request_hash: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    params: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    arch: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    model_a_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    model_b_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    dataset_ref: Mapped[str | None] = mapped_column(String(60), nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+
+
+class JobArtifact(Base):
+    """A named output of a job: a checkpoint of the job's owner, or a URL."""
+
+    __tablename__ = "job_artifacts"
+    __table_args__ = (UniqueConstraint("job_id", "name", name="uq_job_artifacts_job_name"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(100))
+    checkpoint_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    url: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+
+class LayerMetric(Base):
+    """One number of an analyze result, queryable by job, pair, metric, layer and alpha.
+
+    ``layer`` is null for whole-model numbers (the LMC loss and error along the path); ``alpha``
+    is null for numbers that do not depend on it (``cos_ab``, ``commutativity``). ``value`` is
+    null where the engine reported a non-finite number.
+    """
+
+    __tablename__ = "layer_metrics"
+    __table_args__ = (
+        Index("ix_layer_metrics_job_metric_layer", "job_id", "metric", "layer"),
+        Index("ix_layer_metrics_job_alpha", "job_id", "alpha"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    pair: Mapped[str] = mapped_column(String(20))
+    metric: Mapped[str] = mapped_column(String(50))
+    layer: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    layer_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    alpha: Mapped[float | None] = mapped_column(Float, nullable=True)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)

@@ -1,0 +1,52 @@
+"""Blob storage: hashing on the way in, the size cap, atomic placement by hash."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from service.storage import BlobStore, UploadTooLargeError
+
+
+def test_incoming_bytes_are_hashed_and_committed_under_their_hash(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path / "blobs")
+    payload = [b"first chunk ", b"second chunk"]
+    with store.incoming(max_bytes=1000) as incoming:
+        for chunk in payload:
+            incoming.write(chunk)
+        sha256 = incoming.finish()
+        assert incoming.size == len(b"".join(payload))
+        final = store.commit(incoming.path, sha256)
+    assert sha256 == hashlib.sha256(b"".join(payload)).hexdigest()
+    assert final == tmp_path / "blobs" / sha256[:2] / sha256
+    assert final.read_bytes() == b"".join(payload)
+    assert list(store.incoming_dir.iterdir()) == []
+
+
+def test_passing_the_cap_raises_at_once_and_leaves_nothing_behind(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    with pytest.raises(UploadTooLargeError) as raised, store.incoming(max_bytes=10) as incoming:
+        incoming.write(b"12345678")
+        incoming.write(b"901")
+    assert raised.value.max_bytes == 10
+    assert list(store.incoming_dir.iterdir()) == []
+
+
+def test_put_file_moves_a_written_file_into_place(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    temporary = store.temporary_path(".bin")
+    temporary.write_bytes(b"artifact")
+    sha256, size = store.put_file(temporary)
+    assert (sha256, size) == (hashlib.sha256(b"artifact").hexdigest(), 8)
+    assert store.exists(sha256) and not temporary.exists()
+    store.delete(sha256)
+    assert not store.exists(sha256)
+
+
+def test_blob_paths_are_never_built_from_anything_but_a_hex_digest(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    for name in ("../../etc/passwd", "a" * 63, "A" * 64, "g" * 64):
+        with pytest.raises(ValueError):
+            store.path_for(name)
