@@ -1,0 +1,183 @@
+"""PNG plots of an analyze result: every plot renders from a real analysis, names are checked,
+and a result without a matched pair shows the naive pair alone."""
+
+from __future__ import annotations
+
+import copy
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from llfc_core.analysis import AnalysisConfig, analyze_pair
+from llfc_core.archs import parse_arch
+from llfc_core.data import digits
+from llfc_core.training import TrainConfig, train_modes
+from service.plots import PLOT_NAMES, PNG_SIGNATURE, UnknownPlotError, plot_figure, render_plot
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def result() -> dict[str, Any]:
+    """A real analysis with weight matching of two small digit MLPs trained from two seeds."""
+    arch = parse_arch({"name": "mlp", "widths": [64, 32, 32, 10]})
+    state_a, state_b = train_modes(arch, digits("train"), TrainConfig(epochs=2), device=CPU)
+    return analyze_pair(
+        arch,
+        state_a,
+        state_b,
+        digits("test").limit(200),
+        AnalysisConfig(match="weight"),
+        train_dataset=digits("train"),
+        device=CPU,
+    )
+
+
+@pytest.fixture()
+def naive_only(result: dict[str, Any]) -> dict[str, Any]:
+    naive = copy.deepcopy(result)
+    del naive["pairs"]["matched"]
+    naive["settings"]["match"] = "none"
+    return naive
+
+
+def _titles(figure: Figure) -> list[str]:
+    return [axes.get_title() for axes in figure.axes]
+
+
+def _texts(figure: Figure) -> list[str]:
+    return [text.get_text() for axes in figure.axes for text in axes.texts]
+
+
+@pytest.mark.parametrize("name", PLOT_NAMES)
+def test_each_plot_renders_a_png_with_drawn_content(result: dict[str, Any], name: str) -> None:
+    png = render_plot(result, name)
+    assert png.startswith(PNG_SIGNATURE)
+    image = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
+    height, width = image.shape
+    assert 800 <= width <= 2400
+    assert 350 <= height <= 2000
+    # More than a blank canvas: a good share of the pixels is not white.
+    assert (image < 250).mean() > 0.05
+
+
+def test_the_plot_names_are_lmc_llfc_and_conditions() -> None:
+    assert PLOT_NAMES == ("lmc", "llfc", "conditions")
+
+
+def test_an_unknown_plot_name_is_refused_with_a_sentence_listing_the_names(
+    result: dict[str, Any],
+) -> None:
+    with pytest.raises(UnknownPlotError) as refused:
+        render_plot(result, "barriers")
+    assert refused.value.name == "barriers"
+    assert "'barriers'" in refused.value.message
+    for name in PLOT_NAMES:
+        assert name in refused.value.message
+
+
+def test_lmc_draws_both_pairs_with_their_barriers_in_the_legend(result: dict[str, Any]) -> None:
+    figure = plot_figure(result, "lmc")
+    loss_axes, error_axes = figure.axes
+    naive = result["pairs"]["naive"]["lmc"]
+    matched = result["pairs"]["matched"]["lmc"]
+    legend = [text.get_text() for text in loss_axes.get_legend().get_texts()]
+    assert f"naive (B as uploaded): loss barrier {naive['loss_barrier']:.3g}" in legend
+    assert (
+        f"weight matching (B permuted onto A): loss barrier {matched['loss_barrier']:.3g}" in legend
+    )
+    error_legend = [text.get_text() for text in error_axes.get_legend().get_texts()]
+    assert any(f"error barrier {matched['error_barrier']:.1%}" in text for text in error_legend)
+    naive_line = loss_axes.get_lines()[0]
+    assert list(naive_line.get_xdata()) == naive["alphas"]
+    assert list(naive_line.get_ydata()) == pytest.approx(naive["loss"])
+
+
+def test_llfc_has_one_panel_per_pair_with_the_baseline_and_every_alpha(
+    result: dict[str, Any],
+) -> None:
+    figure = plot_figure(result, "llfc")
+    assert _titles(figure) == ["naive (B as uploaded)", "weight matching (B permuted onto A)"]
+    layers = result["pairs"]["matched"]["llfc"]["layers"]
+    alphas = result["pairs"]["matched"]["llfc"]["cos_alpha"]
+    matched_axes = figure.axes[1]
+    # One bar per layer for the baseline and for each LLFC alpha.
+    assert len(matched_axes.patches) == len(layers) * (1 + len(alphas))
+    baseline_heights = [bar.get_height() for bar in matched_axes.patches[: len(layers)]]
+    assert baseline_heights == pytest.approx(result["pairs"]["matched"]["llfc"]["cos_ab"])
+    # Both panels share one y range so that naive and matched compare at a glance.
+    assert figure.axes[0].get_ylim() == figure.axes[1].get_ylim()
+
+
+def test_conditions_show_condition_one_and_condition_two_with_its_factors(
+    result: dict[str, Any],
+) -> None:
+    figure = plot_figure(result, "conditions")
+    titles = _titles(figure)
+    assert len(titles) == 4
+    assert sum(title.startswith("Condition I:") for title in titles) == 2
+    assert sum(title.startswith("Condition II:") for title in titles) == 2
+    matched = result["pairs"]["matched"]
+    condition_two = next(
+        axes
+        for axes in figure.axes
+        if axes.get_title() == "Condition II: commutativity\nweight matching (B permuted onto A)"
+    )
+    labels = [text.get_text() for text in condition_two.get_legend().get_texts()]
+    assert labels[1:] == ["factor d(W_A, W_B)", "factor d(H_A, H_B)"]
+    layers = len(matched["commutativity_layers"])
+    weight_bars = condition_two.patches[layers : 2 * layers]
+    assert [bar.get_height() for bar in weight_bars] == pytest.approx(
+        matched["commutativity_factors"]["weights"]
+    )
+
+
+def test_the_first_layer_commutativity_of_an_mlp_is_labelled_zero(result: dict[str, Any]) -> None:
+    # A and B see the same input x, so H_A = H_B there and Condition II holds exactly.
+    assert result["pairs"]["naive"]["commutativity"][0] == 0.0
+    assert "0" in _texts(plot_figure(result, "conditions"))
+
+
+def test_a_result_without_matched_pair_renders_naive_only(naive_only: dict[str, Any]) -> None:
+    for name in PLOT_NAMES:
+        assert render_plot(naive_only, name).startswith(PNG_SIGNATURE)
+        figure = plot_figure(naive_only, name)
+        legends = [
+            text.get_text()
+            for axes in figure.axes
+            if axes.get_legend()
+            for text in axes.get_legend().get_texts()
+        ]
+        assert not any("matching" in text for text in _titles(figure) + legends)
+    assert _titles(plot_figure(naive_only, "llfc")) == ["naive (B as uploaded)"]
+    assert len(plot_figure(naive_only, "conditions").axes) == 2
+    assert len(plot_figure(naive_only, "lmc").axes[0].get_lines()) == 2
+
+
+def test_missing_values_render_and_are_labelled_not_available(result: dict[str, Any]) -> None:
+    # Stored results carry null for non-finite numbers (JSON has no NaN).
+    damaged = copy.deepcopy(result)
+    damaged["pairs"]["naive"]["llfc"]["cos_alpha"]["0.5"][0] = None
+    damaged["pairs"]["naive"]["lmc"]["loss"][3] = None
+    assert render_plot(damaged, "llfc").startswith(PNG_SIGNATURE)
+    assert render_plot(damaged, "lmc").startswith(PNG_SIGNATURE)
+    assert "n/a" in _texts(plot_figure(damaged, "llfc"))
+
+
+def test_values_spanning_orders_of_magnitude_use_a_log_axis(result: dict[str, Any]) -> None:
+    spread = copy.deepcopy(result)
+    for pair in spread["pairs"].values():
+        count = len(pair["llfc"]["layers"])
+        pair["llfc"]["cos_ab"] = [0.5] * count
+        pair["llfc"]["cos_alpha"] = {key: [0.001] * count for key in pair["llfc"]["cos_alpha"]}
+    assert plot_figure(spread, "llfc").axes[0].get_yscale() == "log"
+    close = copy.deepcopy(spread)
+    for pair in close["pairs"].values():
+        count = len(pair["llfc"]["layers"])
+        pair["llfc"]["cos_alpha"] = {key: [0.2] * count for key in pair["llfc"]["cos_alpha"]}
+    assert plot_figure(close, "llfc").axes[0].get_yscale() == "linear"
