@@ -361,10 +361,15 @@ PLOTS: dict[str, Callable[[Mapping[str, Any]], Figure]] = {
 PLOT_NAMES: tuple[str, ...] = tuple(PLOTS)
 
 
-def plot_figure(result: Mapping[str, Any], name: str) -> Figure:
-    """The figure of plot ``name`` for an analyze result; :class:`UnknownPlotError` otherwise."""
+def check_plot_name(name: str) -> None:
+    """Raise :class:`UnknownPlotError` unless ``name`` is one of :data:`PLOT_NAMES`."""
     if name not in PLOTS:
         raise UnknownPlotError(name)
+
+
+def plot_figure(result: Mapping[str, Any], name: str) -> Figure:
+    """The figure of plot ``name`` for an analyze result; :class:`UnknownPlotError` otherwise."""
+    check_plot_name(name)
     return PLOTS[name](result)
 
 
