@@ -1,0 +1,1 @@
+"""The ``llfc`` command line: server commands here, client commands registered alongside."""

@@ -1,0 +1,76 @@
+"""Request dependencies as ``Annotated`` aliases, so handlers read like their signature."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Header
+from sqlalchemy.orm import Session
+
+from service.api.problems import ProblemError
+from service.core.config import Settings, get_settings
+from service.db.models import Owner
+from service.db.session import get_engine, make_sessionmaker
+from service.security import LOCAL_OWNER_NAME, get_or_create_owner, owner_for_key
+from service.storage import BlobStore
+
+
+def get_session() -> Iterator[Session]:
+    """One session per request; handlers commit what they change."""
+    session = make_sessionmaker(get_engine())()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+def get_store(settings: Annotated[Settings, Depends(get_settings)]) -> BlobStore:
+    return BlobStore(settings.blob_dir)
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[BlobStore, Depends(get_store)]
+
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="llfc"'}
+
+
+def get_current_owner(
+    session: SessionDep,
+    settings: SettingsDep,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Owner:
+    """The owner of the request's Bearer key; with auth off, the single local owner."""
+    if not settings.auth:
+        local_owner = get_or_create_owner(session, LOCAL_OWNER_NAME)
+        session.commit()
+        return local_owner
+    if not authorization:
+        raise ProblemError(
+            401,
+            "This service needs an API key: send 'Authorization: Bearer <key>'; an operator "
+            "creates keys with 'llfc keys create --owner NAME'.",
+            type_slug="unauthorized",
+            headers=UNAUTHORIZED_HEADERS,
+        )
+    scheme, _, key = authorization.partition(" ")
+    owner = (
+        owner_for_key(session, key.strip(), settings.secret_key.get_secret_value())
+        if scheme.lower() == "bearer" and key.strip()
+        else None
+    )
+    # End the read transaction now: an upload may stream for minutes after this check.
+    session.commit()
+    if owner is None:
+        raise ProblemError(
+            401,
+            "The API key is not valid: send 'Authorization: Bearer <key>' with a key that was "
+            "created by 'llfc keys create' and not revoked.",
+            type_slug="unauthorized",
+            headers=UNAUTHORIZED_HEADERS,
+        )
+    return owner
+
+
+CurrentOwner = Annotated[Owner, Depends(get_current_owner)]

@@ -1,0 +1,168 @@
+"""Every error leaves the service as an RFC 9457 problem detail, mapped here and only here.
+
+User-causable engine errors (:class:`llfc_core.errors.LLFCError`) become 4xx with their sentence;
+request validation becomes 422 naming the field; anything else is a 500 whose details stay in the
+logs, so no traceback ever reaches a client.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from llfc_core import errors as engine_errors
+from service.storage import UploadTooLargeError
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_MEDIA_TYPE = "application/problem+json"
+
+ENGINE_ERROR_TYPES: dict[type[engine_errors.LLFCError], tuple[int, str]] = {
+    engine_errors.ArchitectureError: (422, "invalid-arch"),
+    engine_errors.CheckpointMismatchError: (422, "checkpoint-mismatch"),
+    engine_errors.CheckpointFormatError: (422, "unreadable-checkpoint"),
+    engine_errors.IncompatiblePairError: (422, "incompatible-pair"),
+    engine_errors.DatasetError: (422, "invalid-dataset"),
+    engine_errors.InvalidParameterError: (422, "invalid-parameter"),
+    engine_errors.CancelledError: (409, "cancelled"),
+}
+
+
+class ProblemError(Exception):
+    """An error the service itself raises, carried to the client as a problem detail."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type_slug: str | None = None,
+        headers: dict[str, str] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.type_slug = type_slug
+        self.headers = headers or {}
+        self.extra = extra or {}
+
+
+def not_found(resource: str, resource_id: str) -> ProblemError:
+    """404 for a missing resource; also what another owner's resource looks like."""
+    detail = f"No {resource} with id {resource_id!r} exists."
+    return ProblemError(404, detail, type_slug="not-found")
+
+
+def problem_response(
+    status: int,
+    detail: str,
+    *,
+    type_slug: str | None = None,
+    headers: dict[str, str] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> JSONResponse:
+    body: dict[str, Any] = {
+        "type": f"/problems/{type_slug}" if type_slug else "about:blank",
+        "title": HTTPStatus(status).phrase,
+        "status": status,
+        "detail": detail,
+        **(extra or {}),
+    }
+    return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
+
+
+def engine_error_response(error: engine_errors.LLFCError) -> JSONResponse:
+    status, slug = 422, "invalid-request"
+    for error_type in type(error).__mro__:
+        if error_type in ENGINE_ERROR_TYPES:
+            status, slug = ENGINE_ERROR_TYPES[error_type]
+            break
+    extra: dict[str, Any] = {}
+    if isinstance(error, engine_errors.CheckpointMismatchError):
+        extra = {
+            "missing": error.missing,
+            "unexpected": error.unexpected,
+            "mis_shaped": error.mis_shaped,
+        }
+    return problem_response(status, error.message, type_slug=slug, extra=extra)
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    return ".".join(str(part) for part in loc if part != "body") or "body"
+
+
+def validation_response(error: RequestValidationError) -> JSONResponse:
+    details = error.errors()
+    listed = [{"loc": [str(part) for part in item["loc"]], "msg": item["msg"]} for item in details]
+    if details:
+        first = details[0]
+        sentence = f"The request field '{_location(first['loc'])}' is invalid: {first['msg']}."
+        if len(details) > 1:
+            sentence += f" ({len(details) - 1} more problem(s) are listed in 'errors'.)"
+    else:
+        sentence = "The request is invalid."
+    return problem_response(422, sentence, type_slug="validation", extra={"errors": listed})
+
+
+def install_problem_handlers(app: FastAPI) -> None:
+    """Register the mappings above on ``app``."""
+
+    async def on_problem(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, ProblemError)
+        return problem_response(
+            error.status,
+            error.detail,
+            type_slug=error.type_slug,
+            headers=error.headers,
+            extra=error.extra,
+        )
+
+    async def on_engine_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, engine_errors.LLFCError)
+        return engine_error_response(error)
+
+    async def on_too_large(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, UploadTooLargeError)
+        return problem_response(
+            413,
+            f"The upload is larger than the limit of {error.max_bytes:,} bytes "
+            "(LLFC_MAX_UPLOAD_BYTES).",
+            type_slug="too-large",
+            headers={"Connection": "close"},
+        )
+
+    async def on_validation(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, RequestValidationError)
+        return validation_response(error)
+
+    async def on_http(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, StarletteHTTPException)
+        detail = error.detail if isinstance(error.detail, str) else HTTPStatus(error.status_code)
+        if error.status_code == 404 and detail == "Not Found":
+            detail = "No such endpoint; see /docs for the API."
+        elif error.status_code == 405 and detail == "Method Not Allowed":
+            detail = "This endpoint does not accept that method; see /docs for the API."
+        headers = dict(error.headers) if error.headers else None
+        return problem_response(error.status_code, str(detail), headers=headers)
+
+    async def on_unexpected(request: Request, error: Exception) -> JSONResponse:
+        logger.exception("Unhandled error on %s %s", request.method, request.url.path)
+        return problem_response(
+            500,
+            "The service failed unexpectedly; the operators can find the details in its logs.",
+            type_slug="internal",
+        )
+
+    app.add_exception_handler(ProblemError, on_problem)
+    app.add_exception_handler(engine_errors.LLFCError, on_engine_error)
+    app.add_exception_handler(UploadTooLargeError, on_too_large)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(Exception, on_unexpected)

@@ -1,0 +1,140 @@
+"""/v1/checkpoints: upload, list, read, download and delete model checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import FileResponse
+from sqlalchemy import select
+
+from service.api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
+from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
+from service.api.uploads import receive_multipart
+from service.checkpoints import delete_checkpoint, get_owned_checkpoint, ingest_checkpoint
+from service.db.models import Checkpoint
+from service.metrics import METRICS
+from service.schemas import CheckpointPublic, CheckpointsPublic
+
+router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file", "arch"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": "A .safetensors file or a PyTorch state dict "
+                            "(.pt/.pth, read with torch.load(weights_only=True)).",
+                        },
+                        "arch": {
+                            "type": "string",
+                            "description": 'JSON text, e.g. {"name": "mlp", "widths": [64, 10]}.',
+                        },
+                        "name": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def checkpoint_public(checkpoint: Checkpoint) -> CheckpointPublic:
+    return CheckpointPublic.model_validate(checkpoint, from_attributes=True)
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=CheckpointPublic,
+    openapi_extra=UPLOAD_BODY,
+    responses={413: {"description": "Larger than LLFC_MAX_UPLOAD_BYTES."}},
+)
+async def upload_checkpoint(
+    request: Request,
+    owner: CurrentOwner,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> CheckpointPublic:
+    """Upload a checkpoint; it is validated against `arch` and stored as safetensors.
+
+    The same bytes uploaded again give back the same checkpoint. A file that does not fit the
+    arch is refused with 422 naming the missing, unexpected and mis-shaped tensors.
+    """
+    upload = await receive_multipart(
+        request, store, settings.max_upload_bytes, text_fields=("arch", "name")
+    )
+    assert upload.file is not None
+    METRICS.count_upload_bytes(upload.file.size)
+    checkpoint, _created = await run_in_threadpool(
+        ingest_checkpoint,
+        session,
+        store,
+        settings,
+        owner.id,
+        upload.file,
+        upload.fields.get("arch"),
+        upload.fields.get("name"),
+        upload.filename,
+    )
+    return checkpoint_public(checkpoint)
+
+
+@router.get("", response_model=CheckpointsPublic)
+def list_checkpoints(
+    owner: CurrentOwner,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_PAGE_SIZE,
+    cursor: CursorQuery = None,
+) -> CheckpointsPublic:
+    """The owner's checkpoints, newest first, uploads and job artifacts alike."""
+    statement = select(Checkpoint).where(Checkpoint.owner_id == owner.id)
+    rows, next_cursor = paginate(
+        session, statement, Checkpoint.created_at, Checkpoint.id, limit, cursor
+    )
+    return CheckpointsPublic(items=[checkpoint_public(c) for c in rows], next_cursor=next_cursor)
+
+
+@router.get("/{checkpoint_id}", response_model=CheckpointPublic)
+def read_checkpoint(
+    checkpoint_id: str, owner: CurrentOwner, session: SessionDep
+) -> CheckpointPublic:
+    """One checkpoint's description."""
+    return checkpoint_public(get_owned_checkpoint(session, owner.id, checkpoint_id))
+
+
+@router.get(
+    "/{checkpoint_id}/file",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_checkpoint(
+    checkpoint_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep
+) -> FileResponse:
+    """The checkpoint's tensors as a safetensors file (float32, the arch's key order)."""
+    checkpoint = get_owned_checkpoint(session, owner.id, checkpoint_id)
+    session.commit()
+    return FileResponse(
+        store.path_for(checkpoint.blob_sha256),
+        media_type="application/octet-stream",
+        filename=f"{checkpoint.id}.safetensors",
+        headers={"X-Checkpoint-Sha256": checkpoint.blob_sha256},
+    )
+
+
+@router.delete("/{checkpoint_id}", status_code=204)
+def remove_checkpoint(
+    checkpoint_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep
+) -> Response:
+    """Delete a checkpoint; 409 while a queued or running job uses it."""
+    delete_checkpoint(session, store, get_owned_checkpoint(session, owner.id, checkpoint_id))
+    return Response(status_code=204)

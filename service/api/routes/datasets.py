@@ -1,0 +1,140 @@
+"""/v1/datasets: upload, list (uploads and built-ins), read and delete datasets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from sqlalchemy import select
+
+from llfc_core.data import BUILTIN_DATASETS
+from service.api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
+from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
+from service.api.problems import not_found
+from service.api.uploads import receive_multipart
+from service.datasets import BUILTIN_PREFIX, delete_dataset, get_owned_dataset, ingest_dataset
+from service.db.models import Dataset
+from service.metrics import METRICS
+from service.schemas import DatasetPublic, DatasetsPublic
+
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+
+UPLOAD_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {
+                            "type": "string",
+                            "format": "binary",
+                            "description": ".npz or .safetensors holding 'x' (N x ...) and "
+                            "'y' (N integer class labels).",
+                        },
+                        "name": {"type": "string"},
+                    },
+                }
+            }
+        },
+    }
+}
+
+
+def dataset_public(dataset: Dataset) -> DatasetPublic:
+    return DatasetPublic(
+        id=dataset.id,
+        name=dataset.name,
+        num_examples=dataset.num_examples,
+        input_shape=list(dataset.input_shape),
+        num_classes=dataset.num_classes,
+        sha256=dataset.sha256,
+        builtin=False,
+        format=dataset.format,
+        size_bytes=dataset.size_bytes,
+        created_at=dataset.created_at,
+    )
+
+
+def builtin_datasets() -> list[DatasetPublic]:
+    return [
+        DatasetPublic(
+            id=BUILTIN_PREFIX + name,
+            name=name,
+            num_examples=None,
+            input_shape=list(builtin.input_shape),
+            num_classes=builtin.num_classes,
+            sha256=None,
+            builtin=True,
+            description=builtin.description,
+        )
+        for name, builtin in sorted(BUILTIN_DATASETS.items())
+    ]
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=DatasetPublic,
+    openapi_extra=UPLOAD_BODY,
+    responses={413: {"description": "Larger than LLFC_MAX_UPLOAD_BYTES."}},
+)
+async def upload_dataset(
+    request: Request,
+    owner: CurrentOwner,
+    session: SessionDep,
+    settings: SettingsDep,
+    store: StoreDep,
+) -> DatasetPublic:
+    """Upload arrays `x` and `y`; checked (shapes, finite values, integer labels) and kept."""
+    upload = await receive_multipart(request, store, settings.max_upload_bytes)
+    assert upload.file is not None
+    METRICS.count_upload_bytes(upload.file.size)
+    dataset, _created = await run_in_threadpool(
+        ingest_dataset,
+        session,
+        store,
+        settings,
+        owner.id,
+        upload.file,
+        upload.fields.get("name"),
+        upload.filename,
+    )
+    return dataset_public(dataset)
+
+
+@router.get("", response_model=DatasetsPublic)
+def list_datasets(
+    owner: CurrentOwner,
+    session: SessionDep,
+    limit: LimitQuery = DEFAULT_PAGE_SIZE,
+    cursor: CursorQuery = None,
+) -> DatasetsPublic:
+    """The built-ins (on the first page) and the owner's uploads, newest first."""
+    statement = select(Dataset).where(Dataset.owner_id == owner.id)
+    rows, next_cursor = paginate(session, statement, Dataset.created_at, Dataset.id, limit, cursor)
+    items = builtin_datasets() if cursor is None else []
+    return DatasetsPublic(items=items + [dataset_public(d) for d in rows], next_cursor=next_cursor)
+
+
+@router.get("/{dataset_id}", response_model=DatasetPublic)
+def read_dataset(dataset_id: str, owner: CurrentOwner, session: SessionDep) -> DatasetPublic:
+    """One dataset: an upload's id or `builtin:<name>`."""
+    if dataset_id.startswith(BUILTIN_PREFIX):
+        for builtin in builtin_datasets():
+            if builtin.id == dataset_id:
+                return builtin
+        raise not_found("dataset", dataset_id)
+    return dataset_public(get_owned_dataset(session, owner.id, dataset_id))
+
+
+@router.delete("/{dataset_id}", status_code=204)
+def remove_dataset(
+    dataset_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep
+) -> Response:
+    """Delete an uploaded dataset; 409 while a queued or running job uses it."""
+    delete_dataset(session, store, get_owned_dataset(session, owner.id, dataset_id))
+    return Response(status_code=204)

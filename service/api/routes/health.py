@@ -1,0 +1,79 @@
+"""/healthz, /readyz and /metrics: liveness, readiness (naming what is down) and Prometheus."""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter
+from fastapi.responses import JSONResponse, PlainTextResponse
+from sqlalchemy import text
+
+from service.api.deps import SessionDep, StoreDep
+from service.api.problems import problem_response
+from service.db.migrate import current_revision, head_revision
+from service.db.session import get_engine
+from service.metrics import METRICS, job_lines, render
+from worker.celery_app import celery_app
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["health"])
+
+BROKER_TIMEOUT_S = 3.0
+
+
+@router.get("/healthz")
+def healthz() -> dict[str, str]:
+    """The process answers."""
+    return {"status": "ok"}
+
+
+def _database_problem() -> str | None:
+    try:
+        engine = get_engine()
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+        revision = current_revision(engine)
+    except Exception as error:
+        logger.warning("Readiness: database unreachable: %s", error)
+        return f"the database is unreachable ({type(error).__name__})"
+    if revision != head_revision():
+        return f"the database schema is at {revision!r}, not the latest; run 'llfc migrate'"
+    return None
+
+
+def _broker_problem() -> str | None:
+    try:
+        with celery_app.connection_for_write() as connection:
+            connection.ensure_connection(max_retries=0, timeout=BROKER_TIMEOUT_S)
+    except Exception as error:
+        logger.warning("Readiness: broker unreachable: %s", error)
+        return f"the message broker is unreachable ({type(error).__name__})"
+    return None
+
+
+@router.get("/readyz", responses={503: {"description": "Names what is not reachable."}})
+def readyz(store: StoreDep) -> JSONResponse:
+    """Database (migrated), broker and storage reachable; 503 naming what is not."""
+    problems = [
+        problem
+        for problem in (
+            _database_problem(),
+            _broker_problem(),
+            None if store.is_writable() else "the blob storage folder is not writable",
+        )
+        if problem
+    ]
+    if problems:
+        return problem_response(
+            503, "Not ready: " + "; ".join(problems) + ".", type_slug="not-ready"
+        )
+    return JSONResponse({"status": "ready", "database": "ok", "broker": "ok", "storage": "ok"})
+
+
+@router.get("/metrics", response_class=PlainTextResponse)
+def metrics(session: SessionDep) -> PlainTextResponse:
+    """Prometheus text: requests by route and status with latencies, jobs by kind and status,
+    queue depth, job durations, upload bytes."""
+    body = render([METRICS.request_lines(), job_lines(session)])
+    session.commit()
+    return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")

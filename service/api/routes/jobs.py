@@ -1,0 +1,136 @@
+"""/v1/jobs: submit, list, read, cancel jobs, and query an analysis per layer and alpha."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Query, Response
+from sqlalchemy import select
+
+from service.api.deps import CurrentOwner, SessionDep, SettingsDep
+from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
+from service.db.models import Job, LayerMetric
+from service.jobs import cancel_job, get_owned_job, is_finished, job_public, submit_job
+from service.queue import publish_job
+from service.schemas import (
+    JobCreate,
+    JobKind,
+    JobPublic,
+    JobsPublic,
+    JobStatus,
+    LayerMetricPublic,
+    LayerMetricsPublic,
+)
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        description="The same key and body from the same owner return the same job.",
+    ),
+]
+
+
+def _polling_headers(response: Response, job: Job, retry_after_seconds: int) -> None:
+    response.headers["Location"] = f"/v1/jobs/{job.id}"
+    if not is_finished(job):
+        response.headers["Retry-After"] = str(retry_after_seconds)
+
+
+@router.post("", status_code=202, response_model=JobPublic)
+def create_job(
+    body: JobCreate,
+    response: Response,
+    owner: CurrentOwner,
+    session: SessionDep,
+    settings: SettingsDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
+    """Submit a job: checked now (422 for incompatible inputs), then queued.
+
+    Answers 202 with `Location` once the job row is committed; the task is published after.
+    """
+    job, created = submit_job(session, settings, owner.id, body, idempotency_key)
+    if created:
+        publish_job(job.id, job.kind)
+    else:
+        response.headers["Idempotent-Replayed"] = "true"
+    _polling_headers(response, job, settings.retry_after_seconds)
+    return job_public(session, job)
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    owner: CurrentOwner,
+    session: SessionDep,
+    status: JobStatus | None = None,
+    kind: JobKind | None = None,
+    limit: LimitQuery = DEFAULT_PAGE_SIZE,
+    cursor: CursorQuery = None,
+) -> JobsPublic:
+    """The owner's jobs, newest first, optionally of one status and kind."""
+    statement = select(Job).where(Job.owner_id == owner.id)
+    if status is not None:
+        statement = statement.where(Job.status == status)
+    if kind is not None:
+        statement = statement.where(Job.kind == kind)
+    rows, next_cursor = paginate(session, statement, Job.created_at, Job.id, limit, cursor)
+    return JobsPublic(items=[job_public(session, job) for job in rows], next_cursor=next_cursor)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def read_job(
+    job_id: str, response: Response, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
+) -> JobPublic:
+    """A job's status, progress, result and artifacts; `Retry-After` while it is not finished."""
+    job = get_owned_job(session, owner.id, job_id)
+    _polling_headers(response, job, settings.retry_after_seconds)
+    return job_public(session, job)
+
+
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses={202: {"description": "Running: asked to stop at its next batch."}},
+)
+def cancel(
+    job_id: str, response: Response, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
+) -> JobPublic:
+    """Cancel a job: a queued one never runs (200); a running one stops at its next batch (202).
+
+    A finished job cannot be cancelled (409).
+    """
+    job = cancel_job(session, get_owned_job(session, owner.id, job_id))
+    if job.status == "running":
+        response.status_code = 202
+    _polling_headers(response, job, settings.retry_after_seconds)
+    return job_public(session, job)
+
+
+@router.get("/{job_id}/metrics", response_model=LayerMetricsPublic)
+def layer_metrics(
+    job_id: str,
+    owner: CurrentOwner,
+    session: SessionDep,
+    pair: Annotated[str | None, Query(description="naive or matched")] = None,
+    metric: Annotated[str | None, Query(description="e.g. cos_alpha, lmc_error")] = None,
+    layer: str | None = None,
+    alpha: float | None = None,
+) -> LayerMetricsPublic:
+    """The numbers of an analyze result as rows, filtered by pair, metric, layer and alpha."""
+    get_owned_job(session, owner.id, job_id)
+    statement = select(LayerMetric).where(LayerMetric.job_id == job_id)
+    if pair is not None:
+        statement = statement.where(LayerMetric.pair == pair)
+    if metric is not None:
+        statement = statement.where(LayerMetric.metric == metric)
+    if layer is not None:
+        statement = statement.where(LayerMetric.layer == layer)
+    if alpha is not None:
+        statement = statement.where(LayerMetric.alpha == alpha)
+    rows = session.scalars(statement.order_by(LayerMetric.id))
+    return LayerMetricsPublic(
+        items=[LayerMetricPublic.model_validate(row, from_attributes=True) for row in rows]
+    )

@@ -1,0 +1,205 @@
+"""Checkpoints: accepting an upload, storing a job's output, deleting, all in one place.
+
+Every stored checkpoint went through ``llfc_core.checkpoints.validate_state_dict`` against its
+arch and is kept as a float32 safetensors blob, whatever format it arrived in.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import PurePath
+from typing import Any
+
+import torch
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from llfc_core.archs import Architecture, parse_arch
+from llfc_core.checkpoints import read_checkpoint, save_safetensors, validate_state_dict
+from llfc_core.errors import ArchitectureError
+from service.api.problems import ProblemError, not_found
+from service.core.config import Settings
+from service.db.models import ACTIVE_STATUSES, Checkpoint, Job, new_id, utcnow
+from service.storage import BlobStore, IncomingBlob
+
+MAX_NAME_LENGTH = 200
+
+
+def display_name(requested: str | None, filename: str | None, fallback: str) -> str:
+    """A name for people: the one given, else the uploaded file's stem (never used as a path)."""
+    if requested and requested.strip():
+        return requested.strip()[:MAX_NAME_LENGTH]
+    if filename:
+        stem = PurePath(filename.replace("\\", "/")).stem.strip()
+        if stem:
+            return stem[:MAX_NAME_LENGTH]
+    return fallback
+
+
+def parse_arch_text(arch_text: str | None, settings: Settings) -> Architecture:
+    """The ``arch`` form field (JSON text) as an architecture, or a 422 saying what is wrong."""
+    if arch_text is None or not arch_text.strip():
+        raise ArchitectureError(
+            'The upload needs an \'arch\' field: JSON such as {"name": "mlp", "widths": [64, 10]}.'
+        )
+    try:
+        spec: Any = json.loads(arch_text)
+    except json.JSONDecodeError as error:
+        raise ArchitectureError(
+            f"The 'arch' field is not valid JSON ({error.msg} at character {error.pos})."
+        ) from error
+    return parse_arch(spec, max_params=settings.max_params)
+
+
+def get_owned_checkpoint(session: Session, owner_id: str, checkpoint_id: str) -> Checkpoint:
+    """The owner's checkpoint, or 404 (also for another owner's)."""
+    checkpoint = session.get(Checkpoint, checkpoint_id)
+    if checkpoint is None or checkpoint.owner_id != owner_id:
+        raise not_found("checkpoint", checkpoint_id)
+    return checkpoint
+
+
+def _same_bytes_as(
+    session: Session, owner_id: str, sha256: str, arch: Architecture
+) -> Checkpoint | None:
+    existing = session.scalar(
+        select(Checkpoint).where(Checkpoint.owner_id == owner_id, Checkpoint.sha256 == sha256)
+    )
+    if existing is not None and existing.arch != arch.to_json():
+        raise ProblemError(
+            409,
+            f"These bytes are already stored as checkpoint {existing.id} with the arch "
+            f"{json.dumps(existing.arch)}; one file has one arch.",
+            type_slug="conflict",
+        )
+    return existing
+
+
+def ingest_checkpoint(
+    session: Session,
+    store: BlobStore,
+    settings: Settings,
+    owner_id: str,
+    incoming: IncomingBlob,
+    arch_text: str | None,
+    name: str | None,
+    filename: str | None,
+) -> tuple[Checkpoint, bool]:
+    """Validate an uploaded file against its arch and store it; returns (checkpoint, created).
+
+    The same bytes uploaded again by the same owner give back the existing checkpoint.
+    """
+    with incoming:
+        sha256 = incoming.finish()
+        arch = parse_arch_text(arch_text, settings)
+        existing = _same_bytes_as(session, owner_id, sha256, arch)
+        session.commit()
+        if existing is not None:
+            return existing, False
+        state, file_format = read_checkpoint(incoming.path)
+        cleaned = validate_state_dict(arch, state)
+        blob_sha256 = _store_state(store, cleaned)
+        checkpoint = Checkpoint(
+            id=new_id("ckpt"),
+            owner_id=owner_id,
+            name=display_name(name, filename, f"checkpoint-{sha256[:12]}"),
+            sha256=sha256,
+            blob_sha256=blob_sha256,
+            format=file_format,
+            arch=arch.to_json(),
+            num_params=arch.num_params(),
+            size_bytes=incoming.size,
+            created_at=utcnow(),
+        )
+        return _insert_or_existing(session, checkpoint, arch), True
+
+
+def _store_state(store: BlobStore, state: Mapping[str, torch.Tensor]) -> str:
+    temporary = store.temporary_path(".safetensors")
+    try:
+        save_safetensors(state, temporary)
+        sha256, _size = store.put_file(temporary)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return sha256
+
+
+def _insert_or_existing(session: Session, checkpoint: Checkpoint, arch: Architecture) -> Checkpoint:
+    """Insert, or return the row a concurrent upload of the same bytes inserted first."""
+    session.add(checkpoint)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = _same_bytes_as(session, checkpoint.owner_id, checkpoint.sha256, arch)
+        if existing is None:
+            raise
+        return existing
+    return checkpoint
+
+
+def store_artifact(
+    session: Session,
+    store: BlobStore,
+    owner_id: str,
+    arch: Architecture,
+    state: Mapping[str, torch.Tensor],
+    name: str,
+    job_id: str,
+) -> Checkpoint:
+    """Keep a state dict a job produced as a checkpoint of the job's owner (not committed).
+
+    Its ``sha256`` is that of the stored safetensors bytes; identical outputs share one row.
+    """
+    cleaned = validate_state_dict(arch, state)
+    blob_sha256 = _store_state(store, cleaned)
+    existing = session.scalar(
+        select(Checkpoint).where(Checkpoint.owner_id == owner_id, Checkpoint.sha256 == blob_sha256)
+    )
+    if existing is not None:
+        return existing
+    checkpoint = Checkpoint(
+        id=new_id("ckpt"),
+        owner_id=owner_id,
+        name=name[:MAX_NAME_LENGTH],
+        sha256=blob_sha256,
+        blob_sha256=blob_sha256,
+        format="safetensors",
+        arch=arch.to_json(),
+        num_params=arch.num_params(),
+        size_bytes=store.path_for(blob_sha256).stat().st_size,
+        source_job_id=job_id,
+        created_at=utcnow(),
+    )
+    session.add(checkpoint)
+    session.flush()
+    return checkpoint
+
+
+def delete_checkpoint(session: Session, store: BlobStore, checkpoint: Checkpoint) -> None:
+    """Delete a checkpoint unless a queued or running job uses it (409)."""
+    user = session.scalar(
+        select(Job.id).where(
+            Job.owner_id == checkpoint.owner_id,
+            Job.status.in_(ACTIVE_STATUSES),
+            (Job.model_a_id == checkpoint.id) | (Job.model_b_id == checkpoint.id),
+        )
+    )
+    if user is not None:
+        raise ProblemError(
+            409,
+            f"Checkpoint {checkpoint.id} is used by job {user}, which is queued or running; "
+            "cancel it or wait for it to finish first.",
+            type_slug="in-use",
+        )
+    blob_sha256 = checkpoint.blob_sha256
+    session.delete(checkpoint)
+    session.commit()
+    remaining = session.scalar(
+        select(func.count()).select_from(Checkpoint).where(Checkpoint.blob_sha256 == blob_sha256)
+    )
+    session.commit()
+    if not remaining:
+        store.delete(blob_sha256)

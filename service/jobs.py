@@ -1,0 +1,408 @@
+"""Job business rules, in one place: what each kind takes, what is refused at submission, how a
+job is cancelled and how it is shown.
+
+A submission is checked completely before its row exists: A and B must share an arch, the
+dataset must fit it, and every parameter must be valid, so incompatible inputs get a 422 now
+instead of a failed job later. The params stored on the job are the validated ones with their
+defaults filled in; the worker takes them as they are.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from llfc_core.analysis import AnalysisConfig
+from llfc_core.archs import Architecture, parse_arch
+from llfc_core.data import ArrayDataset, fit_to_arch
+from llfc_core.errors import DatasetError, IncompatiblePairError, InvalidParameterError
+from llfc_core.interpolation import check_alpha
+from llfc_core.training import TrainConfig
+from service.api.problems import ProblemError, not_found
+from service.core.config import Settings
+from service.datasets import dataset_shape
+from service.db.models import FINISHED_STATUSES, Checkpoint, Job, JobArtifact, new_id, utcnow
+from service.db.session import rows_changed
+from service.schemas import ArtifactPublic, JobCreate, JobPublic, Progress
+
+DATA_KEYS = ("split", "max_examples")
+MAX_BATCH_SIZE = 65_536
+MAX_SEED = 2**31 - 1
+MATCH_METHODS = ("weight", "activation")
+TRAIN_CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig))
+TRAIN_KEYS = ("arch", "dataset", "num_modes", *TRAIN_CONFIG_KEYS)
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """A submission after validation: what the job row will hold."""
+
+    kind: str
+    params: dict[str, Any]
+    arch: dict[str, Any] | None
+    model_a_id: str | None
+    model_b_id: str | None
+    dataset_ref: str | None
+
+
+# --- Parameter checks ----------------------------------------------------------------------
+
+
+def _refuse_unknown(kind: str, params: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(params) - set(allowed))
+    if unknown:
+        raise InvalidParameterError(
+            f"The {kind} job does not take the parameter(s) {', '.join(map(repr, unknown))}; "
+            f"it takes {', '.join(sorted(allowed))}."
+        )
+
+
+def int_param(params: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
+    value = params.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise InvalidParameterError(
+            f"The parameter '{key}' must be an integer from {low} to {high}, got {value!r}."
+        )
+    return value
+
+
+def _data_params(
+    params: Mapping[str, Any], settings: Settings, default_split: str
+) -> dict[str, Any]:
+    split = params.get("split", default_split)
+    if split not in ("train", "test"):
+        raise InvalidParameterError(
+            f"The parameter 'split' must be 'train' or 'test', got {split!r}."
+        )
+    max_examples = params.get("max_examples")
+    if max_examples is not None:
+        max_examples = int_param(params, "max_examples", 0, 1, settings.max_examples)
+    return {"split": split, "max_examples": max_examples}
+
+
+# --- Inputs --------------------------------------------------------------------------------
+
+
+def _model_pair(
+    session: Session, owner_id: str, body: JobCreate, settings: Settings
+) -> tuple[Checkpoint, Checkpoint, Architecture]:
+    """Models A and B of the owner, which must have the same arch."""
+    if not body.model_a or not body.model_b:
+        raise InvalidParameterError(
+            f"A {body.kind} job needs 'model_a' and 'model_b', two checkpoint ids."
+        )
+    models = []
+    for field, checkpoint_id in (("model_a", body.model_a), ("model_b", body.model_b)):
+        checkpoint = session.get(Checkpoint, checkpoint_id)
+        if checkpoint is None or checkpoint.owner_id != owner_id:
+            raise InvalidParameterError(
+                f"'{field}' names no checkpoint: {checkpoint_id!r} does not exist."
+            )
+        models.append(checkpoint)
+    model_a, model_b = models
+    if model_a.arch != model_b.arch:
+        raise IncompatiblePairError(
+            f"Models A and B have different archs ({json.dumps(model_a.arch)} and "
+            f"{json.dumps(model_b.arch)}); both must be checkpoints of the same arch."
+        )
+    return model_a, model_b, parse_arch(model_a.arch, max_params=settings.max_params)
+
+
+def _fitting_dataset(
+    session: Session, owner_id: str, ref: str | None, arch: Architecture, purpose: str
+) -> str:
+    """The dataset reference, after checking that its examples fit ``arch``.
+
+    The check runs the engine's own ``fit_to_arch`` on one zero example of the dataset's shape
+    with its largest label, so submission and execution apply the same rule without loading data.
+    """
+    if not ref:
+        raise DatasetError(
+            f"This job needs a 'dataset' {purpose}: an uploaded dataset id or e.g. "
+            "'builtin:digits'."
+        )
+    shape = dataset_shape(session, owner_id, ref)
+    probe = ArrayDataset(
+        torch.zeros((1, *shape.input_shape)),
+        torch.tensor([max(shape.num_classes - 1, 0)]),
+        ref,
+    )
+    fit_to_arch(arch, probe)
+    return ref
+
+
+# --- Kinds ---------------------------------------------------------------------------------
+
+
+def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
+    _refuse_unknown("match", body.params, ("method", "seed", "batch_size", *DATA_KEYS))
+    model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
+    method = body.params.get("method", "weight")
+    if method not in MATCH_METHODS:
+        raise InvalidParameterError(
+            f"The parameter 'method' must be 'weight' or 'activation', got {method!r}."
+        )
+    dataset_ref = None
+    if method == "activation" or body.dataset:
+        purpose = "to compare activations on" if method == "activation" else ""
+        dataset_ref = _fitting_dataset(session, owner_id, body.dataset, arch, purpose)
+    params = {
+        "method": method,
+        "seed": int_param(body.params, "seed", 0, 0, MAX_SEED),
+        "batch_size": int_param(body.params, "batch_size", 256, 1, MAX_BATCH_SIZE),
+        **_data_params(body.params, settings, "train"),
+    }
+    return JobPlan("match", params, model_a.arch, model_a.id, model_b.id, dataset_ref)
+
+
+def _plan_interpolate(
+    session: Session, owner_id: str, body: JobCreate, settings: Settings
+) -> JobPlan:
+    _refuse_unknown("interpolate", body.params, ("alpha", "batch_size", *DATA_KEYS))
+    model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
+    alpha = check_alpha(body.params.get("alpha", 0.5))
+    dataset_ref = None
+    if arch.has_batch_norm or body.dataset:
+        purpose = "to re-estimate BatchNorm statistics on" if arch.has_batch_norm else ""
+        dataset_ref = _fitting_dataset(session, owner_id, body.dataset, arch, purpose)
+    params = {
+        "alpha": alpha,
+        "batch_size": int_param(body.params, "batch_size", 256, 1, MAX_BATCH_SIZE),
+        **_data_params(body.params, settings, "train"),
+    }
+    return JobPlan("interpolate", params, model_a.arch, model_a.id, model_b.id, dataset_ref)
+
+
+def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
+    config = AnalysisConfig.from_params(body.params)
+    if len(config.alphas) > settings.max_alphas:
+        raise InvalidParameterError(
+            f"'alphas' may hold at most {settings.max_alphas} values on this service, "
+            f"got {len(config.alphas)}."
+        )
+    model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
+    dataset_ref = _fitting_dataset(session, owner_id, body.dataset, arch, "to analyse on")
+    params = {
+        **analysis_params(config),
+        **_data_params(body.params, settings, "test"),
+    }
+    return JobPlan("analyze", params, model_a.arch, model_a.id, model_b.id, dataset_ref)
+
+
+def analysis_params(config: AnalysisConfig) -> dict[str, Any]:
+    values = dataclasses.asdict(config)
+    return {key: list(v) if isinstance(v, tuple) else v for key, v in values.items()}
+
+
+def _plan_train(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
+    _refuse_unknown("train", body.params, (*TRAIN_KEYS, *DATA_KEYS))
+    if body.model_a or body.model_b:
+        raise InvalidParameterError(
+            "A train job takes no 'model_a' or 'model_b'; it trains new models of 'params.arch'."
+        )
+    if "arch" not in body.params:
+        raise InvalidParameterError(
+            'A train job needs \'params.arch\', e.g. {"name": "mlp", "widths": [64, 128, 10]}.'
+        )
+    arch = parse_arch(body.params["arch"], max_params=settings.max_params)
+    if body.dataset and body.params.get("dataset") not in (None, body.dataset):
+        raise InvalidParameterError(
+            "Give the training data once, as 'dataset' or as 'params.dataset', not both."
+        )
+    dataset_ref = _fitting_dataset(
+        session, owner_id, body.dataset or body.params.get("dataset"), arch, "to train on"
+    )
+    train_config = make_train_config(body.params)
+    if train_config.epochs > settings.max_epochs:
+        raise InvalidParameterError(
+            f"'epochs' may be at most {settings.max_epochs} on this service, "
+            f"got {train_config.epochs}."
+        )
+    params = {
+        "arch": arch.to_json(),
+        "dataset": dataset_ref,
+        "num_modes": int_param(body.params, "num_modes", 2, 1, settings.max_modes),
+        **train_params(train_config),
+        **_data_params(body.params, settings, "train"),
+    }
+    return JobPlan("train", params, arch.to_json(), None, None, dataset_ref)
+
+
+def make_train_config(params: Mapping[str, Any]) -> TrainConfig:
+    """The engine's TrainConfig from job params; it validates them (InvalidParameterError)."""
+    return TrainConfig(**{key: params[key] for key in TRAIN_CONFIG_KEYS if key in params})
+
+
+def train_params(config: TrainConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+PLANNERS: dict[str, Callable[[Session, str, JobCreate, Settings], JobPlan]] = {
+    "match": _plan_match,
+    "interpolate": _plan_interpolate,
+    "analyze": _plan_analyze,
+    "train": _plan_train,
+}
+
+
+# --- Submission ------------------------------------------------------------------------------
+
+
+def request_hash(body: JobCreate) -> str:
+    """sha256 of the canonical JSON of a submission: equal bodies give equal hashes."""
+    canonical = json.dumps(body.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _replay(session: Session, owner_id: str, key: str, body_hash: str) -> Job | None:
+    """The job an earlier request with this Idempotency-Key created, if its body was the same."""
+    job = session.scalar(select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key))
+    if job is not None and job.request_hash != body_hash:
+        raise ProblemError(
+            422,
+            f"The Idempotency-Key {key!r} was already used for job {job.id} with a different "
+            "request body; send a new key for a new job.",
+            type_slug="idempotency-key-reused",
+        )
+    return job
+
+
+def submit_job(
+    session: Session,
+    settings: Settings,
+    owner_id: str,
+    body: JobCreate,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Validate and commit a job; returns (job, created). Publishing is the caller's next step.
+
+    With an Idempotency-Key, the same key and body return the job made the first time.
+    """
+    body_hash = request_hash(body)
+    if idempotency_key is not None:
+        if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
+            raise ProblemError(
+                422,
+                f"The Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long.",
+                type_slug="validation",
+            )
+        existing = _replay(session, owner_id, idempotency_key, body_hash)
+        if existing is not None:
+            session.commit()
+            return existing, False
+    plan = PLANNERS[body.kind](session, owner_id, body, settings)
+    job = Job(
+        id=new_id("job"),
+        owner_id=owner_id,
+        kind=plan.kind,
+        status="queued",
+        progress_fraction=0.0,
+        progress_stage="queued",
+        created_at=utcnow(),
+        attempts=0,
+        idempotency_key=idempotency_key,
+        request_hash=body_hash,
+        params=plan.params,
+        arch=plan.arch,
+        model_a_id=plan.model_a_id,
+        model_b_id=plan.model_b_id,
+        dataset_ref=plan.dataset_ref,
+        cancel_requested=False,
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        # A concurrent request with the same key committed first.
+        session.rollback()
+        if idempotency_key is None:
+            raise
+        existing = _replay(session, owner_id, idempotency_key, body_hash)
+        if existing is None:
+            raise
+        session.commit()
+        return existing, False
+    return job, True
+
+
+# --- Reading and cancelling --------------------------------------------------------------------
+
+
+def get_owned_job(session: Session, owner_id: str, job_id: str) -> Job:
+    """The owner's job, or 404 (also for another owner's)."""
+    job = session.get(Job, job_id)
+    if job is None or job.owner_id != owner_id:
+        raise not_found("job", job_id)
+    return job
+
+
+def cancel_job(session: Session, job: Job) -> Job:
+    """Cancel: a queued job ends ``cancelled`` now and never runs; a running one is asked to
+    stop at its next batch. Cancelling a cancelled job is a no-op; a finished one is a 409."""
+    now = utcnow()
+    cancelled_now = rows_changed(
+        session,
+        update(Job)
+        .where(Job.id == job.id, Job.status == "queued")
+        .values(
+            status="cancelled",
+            cancel_requested=True,
+            finished_at=now,
+            progress_stage="cancelled before it started",
+        ),
+    )
+    if not cancelled_now:
+        session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == "running")
+            .values(cancel_requested=True)
+        )
+    session.commit()
+    session.refresh(job)
+    if job.status in ("succeeded", "failed"):
+        raise ProblemError(
+            409,
+            f"Job {job.id} already {job.status}; there is nothing to cancel.",
+            type_slug="already-finished",
+        )
+    return job
+
+
+def is_finished(job: Job) -> bool:
+    return job.status in FINISHED_STATUSES
+
+
+def job_public(session: Session, job: Job) -> JobPublic:
+    artifacts = session.scalars(
+        select(JobArtifact).where(JobArtifact.job_id == job.id).order_by(JobArtifact.id)
+    )
+    return JobPublic(
+        id=job.id,
+        kind=job.kind,  # type: ignore[arg-type]
+        status=job.status,  # type: ignore[arg-type]
+        progress=Progress(fraction=job.progress_fraction, stage=job.progress_stage),
+        error=job.error,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        result=job.result,
+        artifacts=[
+            ArtifactPublic(name=a.name, checkpoint_id=a.checkpoint_id, url=a.url) for a in artifacts
+        ],
+        model_a=job.model_a_id,
+        model_b=job.model_b_id,
+        dataset=job.dataset_ref,
+        params=job.params,
+        attempts=job.attempts,
+        cancel_requested=job.cancel_requested,
+    )

@@ -1,0 +1,33 @@
+"""The FastAPI application: routers, problem-detail errors, request metrics."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from service.api.problems import install_problem_handlers
+from service.api.routes import checkpoints, datasets, health, jobs
+from service.core.config import get_settings
+from service.metrics import MetricsMiddleware
+from service.storage import BlobStore
+
+DESCRIPTION = """
+Tells whether, and why, two trained networks are connected, and aligns them so that they are.
+
+Upload checkpoints and datasets, submit `match`, `interpolate`, `analyze` and `train` jobs,
+poll them (`Retry-After`), and read results and artifacts back. Errors are RFC 9457 problem
+details. With auth on, send `Authorization: Bearer <api key>`.
+"""
+
+
+def create_app() -> FastAPI:
+    settings = get_settings()
+    BlobStore(settings.blob_dir).ensure()
+    app = FastAPI(title="LLFC Align", version="1.0.0", description=DESCRIPTION)
+    install_problem_handlers(app)
+    app.add_middleware(MetricsMiddleware)
+    for module in (checkpoints, datasets, jobs, health):
+        app.include_router(module.router)
+    return app
+
+
+app = create_app()

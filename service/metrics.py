@@ -1,0 +1,181 @@
+"""Prometheus metrics in the text exposition format, without a client library.
+
+Request counts and latencies and upload bytes are counted in this process; job counts, queue
+depth and job durations are read from the database at scrape time, so every API process reports
+the same job numbers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+
+from sqlalchemy import case, func, select
+from sqlalchemy.orm import Session
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.db.models import JOB_KINDS, JOB_STATUSES, Job
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+JOB_DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
+
+
+def _labels(**labels: str) -> str:
+    escaped = (
+        f'{key}="{value.replace(chr(92), chr(92) * 2).replace(chr(34), chr(92) + chr(34))}"'
+        for key, value in labels.items()
+    )
+    return "{" + ",".join(escaped) + "}"
+
+
+def _histogram_lines(
+    name: str,
+    labels: dict[str, str],
+    buckets: Sequence[float],
+    cumulative_counts: Sequence[int],
+    total: float,
+    count: int,
+) -> list[str]:
+    lines = [
+        f"{name}_bucket{_labels(**labels, le=f'{bound:g}')} {cumulative}"
+        for bound, cumulative in zip(buckets, cumulative_counts, strict=True)
+    ]
+    lines.append(f"{name}_bucket{_labels(**labels, le='+Inf')} {count}")
+    lines.append(f"{name}_sum{_labels(**labels)} {total}")
+    lines.append(f"{name}_count{_labels(**labels)} {count}")
+    return lines
+
+
+class Metrics:
+    """This process's request and upload counters (thread-safe)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._requests: dict[tuple[str, str, str], int] = defaultdict(int)
+        self._latency_buckets: dict[tuple[str, str], list[int]] = {}
+        self._latency_sum: dict[tuple[str, str], float] = defaultdict(float)
+        self._latency_count: dict[tuple[str, str], int] = defaultdict(int)
+        self._upload_bytes = 0
+
+    def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route)
+        with self._lock:
+            self._requests[(method, route, str(status))] += 1
+            buckets = self._latency_buckets.setdefault(key, [0] * len(LATENCY_BUCKETS))
+            for index, bound in enumerate(LATENCY_BUCKETS):
+                if seconds <= bound:
+                    buckets[index] += 1
+            self._latency_sum[key] += seconds
+            self._latency_count[key] += 1
+
+    def count_upload_bytes(self, size: int) -> None:
+        with self._lock:
+            self._upload_bytes += size
+
+    def request_lines(self) -> list[str]:
+        with self._lock:
+            lines = [
+                "# HELP llfc_http_requests_total HTTP requests by method, route and status.",
+                "# TYPE llfc_http_requests_total counter",
+            ]
+            for (method, route, status), count in sorted(self._requests.items()):
+                labels = _labels(method=method, route=route, status=status)
+                lines.append(f"llfc_http_requests_total{labels} {count}")
+            lines += [
+                "# HELP llfc_http_request_duration_seconds HTTP request latency.",
+                "# TYPE llfc_http_request_duration_seconds histogram",
+            ]
+            for (method, route), buckets in sorted(self._latency_buckets.items()):
+                lines += _histogram_lines(
+                    "llfc_http_request_duration_seconds",
+                    {"method": method, "route": route},
+                    LATENCY_BUCKETS,
+                    buckets,
+                    self._latency_sum[(method, route)],
+                    self._latency_count[(method, route)],
+                )
+            lines += [
+                "# HELP llfc_upload_bytes_total Bytes received in checkpoint and dataset uploads.",
+                "# TYPE llfc_upload_bytes_total counter",
+                f"llfc_upload_bytes_total {self._upload_bytes}",
+            ]
+        return lines
+
+
+METRICS = Metrics()
+
+
+def job_lines(session: Session) -> list[str]:
+    """Jobs by kind and status, the queue depth and job run times, from the database."""
+    counts = {
+        (kind, status): count
+        for kind, status, count in session.execute(
+            select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status)
+        ).tuples()
+    }
+    lines = ["# HELP llfc_jobs Jobs by kind and status.", "# TYPE llfc_jobs gauge"]
+    for kind in JOB_KINDS:
+        for status in JOB_STATUSES:
+            count = counts.get((kind, status), 0)
+            lines.append(f"llfc_jobs{_labels(kind=kind, status=status)} {count}")
+    queued = sum(count for (_kind, status), count in counts.items() if status == "queued")
+    lines += [
+        "# HELP llfc_queue_depth Jobs waiting for a worker.",
+        "# TYPE llfc_queue_depth gauge",
+        f"llfc_queue_depth {queued}",
+        "# HELP llfc_job_duration_seconds Run time of finished jobs, from start to finish.",
+        "# TYPE llfc_job_duration_seconds histogram",
+    ]
+    bucket_columns = [
+        func.sum(case((Job.run_seconds <= bound, 1), else_=0)) for bound in JOB_DURATION_BUCKETS
+    ]
+    statement = (
+        select(Job.kind, func.count(), func.sum(Job.run_seconds), *bucket_columns)
+        .where(Job.run_seconds.is_not(None))
+        .group_by(Job.kind)
+    )
+    for kind, count, total, *buckets in session.execute(statement).tuples():
+        lines += _histogram_lines(
+            "llfc_job_duration_seconds",
+            {"kind": kind},
+            JOB_DURATION_BUCKETS,
+            [int(b or 0) for b in buckets],
+            float(total or 0.0),
+            int(count),
+        )
+    return lines
+
+
+def render(sections: Iterable[list[str]]) -> str:
+    return "\n".join(line for section in sections for line in section) + "\n"
+
+
+class MetricsMiddleware:
+    """Times every HTTP request and counts it by method, route template and status."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            METRICS.observe_request(
+                scope["method"], template, status, time.perf_counter() - started
+            )

@@ -1,0 +1,111 @@
+"""Request and response bodies, named by role (``XCreate``, ``XPublic``, ``XsPublic``)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JobKind = Literal["match", "interpolate", "analyze", "train"]
+JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
+class CheckpointPublic(BaseModel):
+    id: str
+    name: str
+    sha256: str = Field(description="sha256 of the bytes as uploaded.")
+    size_bytes: int = Field(description="Size of the bytes as uploaded.")
+    format: Literal["safetensors", "torch"] = Field(description="Format of the upload.")
+    arch: dict[str, Any]
+    num_params: int
+    created_at: datetime
+    source_job_id: str | None = Field(
+        default=None, description="The job that produced this checkpoint, for artifacts."
+    )
+
+
+class CheckpointsPublic(BaseModel):
+    items: list[CheckpointPublic]
+    next_cursor: str | None
+
+
+class DatasetPublic(BaseModel):
+    id: str = Field(description="An upload's id, or 'builtin:<name>'.")
+    name: str
+    num_examples: int | None = Field(description="Null for built-ins (it depends on the split).")
+    input_shape: list[int]
+    num_classes: int
+    sha256: str | None = Field(description="sha256 of the uploaded bytes; null for built-ins.")
+    builtin: bool = False
+    format: str | None = None
+    size_bytes: int | None = None
+    created_at: datetime | None = None
+    description: str | None = None
+
+
+class DatasetsPublic(BaseModel):
+    items: list[DatasetPublic]
+    next_cursor: str | None
+
+
+class JobCreate(BaseModel):
+    """A job submission; which fields and params each kind takes is in ``service/jobs.py``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: JobKind
+    model_a: str | None = Field(default=None, description="Checkpoint id of model A.")
+    model_b: str | None = Field(default=None, description="Checkpoint id of model B.")
+    dataset: str | None = Field(
+        default=None, description="An uploaded dataset id or 'builtin:<name>'."
+    )
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class Progress(BaseModel):
+    fraction: float
+    stage: str
+
+
+class ArtifactPublic(BaseModel):
+    name: str
+    checkpoint_id: str | None = None
+    url: str | None = None
+
+
+class JobPublic(BaseModel):
+    id: str
+    kind: JobKind
+    status: JobStatus
+    progress: Progress
+    error: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    result: dict[str, Any] | None
+    artifacts: list[ArtifactPublic]
+    model_a: str | None
+    model_b: str | None
+    dataset: str | None
+    params: dict[str, Any] = Field(description="The params as validated, defaults filled in.")
+    attempts: int
+    cancel_requested: bool
+
+
+class JobsPublic(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+class LayerMetricPublic(BaseModel):
+    pair: str
+    metric: str
+    layer: str | None
+    layer_index: int | None
+    alpha: float | None
+    value: float | None
+
+
+class LayerMetricsPublic(BaseModel):
+    items: list[LayerMetricPublic]

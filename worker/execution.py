@@ -1,0 +1,363 @@
+"""Running one job in the worker: claim it, report into its row, finish it. Imported only in the
+worker child process (it loads torch).
+
+The claim is one conditional UPDATE (``queued`` -> ``running``), so a duplicate delivery of the
+same message, or a job cancelled while queued, does nothing. Progress and the cancellation flag
+go through the database, throttled, so a long job neither floods it nor misses a cancel by more
+than a batch and a poll interval. A failure is stored as a sentence; its traceback goes to the
+logs only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from sqlalchemy import select, update
+
+from llfc_core.analysis import AnalysisConfig, analyze_pair
+from llfc_core.archs import Architecture, parse_arch
+from llfc_core.checkpoints import load_safetensors
+from llfc_core.data import Dataset, fit_to_arch, load_builtin, read_arrays
+from llfc_core.device import resolve_device
+from llfc_core.errors import CancelledError, DatasetError, LLFCError
+from llfc_core.interpolation import interpolate_checkpoint
+from llfc_core.matching import match_models
+from llfc_core.permutation import StateDict
+from llfc_core.progress import Reporter
+from llfc_core.training import evaluate, train_modes
+from service.checkpoints import store_artifact
+from service.core.config import Settings, get_settings
+from service.datasets import BUILTIN_PREFIX
+from service.db.models import Checkpoint, Job, JobArtifact, LayerMetric, utcnow
+from service.db.models import Dataset as DatasetRow
+from service.db.session import rows_changed, session_scope
+from service.jobs import make_train_config
+from service.results import json_safe, layer_metric_rows
+from service.storage import BlobStore
+
+logger = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 0.5
+CANCEL_POLL_INTERVAL_S = 0.5
+INTERNAL_FAILURE = (
+    "The job failed because of an internal error; the operators can find the details in the "
+    "worker logs."
+)
+ANALYSIS_KEYS = ("alphas", "llfc_alphas", "match", "batch_size", "reset_bn", "seed")
+TRAIN_SHARE = 0.95
+"""Share of a train job's progress bar for training; the rest is evaluating the modes."""
+
+
+@dataclass
+class Outcome:
+    """What a finished job leaves: its result JSON and the state dicts to keep as checkpoints."""
+
+    result: dict[str, Any]
+    artifacts: list[tuple[str, StateDict]] = field(default_factory=list)
+    with_layer_metrics: bool = False
+
+
+@dataclass
+class JobContext:
+    """Everything an executor needs: the job as claimed, its inputs' locations, a reporter."""
+
+    job: Job
+    settings: Settings
+    store: BlobStore
+    reporter: Reporter
+    device: torch.device
+
+    @property
+    def arch(self) -> Architecture:
+        assert self.job.arch is not None
+        return parse_arch(self.job.arch, max_params=self.settings.max_params)
+
+    def load_model(self, checkpoint_id: str | None) -> StateDict:
+        assert checkpoint_id is not None
+        with session_scope() as session:
+            checkpoint = session.get(Checkpoint, checkpoint_id)
+            if checkpoint is None:
+                raise LLFCError(f"The checkpoint {checkpoint_id} was deleted before the job ran.")
+            blob = checkpoint.blob_sha256
+        return load_safetensors(self.store.path_for(blob))
+
+    def load_dataset(self, split: str | None = None) -> Dataset:
+        """The job's dataset (a built-in's ``split``, an upload whole), limited and fitted."""
+        ref = self.job.dataset_ref
+        if ref is None:
+            raise DatasetError("This job has no dataset.")
+        split = split or self.job.params.get("split", "train")
+        if ref.startswith(BUILTIN_PREFIX):
+            dataset: Dataset = load_builtin(
+                ref[len(BUILTIN_PREFIX) :], split, root=self.settings.resolved_datasets_root
+            )
+        else:
+            with session_scope() as session:
+                row = session.get(DatasetRow, ref)
+                if row is None:
+                    raise DatasetError(f"The dataset {ref} was deleted before the job ran.")
+                sha256 = row.sha256
+            dataset = read_arrays(
+                self.store.path_for(sha256), max_bytes=self.settings.max_upload_bytes
+            )
+        requested = self.job.params.get("max_examples") or self.settings.max_examples
+        return fit_to_arch(self.arch, dataset.limit(min(requested, self.settings.max_examples)))
+
+    @property
+    def uses_builtin_dataset(self) -> bool:
+        return bool(self.job.dataset_ref and self.job.dataset_ref.startswith(BUILTIN_PREFIX))
+
+
+Executor = Callable[[JobContext], Outcome]
+
+
+# --- The four kinds ------------------------------------------------------------------------
+
+
+def run_match(context: JobContext) -> Outcome:
+    params = context.job.params
+    dataset = context.load_dataset() if context.job.dataset_ref else None
+    matched = match_models(
+        context.arch,
+        context.load_model(context.job.model_a_id),
+        context.load_model(context.job.model_b_id),
+        params["method"],
+        dataset,
+        seed=params["seed"],
+        batch_size=params["batch_size"],
+        device=context.device,
+        reporter=context.reporter,
+    )
+    return Outcome(matched.summary(), [("model_b_permuted", matched.permuted_b)])
+
+
+def run_interpolate(context: JobContext) -> Outcome:
+    params = context.job.params
+    bn_data = context.load_dataset() if context.job.dataset_ref else None
+    mixed = interpolate_checkpoint(
+        context.arch,
+        context.load_model(context.job.model_a_id),
+        context.load_model(context.job.model_b_id),
+        params["alpha"],
+        bn_data,
+        batch_size=params["batch_size"],
+        device=context.device,
+        reporter=context.reporter,
+    )
+    result = {
+        "alpha": params["alpha"],
+        "batch_norm_reestimated": bool(context.arch.has_batch_norm and bn_data is not None),
+    }
+    return Outcome(result, [("interpolated", mixed)])
+
+
+def run_analyze(context: JobContext) -> Outcome:
+    params = context.job.params
+    config = AnalysisConfig.from_params({key: params[key] for key in ANALYSIS_KEYS})
+    dataset = context.load_dataset()
+    # Activation matching and BatchNorm re-estimation use training data; for a built-in that
+    # is its train split, an upload is used whole for everything.
+    needs_train_data = config.match == "activation" or context.arch.has_batch_norm
+    train_dataset = None
+    if needs_train_data and context.uses_builtin_dataset and params["split"] != "train":
+        train_dataset = context.load_dataset("train")
+    result = analyze_pair(
+        context.arch,
+        context.load_model(context.job.model_a_id),
+        context.load_model(context.job.model_b_id),
+        dataset,
+        config,
+        train_dataset=train_dataset,
+        device=context.device,
+        reporter=context.reporter,
+    )
+    return Outcome(result, with_layer_metrics=True)
+
+
+def run_train(context: JobContext) -> Outcome:
+    """Train the modes, then measure each on the training data (and a built-in's test split)."""
+    params = context.job.params
+    dataset = context.load_dataset()
+    states = train_modes(
+        context.arch,
+        dataset,
+        make_train_config(params),
+        num_modes=params["num_modes"],
+        device=context.device,
+        reporter=context.reporter.sub(0.0, TRAIN_SHARE),
+    )
+    evaluations = {"train": dataset}
+    if context.uses_builtin_dataset and params["split"] == "train":
+        evaluations["test"] = context.load_dataset("test")
+    modes = []
+    evaluation = context.reporter.sub(TRAIN_SHARE, 1.0 - TRAIN_SHARE)
+    for index, state in enumerate(states):
+        measured: dict[str, Any] = {"name": f"model_{index}"}
+        for split, data in evaluations.items():
+            loss, error = evaluate(context.arch, state, data, device=context.device)
+            measured[f"{split}_loss"], measured[f"{split}_error"] = loss, error
+        modes.append(measured)
+        evaluation.report((index + 1) / len(states), "evaluating the trained modes")
+    result = {"num_examples": dataset.num_examples, "modes": modes}
+    return Outcome(
+        result, [(mode["name"], state) for mode, state in zip(modes, states, strict=True)]
+    )
+
+
+# --- The job's life in the database -----------------------------------------------------------
+
+
+class JobRun:
+    """The database side of one job's execution."""
+
+    def __init__(self, job_id: str) -> None:
+        self.job_id = job_id
+        self._last_progress_write = 0.0
+        self._last_stage = ""
+        self._last_cancel_poll = 0.0
+        self._cancel_seen = False
+
+    def claim(self) -> Job | None:
+        """Atomically take the job from ``queued`` to ``running``; None if it is not queued."""
+        now = utcnow()
+        with session_scope() as session:
+            claimed = rows_changed(
+                session,
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == "queued")
+                .values(
+                    status="running",
+                    started_at=now,
+                    heartbeat_at=now,
+                    attempts=Job.attempts + 1,
+                    progress_fraction=0.0,
+                    progress_stage="starting",
+                    error=None,
+                ),
+            )
+            if not claimed:
+                return None
+            job = session.get(Job, self.job_id)
+            assert job is not None
+            session.expunge(job)
+            return job
+
+    def on_progress(self, fraction: float, stage: str) -> None:
+        """Write progress at most every PROGRESS_INTERVAL_S, or at once when the stage changes."""
+        moment = time.monotonic()
+        if stage == self._last_stage and moment - self._last_progress_write < PROGRESS_INTERVAL_S:
+            return
+        self._last_progress_write, self._last_stage = moment, stage
+        with session_scope() as session:
+            session.execute(
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == "running")
+                .values(
+                    progress_fraction=min(max(fraction, 0.0), 1.0),
+                    progress_stage=stage[:200],
+                    heartbeat_at=utcnow(),
+                ),
+            )
+
+    def should_stop(self) -> bool:
+        """Whether a cancel was requested, read at most every CANCEL_POLL_INTERVAL_S."""
+        moment = time.monotonic()
+        if self._cancel_seen or moment - self._last_cancel_poll < CANCEL_POLL_INTERVAL_S:
+            return self._cancel_seen
+        self._last_cancel_poll = moment
+        with session_scope() as session:
+            self._cancel_seen = bool(
+                session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+            )
+        return self._cancel_seen
+
+    def _finish(self, status: str, **values: Any) -> bool:
+        now = utcnow()
+        with session_scope() as session:
+            job = session.get(Job, self.job_id)
+            run_seconds = (now - job.started_at).total_seconds() if job and job.started_at else None
+            statement = (
+                update(Job)
+                .where(Job.id == self.job_id, Job.status == "running")
+                .values(status=status, finished_at=now, run_seconds=run_seconds, **values)
+            )
+            return rows_changed(session, statement) == 1
+
+    def fail(self, message: str) -> None:
+        self._finish("failed", error=message, progress_stage="failed")
+
+    def cancelled(self) -> None:
+        self._finish("cancelled", progress_stage="cancelled")
+
+    def succeed(self, job: Job, outcome: Outcome, store: BlobStore, arch: Architecture) -> None:
+        """Store artifacts, result and metric rows, and mark the job succeeded, in one commit."""
+        now = utcnow()
+        result = json_safe(outcome.result)
+        with session_scope() as session:
+            for name, state in outcome.artifacts:
+                checkpoint = store_artifact(
+                    session, store, job.owner_id, arch, state, f"{name} of {job.id}", job.id
+                )
+                session.add(JobArtifact(job_id=job.id, name=name, checkpoint_id=checkpoint.id))
+            if outcome.with_layer_metrics:
+                session.add_all(
+                    LayerMetric(job_id=job.id, **dataclasses.asdict(row))
+                    for row in layer_metric_rows(result)
+                )
+            started = job.started_at or now
+            finished = rows_changed(
+                session,
+                update(Job)
+                .where(Job.id == job.id, Job.status == "running")
+                .values(
+                    status="succeeded",
+                    result=result,
+                    finished_at=now,
+                    run_seconds=(now - started).total_seconds(),
+                    progress_fraction=1.0,
+                    progress_stage="done",
+                ),
+            )
+            if not finished:
+                # The row left 'running' meanwhile (requeued after a restart): keep nothing.
+                session.rollback()
+                logger.warning("Job %s was no longer running at its end; result dropped", job.id)
+
+
+def run_job(job_id: str, execute: Executor) -> None:
+    """Claim ``job_id`` and run ``execute`` on it, recording how it ended."""
+    run = JobRun(job_id)
+    job = run.claim()
+    if job is None:
+        logger.info("Job %s is not queued (duplicate delivery or cancelled); skipped", job_id)
+        return
+    settings = get_settings()
+    store = BlobStore(settings.blob_dir)
+    logger.info("Job %s (%s) started, attempt %d", job_id, job.kind, job.attempts)
+    try:
+        context = JobContext(
+            job=job,
+            settings=settings,
+            store=store,
+            reporter=Reporter(callback=run.on_progress, should_stop=run.should_stop),
+            device=resolve_device(settings.device),
+        )
+        outcome = execute(context)
+        run.succeed(job, outcome, store, context.arch)
+    except CancelledError:
+        logger.info("Job %s cancelled", job_id)
+        run.cancelled()
+    except LLFCError as error:
+        logger.info("Job %s failed: %s", job_id, error.message)
+        run.fail(error.message)
+    except Exception:
+        logger.exception("Job %s failed with an internal error", job_id)
+        run.fail(INTERNAL_FAILURE)
+    else:
+        logger.info("Job %s succeeded", job_id)
