@@ -1,0 +1,306 @@
+"""The Python client against a running embedded service, plus its pure helpers."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from client_testing import (
+    JOB_TIMEOUT_S,
+    MLP_ARCH,
+    MLP_NUM_PARAMS,
+    RETRY_AFTER_S,
+    RunningService,
+    free_port,
+    write_mlp_checkpoint,
+)
+from safetensors.torch import load_file
+
+import llfc_client.client as client_module
+from llfc_client import ApiError, Client, ConnectionFailed, Job, JobTimeout
+from llfc_client.client import MAX_POLL_S, MIN_POLL_S, poll_delay, retry_after_seconds
+
+
+def long_train_job(client: Client) -> Job:
+    """A train job long enough (hundreds of epochs) to be caught queued or running."""
+    return client.submit_job(
+        "train", dataset="builtin:digits", params={"arch": MLP_ARCH, "epochs": 400}
+    )
+
+
+def cancel_and_settle(client: Client, job_id: str) -> Job:
+    """Cancel a job and wait until it has stopped, so it does not hold the worker."""
+    client.cancel_job(job_id)
+    return client.wait(job_id, timeout=JOB_TIMEOUT_S)
+
+
+# --- Pure helpers ------------------------------------------------------------------------------
+
+
+def test_retry_after_reads_seconds_and_http_dates_and_ignores_garbage() -> None:
+    now = datetime(2030, 1, 1, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("3", now) == 3.0
+    assert retry_after_seconds(format_datetime(now + timedelta(seconds=7), usegmt=True), now) == 7
+    assert retry_after_seconds("soon", now) is None
+    assert retry_after_seconds(None, now) is None
+
+
+def test_poll_delay_follows_the_hint_within_bounds() -> None:
+    assert poll_delay(2.0) == 2.0
+    assert poll_delay(0.0) == MIN_POLL_S
+    assert poll_delay(3600.0) == MAX_POLL_S
+    assert MIN_POLL_S <= poll_delay(None) <= MAX_POLL_S
+
+
+def test_base_url_and_key_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "ok"})
+
+    monkeypatch.setenv("LLFC_URL", "http://llfc.example:9000/")
+    monkeypatch.setenv("LLFC_API_KEY", "secret-key")
+    with Client(transport=httpx.MockTransport(answer)) as client:
+        assert client.health() == {"status": "ok"}
+    assert str(seen[0].url) == "http://llfc.example:9000/healthz"
+    assert seen[0].headers["Authorization"] == "Bearer secret-key"
+
+
+def test_arguments_override_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LLFC_URL", "http://wrong.example")
+    monkeypatch.setenv("LLFC_API_KEY", "wrong")
+    seen: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "ok"})
+
+    with Client("http://right.example", "right", transport=httpx.MockTransport(answer)) as client:
+        client.health()
+    assert seen[0].url.host == "right.example"
+    assert seen[0].headers["Authorization"] == "Bearer right"
+
+
+def test_a_non_json_error_body_still_becomes_an_api_error() -> None:
+    def answer(_request: httpx.Request) -> httpx.Response:
+        return httpx.Response(502, text="Bad gateway from the proxy\n<html>")
+
+    with (
+        Client("http://proxy.example", transport=httpx.MockTransport(answer)) as client,
+        pytest.raises(ApiError) as caught,
+    ):
+        client.get_job("job_x")
+    assert caught.value.status == 502
+    assert caught.value.title == "Bad Gateway"
+    assert caught.value.detail == "Bad gateway from the proxy"
+
+
+# --- Against the running service ---------------------------------------------------------------
+
+
+def test_health_and_ready_answer(client: Client) -> None:
+    assert client.health()["status"] == "ok"
+    assert client.ready()["status"] == "ready"
+
+
+def test_an_unreachable_service_raises_connection_failed_naming_the_url() -> None:
+    url = f"http://127.0.0.1:{free_port()}"
+    with Client(url, timeout=2.0) as client, pytest.raises(ConnectionFailed) as caught:
+        client.list_jobs()
+    assert caught.value.url == url
+    assert url in str(caught.value)
+
+
+def test_without_the_api_key_the_service_answers_401(service: RunningService) -> None:
+    with Client(service.url, api_key="") as anonymous, pytest.raises(ApiError) as caught:
+        anonymous.list_jobs()
+    assert caught.value.status == 401
+    assert caught.value.detail
+
+
+def test_a_missing_job_raises_api_error_with_the_problem_detail(client: Client) -> None:
+    with pytest.raises(ApiError) as caught:
+        client.get_job("job_does_not_exist")
+    assert caught.value.status == 404
+    assert caught.value.title == "Not Found"
+    assert "job_does_not_exist" in caught.value.detail
+    assert caught.value.type != "about:blank"
+
+
+def test_checkpoint_upload_is_deduplicated_and_downloads_the_same_tensors(
+    client: Client, tmp_path: Path
+) -> None:
+    path = write_mlp_checkpoint(tmp_path / "a.safetensors", seed=11)
+    uploaded = client.upload_checkpoint(path, MLP_ARCH, name="mode a")
+    assert uploaded.name == "mode a"
+    assert uploaded.num_params == MLP_NUM_PARAMS
+    assert uploaded.format == "safetensors"
+    assert uploaded.arch == MLP_ARCH
+    assert uploaded.size_bytes == path.stat().st_size
+    assert client.upload_checkpoint(path, MLP_ARCH).id == uploaded.id
+    assert client.get_checkpoint(uploaded.id) == uploaded
+
+    downloaded = client.download_checkpoint(uploaded.id, tmp_path / "back" / "a.safetensors")
+    original, returned = load_file(str(path)), load_file(str(downloaded))
+    assert sorted(returned) == sorted(original)
+    for key, tensor in original.items():
+        assert torch.equal(returned[key], tensor)
+    assert not list(downloaded.parent.glob("*.part"))
+
+
+def test_checkpoints_page_by_cursor_and_iterate_all(client: Client, tmp_path: Path) -> None:
+    ids = {
+        client.upload_checkpoint(write_mlp_checkpoint(tmp_path / f"{s}.st", seed=s), MLP_ARCH).id
+        for s in (21, 22, 23)
+    }
+    first = client.list_checkpoints(limit=2)
+    assert len(first.items) == 2 and first.next_cursor is not None
+    second = client.list_checkpoints(limit=2, cursor=first.next_cursor)
+    assert not {c.id for c in first.items} & {c.id for c in second.items}
+    listed = [checkpoint.id for checkpoint in client.iter_checkpoints(page_size=2)]
+    assert ids <= set(listed)
+    assert len(listed) == len(set(listed))
+
+
+def test_deleted_checkpoint_is_gone(client: Client, tmp_path: Path) -> None:
+    checkpoint = client.upload_checkpoint(
+        write_mlp_checkpoint(tmp_path / "gone.safetensors", seed=31), MLP_ARCH
+    )
+    client.delete_checkpoint(checkpoint.id)
+    with pytest.raises(ApiError) as caught:
+        client.get_checkpoint(checkpoint.id)
+    assert caught.value.status == 404
+
+
+def test_a_checkpoint_that_does_not_fit_its_arch_is_refused_naming_tensors(
+    client: Client, tmp_path: Path
+) -> None:
+    path = write_mlp_checkpoint(tmp_path / "wide.safetensors", seed=41)
+    with pytest.raises(ApiError) as caught:
+        client.upload_checkpoint(path, {"name": "mlp", "widths": [64, 16, 10]})
+    assert caught.value.status == 422
+    assert "0.weight" in caught.value.detail
+    assert "0.weight" in str(caught.value.extra["mis_shaped"])
+
+
+def test_dataset_upload_lists_with_the_builtins(client: Client, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "tiny.npz"
+    np.savez(path, x=rng.random((20, 64), dtype=np.float32), y=np.arange(20) % 4)
+    dataset = client.upload_dataset(path, name="tiny")
+    assert (dataset.name, dataset.num_examples, dataset.input_shape) == ("tiny", 20, [64])
+    assert dataset.num_classes == 4
+    assert not dataset.builtin
+    listed = {item.id: item for item in client.iter_datasets()}
+    assert dataset.id in listed
+    assert listed["builtin:digits"].builtin
+    assert listed["builtin:digits"].input_shape == [64]
+    assert client.list_datasets().items[0].builtin
+    assert client.get_dataset(dataset.id) == dataset
+    client.delete_dataset(dataset.id)
+    with pytest.raises(ApiError):
+        client.get_dataset(dataset.id)
+
+
+def test_the_same_idempotency_key_returns_the_same_job(
+    client: Client, trained_pair: tuple[str, str]
+) -> None:
+    model_a, model_b = trained_pair
+    first = client.submit_job(
+        "match", model_a, model_b, params={"method": "weight"}, idempotency_key="match-once"
+    )
+    again = client.submit_job(
+        "match", model_a, model_b, params={"method": "weight"}, idempotency_key="match-once"
+    )
+    assert again.id == first.id
+    finished = client.wait(first.id, timeout=JOB_TIMEOUT_S)
+    assert finished.status == "succeeded"
+    assert finished.result is not None
+    assert finished.result["objective_after"] <= finished.result["objective_before"]
+    [artifact] = finished.artifacts
+    assert artifact.name == "model_b_permuted"
+    assert artifact.checkpoint_id is not None
+    assert client.get_checkpoint(artifact.checkpoint_id).arch == MLP_ARCH
+
+
+def test_a_refused_submission_raises_api_error(client: Client) -> None:
+    with pytest.raises(ApiError) as caught:
+        client.submit_job("analyze", "ckpt_missing", "ckpt_missing", "builtin:digits")
+    assert caught.value.status == 422
+    assert "ckpt_missing" in caught.value.detail
+
+
+def test_jobs_list_and_filter_by_kind_and_status(
+    client: Client, trained_pair: tuple[str, str], analyze_job: Job
+) -> None:
+    analyses = list(client.iter_jobs(kind="analyze", page_size=1))
+    assert analyze_job.id in {job.id for job in analyses}
+    assert {job.kind for job in analyses} == {"analyze"}
+    succeeded = client.list_jobs(status="succeeded", kind="train")
+    assert succeeded.items and {job.status for job in succeeded.items} == {"succeeded"}
+    assert client.get_job(analyze_job.id).result == analyze_job.result
+
+
+def test_wait_sleeps_for_the_servers_retry_after(
+    client: Client, trained_pair: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    slept: list[float] = []
+    real_sleep = time.sleep
+
+    def recording_sleep(seconds: float) -> None:
+        slept.append(seconds)
+        real_sleep(seconds)
+
+    monkeypatch.setattr(client_module.time, "sleep", recording_sleep)
+    seen: list[Job] = []
+    job = client.submit_job("analyze", *trained_pair, "builtin:digits", {"match": "none"})
+    finished = client.wait(job.id, on_progress=seen.append)
+    assert finished.status == "succeeded"
+    assert slept and set(slept) == {float(RETRY_AFTER_S)}
+    assert len(seen) == len(slept) + 1
+    assert seen[-1].status == "succeeded"
+    fractions = [job.progress.fraction for job in seen]
+    assert fractions == sorted(fractions)
+
+
+def test_wait_times_out_and_the_job_keeps_going(client: Client) -> None:
+    job = long_train_job(client)
+    started = time.monotonic()
+    with pytest.raises(JobTimeout) as caught:
+        client.wait(job.id, timeout=0.5)
+    assert time.monotonic() - started < 0.5 + 2.0
+    assert caught.value.job_id == job.id
+    assert client.get_job(job.id).status in ("queued", "running")
+    assert cancel_and_settle(client, job.id).status == "cancelled"
+
+
+def test_cancel_stops_a_running_job(client: Client) -> None:
+    job = long_train_job(client)
+    deadline = time.monotonic() + JOB_TIMEOUT_S
+    while client.get_job(job.id).status == "queued" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    asked = client.cancel_job(job.id)
+    assert asked.status in ("running", "cancelled")
+    finished = client.wait(job.id, timeout=JOB_TIMEOUT_S)
+    assert finished.status == "cancelled"
+    assert finished.artifacts == []
+
+
+def test_cancelling_a_finished_job_is_a_conflict(client: Client, analyze_job: Job) -> None:
+    with pytest.raises(ApiError) as caught:
+        client.cancel_job(analyze_job.id)
+    assert caught.value.status == 409
+
+
+def test_layer_metrics_match_the_result(client: Client, analyze_job: Job) -> None:
+    assert analyze_job.result is not None
+    rows = client.get_layer_metrics(analyze_job.id, pair="matched", metric="cos_ab")
+    expected = analyze_job.result["pairs"]["matched"]["llfc"]["cos_ab"]
+    assert [row.value for row in rows] == pytest.approx(expected)

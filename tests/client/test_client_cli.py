@@ -1,0 +1,342 @@
+"""The ``llfc`` client commands against a running embedded service, and their pure helpers."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import numpy as np
+import pytest
+from click.testing import CliRunner, Result
+from client_testing import (
+    JOB_TIMEOUT_S,
+    MLP_ARCH,
+    RunningService,
+    free_port,
+    run_llfc,
+    service_environment,
+    write_mlp_checkpoint,
+)
+from safetensors.torch import load_file
+
+from llfc_cli.client_commands import ProgressDisplay, build_params
+from llfc_cli.main import main
+from llfc_client import Client, Job, Progress
+
+Cli = Callable[..., Result]
+
+
+@pytest.fixture()
+def llfc(service: RunningService) -> Cli:
+    """Run ``llfc ARGS`` in-process against the test service (via LLFC_URL / LLFC_API_KEY)."""
+    runner = CliRunner()
+    env = {"LLFC_URL": service.url, "LLFC_API_KEY": service.api_key}
+
+    def invoke(*args: str) -> Result:
+        return runner.invoke(main, list(args), env=env, catch_exceptions=False)
+
+    return invoke
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("Error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def a_job(status: str, fraction: float, stage: str) -> Job:
+    return Job(
+        id="job_1",
+        kind="train",
+        status=status,
+        progress=Progress(fraction, stage),
+        error=None,
+        created_at=None,
+        started_at=None,
+        finished_at=None,
+        result=None,
+        artifacts=[],
+    )
+
+
+# --- Pure helpers ------------------------------------------------------------------------------
+
+
+def test_params_read_json_values_and_keep_text_otherwise() -> None:
+    params = build_params(
+        "analyze",
+        '{"alphas": [0, 1], "split": "train"}',
+        ["split=test", "max_examples=100", "llfc_alphas=[0.5]"],
+        "weight",
+    )
+    assert params == {
+        "alphas": [0, 1],
+        "split": "test",
+        "max_examples": 100,
+        "llfc_alphas": [0.5],
+        "match": "weight",
+    }
+
+
+def test_match_option_is_the_method_of_a_match_job_and_refused_for_train() -> None:
+    assert build_params("match", None, [], "activation") == {"method": "activation"}
+    with pytest.raises(click.BadParameter, match="train"):
+        build_params("train", None, [], "weight")
+    with pytest.raises(click.BadParameter, match="key=value"):
+        build_params("train", None, ["epochs"], None)
+
+
+def test_progress_on_a_terminal_rewrites_one_bar_line_with_the_stage() -> None:
+    stream = io.StringIO()
+    display = ProgressDisplay(stream, interactive=True)
+    display(a_job("running", 0.5, "training epoch 1/2"))
+    display(a_job("succeeded", 1.0, "done"))
+    display.close()
+    text = stream.getvalue()
+    assert text.count("\r") == 2 and text.endswith("\n")
+    first, second = text.split("\r")[1:]
+    assert "[" + "#" * 14 + "-" * 14 + "]  50%  running: training epoch 1/2" in first
+    assert "100%  succeeded: done" in second
+
+
+def test_progress_in_a_log_prints_a_line_per_stage_or_tenth() -> None:
+    stream = io.StringIO()
+    display = ProgressDisplay(stream, interactive=False)
+    steps = ((0.0, "queued"), (0.01, "queued"), (0.3, "epoch 1"), (0.35, "epoch 1"))
+    for fraction, stage in steps:
+        display(a_job("running", fraction, stage))
+    display.close()
+    assert stream.getvalue().splitlines() == [
+        "job_1 running   0% queued",
+        "job_1 running  30% epoch 1",
+    ]
+
+
+# --- Against the running service ---------------------------------------------------------------
+
+
+def test_upload_prints_the_checkpoint_id_alone_on_stdout(
+    llfc: Cli, client: Client, tmp_path: Path
+) -> None:
+    path = write_mlp_checkpoint(tmp_path / "a.safetensors", seed=51)
+    result = llfc("upload", str(path), "--arch", json.dumps(MLP_ARCH), "--name", "cli mode")
+    assert result.exit_code == 0, result.output
+    checkpoint = client.get_checkpoint(result.stdout.strip())
+    assert checkpoint.name == "cli mode"
+    assert "2,410 parameters" in result.stderr
+
+
+def test_upload_reads_the_arch_from_a_file(llfc: Cli, client: Client, tmp_path: Path) -> None:
+    arch_file = tmp_path / "arch.json"
+    arch_file.write_text(json.dumps(MLP_ARCH))
+    path = write_mlp_checkpoint(tmp_path / "b.safetensors", seed=52)
+    result = llfc("upload", str(path), "--arch", f"@{arch_file}")
+    assert result.exit_code == 0, result.output
+    assert client.get_checkpoint(result.stdout.strip()).arch == MLP_ARCH
+
+
+def test_upload_of_a_checkpoint_that_does_not_fit_fails_with_one_line(
+    llfc: Cli, tmp_path: Path
+) -> None:
+    path = write_mlp_checkpoint(tmp_path / "c.safetensors", seed=53)
+    result = llfc("upload", str(path), "--arch", '{"name": "mlp", "widths": [64, 16, 10]}')
+    assert_one_line_error(result, "0.weight")
+    assert result.stdout == ""
+
+
+def test_upload_of_a_missing_file_fails_with_one_line(llfc: Cli, tmp_path: Path) -> None:
+    result = llfc("upload", str(tmp_path / "nope.pt"), "--arch", json.dumps(MLP_ARCH))
+    assert_one_line_error(result, "nope.pt", "No such file")
+
+
+def test_upload_dataset_then_datasets_lists_it_with_the_builtins(llfc: Cli, tmp_path: Path) -> None:
+    path = tmp_path / "small.npz"
+    rng = np.random.default_rng(1)
+    np.savez(path, x=rng.random((30, 64), dtype=np.float32), y=np.arange(30) % 3)
+    uploaded = llfc("upload-dataset", str(path), "--name", "small")
+    assert uploaded.exit_code == 0, uploaded.output
+    dataset_id = uploaded.stdout.strip()
+    listed = llfc("datasets")
+    assert listed.exit_code == 0, listed.output
+    rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows[dataset_id][1:] == ["small", "30", "64", "3"]
+    assert rows["builtin:digits"][1:] == ["digits", "by", "split", "64", "10"]
+
+
+def test_submit_train_waits_then_results_status_and_download(
+    llfc: Cli, client: Client, tmp_path: Path
+) -> None:
+    submitted = llfc(
+        "submit",
+        "train",
+        "--dataset",
+        "builtin:digits",
+        "--param",
+        "arch=" + json.dumps(MLP_ARCH),
+        "--params",
+        '{"epochs": 1, "max_examples": 200, "seed": 9}',
+        "--wait",
+    )
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.strip().splitlines()[-1]
+    assert f"Job {job_id} succeeded" in submitted.stderr
+    job = client.get_job(job_id)
+    assert job.params["epochs"] == 1 and job.params["max_examples"] == 200
+
+    shown = llfc("results", job_id)
+    assert shown.exit_code == 0, shown.output
+    assert "num_examples: 200" in shown.stdout
+    modes_table = shown.stdout.split("modes:\n")[1].splitlines()
+    assert modes_table[0].split()[:3] == ["name", "train_loss", "train_error"]
+    assert [line.split()[0] for line in modes_table[1:3]] == ["model_0", "model_1"]
+    for artifact in job.artifacts:
+        assert f"{artifact.name}: {artifact.checkpoint_id}" in shown.stdout
+    as_csv = dict(csv.reader(io.StringIO(llfc("results", job_id, "--format", "csv").stdout)))
+    assert as_csv["num_examples"] == "200"
+    assert as_csv["modes.1.name"] == "model_1"
+    assert 0.0 <= float(as_csv["modes.1.train_error"]) <= 1.0
+    assert as_csv["artifacts.model_1"] == job.artifacts[1].checkpoint_id
+
+    status = llfc("status", job_id)
+    assert status.exit_code == 0, status.output
+    assert f"Job {job_id}: train, succeeded" in status.stdout
+    assert "progress: 100%" in status.stdout
+    assert "max_examples: 200" in status.stdout
+
+    downloaded = llfc("download", job_id, "-o", str(tmp_path / "modes"))
+    assert downloaded.exit_code == 0, downloaded.output
+    paths = [Path(line) for line in downloaded.stdout.splitlines()]
+    assert [p.name for p in paths] == [f"{job_id}-model_{i}.safetensors" for i in (0, 1)]
+    for path in paths:
+        assert sorted(load_file(str(path))) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+
+
+def test_download_of_a_checkpoint_writes_its_tensors(
+    llfc: Cli, trained_pair: tuple[str, str], tmp_path: Path
+) -> None:
+    dest = tmp_path / "a.safetensors"
+    result = llfc("download", trained_pair[0], "-o", str(dest))
+    assert result.exit_code == 0, result.output
+    assert Path(result.stdout.strip()) == dest
+    assert load_file(str(dest))["0.weight"].shape == (32, 64)
+
+
+def test_download_of_an_unknown_id_fails_with_one_line(llfc: Cli) -> None:
+    assert_one_line_error(llfc("download", "ckpt_nothing"), "No checkpoint or job", "ckpt_nothing")
+
+
+def test_submit_analyze_then_results_as_table_json_and_csv(
+    llfc: Cli, trained_pair: tuple[str, str]
+) -> None:
+    model_a, model_b = trained_pair
+    submitted = llfc(
+        "submit", "analyze", model_a, model_b, "--dataset", "builtin:digits",
+        "--match", "activation", "--param", "max_examples=300", "--wait",
+    )  # fmt: skip
+    assert submitted.exit_code == 0, submitted.output
+    job_id = submitted.stdout.strip().splitlines()[-1]
+
+    as_json = llfc("results", job_id, "--format", "json")
+    assert as_json.exit_code == 0, as_json.output
+    result = json.loads(as_json.stdout)
+    assert set(result["pairs"]) == {"naive", "matched"}
+    for pair in result["pairs"].values():
+        assert pair["llfc"]["layers"] == ["1", "logits"]
+        assert isinstance(pair["lmc"]["loss_barrier"], float)
+        assert isinstance(pair["lmc"]["error_barrier"], float)
+
+    table = llfc("results", job_id)
+    assert table.exit_code == 0, table.output
+    lines = table.stdout.splitlines()
+    assert lines[0].startswith(f"Job {job_id}: analyze, succeeded")
+    [barrier_line] = [line for line in lines if line.startswith("loss barrier")]
+    naive, matched = result["pairs"]["naive"]["lmc"], result["pairs"]["matched"]["lmc"]
+    expected = [f"{pair['loss_barrier']:.4f}" for pair in (naive, matched)]
+    assert barrier_line.split()[2:] == expected
+    assert "activation-matched" in table.stdout
+    layer_rows = [line.split() for line in lines if line.split()[:1] in (["1"], ["logits"])]
+    # Per pair: the LLFC rows of layers 1 and logits; 8 cells with Condition I for the ReLU layer.
+    assert [row[0] for row in layer_rows] == ["1", "logits", "1", "logits"]
+    cos_ab = result["pairs"]["naive"]["llfc"]["cos_ab"][0]
+    assert layer_rows[0][1] == f"{cos_ab:.4f}"
+    assert len(layer_rows[0]) == 1 + 1 + 3 + 3
+
+    rows = list(csv.DictReader(io.StringIO(llfc("results", job_id, "--format", "csv").stdout)))
+    cos_ab_rows = [r for r in rows if r["metric"] == "cos_ab"]
+    assert [(r["pair"], r["layer"]) for r in cos_ab_rows] == [
+        ("naive", "1"), ("naive", "logits"), ("matched", "1"), ("matched", "logits")
+    ]  # fmt: skip
+    [barrier] = [r for r in rows if r["pair"] == "matched" and r["metric"] == "loss_barrier"]
+    assert float(barrier["value"]) == pytest.approx(matched["loss_barrier"])
+    weak = [r for r in rows if r["metric"] == "weak_additivity" and r["pair"] == "naive"]
+    assert sorted(r["alpha"] for r in weak) == ["0.25", "0.5", "0.75"]
+
+
+def test_jobs_lists_newest_first_and_filters_by_kind(llfc: Cli, analyze_job: Job) -> None:
+    result = llfc("jobs", "--kind", "analyze", "--limit", "200")
+    assert result.exit_code == 0, result.output
+    rows = [line.split() for line in result.stdout.splitlines()[1:]]
+    assert analyze_job.id in [row[0] for row in rows]
+    assert {row[1] for row in rows} == {"analyze"}
+    succeeded = llfc("jobs", "--status", "succeeded")
+    assert {line.split()[2] for line in succeeded.stdout.splitlines()[1:]} == {"succeeded"}
+
+
+def test_wait_on_a_finished_job_exits_zero(llfc: Cli, analyze_job: Job) -> None:
+    result = llfc("wait", analyze_job.id)
+    assert result.exit_code == 0, result.output
+    assert f"Job {analyze_job.id} succeeded" in result.stderr
+
+
+def test_cancel_then_wait_and_results_exit_nonzero(llfc: Cli, client: Client) -> None:
+    job = client.submit_job(
+        "train", dataset="builtin:digits", params={"arch": MLP_ARCH, "epochs": 400}
+    )
+    early = llfc("results", job.id)
+    assert_one_line_error(early, job.id, f"llfc wait {job.id}")
+    cancelled = llfc("cancel", job.id)
+    assert cancelled.exit_code == 0, cancelled.output
+    assert job.id in cancelled.stdout
+    waited = llfc("wait", job.id, "--timeout", str(JOB_TIMEOUT_S))
+    assert waited.exit_code == 1
+    assert waited.stderr.strip().splitlines()[-1] == f"Error: Job {job.id} was cancelled."
+    assert client.get_job(job.id).status == "cancelled"
+
+
+def test_submit_refused_by_the_service_fails_with_its_detail(llfc: Cli) -> None:
+    result = llfc("submit", "analyze", "ckpt_a", "ckpt_b", "--dataset", "builtin:digits")
+    assert_one_line_error(result, "ckpt_a")
+
+
+def test_a_malformed_param_is_a_usage_error(llfc: Cli) -> None:
+    result = llfc("submit", "train", "--param", "epochs")
+    assert result.exit_code == 2
+    assert "key=value" in result.stderr
+
+
+def test_a_wrong_api_key_fails_with_one_line(service: RunningService) -> None:
+    result = CliRunner().invoke(main, ["jobs", "--url", service.url, "--api-key", "wrong"])
+    assert_one_line_error(result)
+
+
+def test_a_failing_command_in_a_real_process_prints_one_line_and_no_traceback(
+    service: RunningService, tmp_path: Path
+) -> None:
+    env = service_environment(tmp_path)
+    env.update(LLFC_URL=service.url, LLFC_API_KEY=service.api_key)
+    missing = run_llfc("status", "job_missing", env=env)
+    assert missing.returncode == 1
+    assert missing.stderr.splitlines() == ["Error: No job with id 'job_missing' exists."]
+
+    env["LLFC_URL"] = f"http://127.0.0.1:{free_port()}"
+    unreachable = run_llfc("jobs", env=env)
+    assert unreachable.returncode == 1
+    [line] = unreachable.stderr.splitlines()
+    assert env["LLFC_URL"] in line and "Traceback" not in unreachable.stderr
