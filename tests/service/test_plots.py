@@ -1,5 +1,6 @@
 """PNG plots of an analyze result: every plot renders from a real analysis, names are checked,
-and a result without a matched pair shows the naive pair alone."""
+a result without a matched pair shows the naive pair alone, and GET /v1/jobs/{id}/plots/{name}.png
+serves them to the job's owner only, once the job has succeeded."""
 
 from __future__ import annotations
 
@@ -7,11 +8,21 @@ import copy
 import io
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
+from service_testing import (
+    LONG_ANALYZE_WIDTHS,
+    long_analyze_body,
+    mlp_arch,
+    run_job,
+    submit,
+    upload_mlp,
+    wait_for_job,
+)
 
 from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.archs import parse_arch
@@ -181,3 +192,106 @@ def test_values_spanning_orders_of_magnitude_use_a_log_axis(result: dict[str, An
         count = len(pair["llfc"]["layers"])
         pair["llfc"]["cos_alpha"] = {key: [0.2] * count for key in pair["llfc"]["cos_alpha"]}
     assert plot_figure(close, "llfc").axes[0].get_yscale() == "linear"
+
+
+# --- The route, over real HTTP against the embedded service (auth on). ----------------------
+
+
+@pytest.fixture(scope="module")
+def analyze_job(alice: httpx.Client) -> dict[str, Any]:
+    """Alice's succeeded analyze job (weight matching) of two modes her train job produced."""
+    train = run_job(
+        alice,
+        {
+            "kind": "train",
+            "dataset": "builtin:digits",
+            "params": {"arch": mlp_arch([64, 32, 32, 10]), "epochs": 2, "seed": 3},
+        },
+    )
+    model_a, model_b = (artifact["checkpoint_id"] for artifact in train["artifacts"])
+    analyze = run_job(
+        alice,
+        {
+            "kind": "analyze",
+            "model_a": model_a,
+            "model_b": model_b,
+            "dataset": "builtin:digits",
+            "params": {"match": "weight", "split": "test", "max_examples": 200},
+        },
+    )
+    return {"train": train, "analyze": analyze}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PLOT_NAMES)
+def test_the_route_serves_each_plot_of_a_succeeded_analyze_job_as_png(
+    alice: httpx.Client, analyze_job: dict[str, Any], name: str
+) -> None:
+    job = analyze_job["analyze"]
+    response = alice.get(f"/v1/jobs/{job['id']}/plots/{name}.png")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    assert response.headers["cache-control"] == "private, max-age=86400"
+    # Rendering is deterministic, so the bytes are those of the job's stored result.
+    assert response.content == render_plot(job["result"], name)
+
+
+@pytest.mark.slow
+def test_another_owner_gets_404_for_a_plot(bob: httpx.Client, analyze_job: dict[str, Any]) -> None:
+    response = bob.get(f"/v1/jobs/{analyze_job['analyze']['id']}/plots/lmc.png")
+    assert response.status_code == 404
+    assert response.headers["content-type"] == "application/problem+json"
+
+
+@pytest.mark.slow
+def test_an_unknown_plot_is_404_with_a_sentence_listing_the_plots(
+    alice: httpx.Client, analyze_job: dict[str, Any]
+) -> None:
+    response = alice.get(f"/v1/jobs/{analyze_job['analyze']['id']}/plots/barriers.png")
+    assert response.status_code == 404
+    detail = response.json()["detail"]
+    assert "'barriers'" in detail
+    assert "lmc, llfc, conditions" in detail
+
+
+@pytest.mark.slow
+def test_a_train_job_has_no_plots(alice: httpx.Client, analyze_job: dict[str, Any]) -> None:
+    response = alice.get(f"/v1/jobs/{analyze_job['train']['id']}/plots/lmc.png")
+    assert response.status_code == 404
+    assert "only analyze jobs have plots" in response.json()["detail"]
+
+
+@pytest.mark.slow
+def test_an_analyze_job_that_has_not_succeeded_answers_409(alice: httpx.Client) -> None:
+    model_a = upload_mlp(alice, LONG_ANALYZE_WIDTHS, seed=21)
+    model_b = upload_mlp(alice, LONG_ANALYZE_WIDTHS, seed=22)
+    submitted = submit(alice, long_analyze_body(model_a, model_b))
+    assert submitted.status_code == 202, submitted.text
+    job_id = submitted.json()["id"]
+    try:
+        unfinished = alice.get(f"/v1/jobs/{job_id}/plots/llfc.png")
+        assert unfinished.status_code == 409
+        assert unfinished.json()["detail"].startswith(f"Job {job_id} is ")
+        assert "once it has succeeded" in unfinished.json()["detail"]
+    finally:
+        alice.post(f"/v1/jobs/{job_id}/cancel")
+    assert wait_for_job(alice, job_id)["status"] == "cancelled"
+    cancelled = alice.get(f"/v1/jobs/{job_id}/plots/llfc.png")
+    assert cancelled.status_code == 409
+    assert cancelled.json()["detail"] == (
+        f"Job {job_id} is cancelled; its plots exist once it has succeeded."
+    )
+
+
+@pytest.mark.slow
+def test_the_openapi_document_gives_the_plot_route_a_png_response(
+    anonymous: httpx.Client,
+) -> None:
+    paths = anonymous.get("/openapi.json").json()["paths"]
+    operation = paths["/v1/jobs/{job_id}/plots/{name}.png"]["get"]
+    assert list(operation["responses"]["200"]["content"]) == ["image/png"]
+    assert operation["responses"]["200"]["content"]["image/png"]["schema"] == {
+        "type": "string",
+        "format": "binary",
+    }
+    assert {"404", "409"} <= set(operation["responses"])

@@ -1,0 +1,277 @@
+"""The web view in headless Chromium: against `llfc serve` with auth on, the page asks for the
+key once, the jobs table lists jobs and refreshes by itself, and a finished analyze job's page
+shows its plots (fetched with the key) and its metric tables.
+
+Needs Debian's `chromium` and `chromium-driver` and the `selenium` package; skipped with the
+reason when they are missing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMEDRIVER = Path("/usr/bin/chromedriver")
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--window-size=1400,1000",
+)
+WAIT_SECONDS = 60
+MLP = {"name": "mlp", "widths": [64, 32, 32, 10]}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+        reason="Chromium is not installed: apt-get install -y chromium chromium-driver",
+    ),
+]
+
+
+@dataclass
+class ServedApp:
+    base_url: str
+    key: str
+
+
+def _llfc(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "llfc_cli", *args],
+        cwd=REPOSITORY_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
+    """`llfc serve` on a free port with a fresh data folder and auth on, and one owner's key."""
+    data_dir = tmp_path_factory.mktemp("web-data")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LLFC_")}
+    env.update(LLFC_DATA_DIR=str(data_dir), LLFC_AUTH="on", LLFC_DEVICE="cpu")
+    env.update(LLFC_WORKER_STOP_GRACE_SECONDS="2", PYTHONUNBUFFERED="1")
+    assert _llfc("migrate", env=env).returncode == 0
+    created = _llfc("keys", "create", "--owner", "web", env=env)
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip().splitlines()[-1]
+    port = _free_port()
+    log_path = data_dir / "serve.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "llfc_cli", "serve", "--port", str(port)],
+            cwd=REPOSITORY_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _ready(base_url):
+            assert process.poll() is None, log_path.read_text()[-3000:]
+            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
+            time.sleep(0.25)
+        yield ServedApp(base_url, key)
+    finally:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _ready(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def _run_job(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
+    response = http.post("/v1/jobs", json=body)
+    assert response.status_code == 202, response.text
+    return _wait_for_job(http, response.json()["id"])
+
+
+def _wait_for_job(http: httpx.Client, job_id: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 180
+    while True:
+        job: dict[str, Any] = http.get(f"/v1/jobs/{job_id}").json()
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            assert job["status"] == "succeeded", job
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.2)
+
+
+def _analyze_body(train_job: dict[str, Any]) -> dict[str, Any]:
+    model_a, model_b = (artifact["checkpoint_id"] for artifact in train_job["artifacts"])
+    return {
+        "kind": "analyze",
+        "model_a": model_a,
+        "model_b": model_b,
+        "dataset": "builtin:digits",
+        "params": {"match": "weight", "split": "test", "max_examples": 200},
+    }
+
+
+@pytest.fixture(scope="module")
+def api(served: ServedApp) -> Iterator[httpx.Client]:
+    headers = {"Authorization": f"Bearer {served.key}"}
+    with httpx.Client(base_url=served.base_url, headers=headers, timeout=60) as http:
+        yield http
+
+
+@pytest.fixture(scope="module")
+def train_job(api: httpx.Client) -> dict[str, Any]:
+    body = {
+        "kind": "train",
+        "dataset": "builtin:digits",
+        "params": {"arch": MLP, "epochs": 2, "seed": 5},
+    }
+    return _run_job(api, body)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in CHROMIUM_FLAGS:
+        options.add_argument(flag)
+    options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(browser: WebDriver, condition: Any, message: str) -> Any:
+    return WebDriverWait(browser, WAIT_SECONDS).until(condition, message)
+
+
+def _job_row_status(browser: WebDriver, job_id: str) -> str | None:
+    rows = browser.find_elements(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{job_id}"]')
+    return rows[0].get_attribute("data-status") if rows else None
+
+
+def test_the_jobs_table_asks_for_the_key_once_then_lists_and_refreshes_jobs(
+    served: ServedApp, api: httpx.Client, train_job: dict[str, Any], browser: WebDriver
+) -> None:
+    browser.get(f"{served.base_url}/")
+    key_input = browser.find_element(By.ID, "key-input")
+    _wait(browser, lambda _: key_input.is_displayed(), "the page did not ask for the API key")
+    key_input.send_keys(served.key)
+    browser.find_element(By.CSS_SELECTOR, "#key-form button[type=submit]").click()
+    _wait(
+        browser,
+        lambda b: _job_row_status(b, train_job["id"]) == "succeeded",
+        "the jobs table did not list the train job as succeeded",
+    )
+    assert browser.execute_script("return localStorage.getItem('llfc.apiKey')") == served.key
+
+    # A job submitted while the page is open appears and finishes there without a reload.
+    submitted = api.post("/v1/jobs", json=_analyze_body(train_job))
+    assert submitted.status_code == 202, submitted.text
+    analyze_id = submitted.json()["id"]
+    _wait(
+        browser,
+        lambda b: _job_row_status(b, analyze_id) == "succeeded",
+        "the jobs table did not refresh to show the new job succeeded",
+    )
+    row = browser.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{analyze_id}"]')
+    cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+    assert cells[:3] == [analyze_id, "analyze", "succeeded"]
+    assert cells[3].startswith("100%")
+
+
+def test_a_finished_analyze_job_page_shows_its_plots_and_metric_tables(
+    served: ServedApp,
+    api: httpx.Client,
+    train_job: dict[str, Any],
+    browser: WebDriver,
+    tmp_path: Path,
+) -> None:
+    job = _run_job(api, _analyze_body(train_job))
+    # The key is already in this browser's localStorage from the page visited before, or is
+    # put there now when this test runs alone.
+    browser.get(f"{served.base_url}/")
+    browser.execute_script("localStorage.setItem('llfc.apiKey', arguments[0])", served.key)
+    browser.get(f"{served.base_url}/jobs/{job['id']}")
+
+    loaded = """
+        const images = [...document.querySelectorAll('img.plot')];
+        return images.length === 3 && images.every((i) => i.complete && i.naturalWidth > 0);
+    """
+    _wait(browser, lambda b: b.execute_script(loaded), "the plot images did not load")
+    images = browser.find_elements(By.CSS_SELECTOR, "img.plot")
+    assert [image.get_attribute("data-plot") for image in images] == ["lmc", "llfc", "conditions"]
+    for image in images:
+        # Fetched with the Authorization header, so shown through an object URL.
+        assert image.get_attribute("src").startswith("blob:")
+        assert browser.execute_script("return arguments[0].naturalWidth", image) >= 800
+
+    naive = job["result"]["pairs"]["naive"]
+    matched = job["result"]["pairs"]["matched"]
+    barriers = browser.find_element(By.ID, "barriers-table")
+    headers = [cell.text for cell in barriers.find_elements(By.CSS_SELECTOR, "thead th")]
+    assert headers == ["", "naive", "weight matching"]
+    loss_row = barriers.find_elements(By.CSS_SELECTOR, "tbody tr")[0]
+    assert [cell.text for cell in loss_row.find_elements(By.TAG_NAME, "td")] == [
+        f"{naive['lmc']['loss_barrier']:.3g}",
+        f"{matched['lmc']['loss_barrier']:.3g}",
+    ]
+    llfc_rows = browser.find_elements(By.CSS_SELECTOR, "#llfc-table tbody tr")
+    assert [row.find_element(By.TAG_NAME, "th").text for row in llfc_rows] == naive["llfc"][
+        "layers"
+    ]
+    # Per pair: the baseline, then one column per LLFC alpha.
+    assert len(llfc_rows[0].find_elements(By.TAG_NAME, "td")) == 2 * (
+        1 + len(naive["llfc"]["cos_alpha"])
+    )
+    condition_one = browser.find_elements(By.CSS_SELECTOR, "#condition-one-table tbody tr")
+    assert len(condition_one) == len(naive["weak_additivity_layers"])
+    condition_two = browser.find_elements(By.CSS_SELECTOR, "#condition-two-table tbody tr")
+    assert len(condition_two) == len(naive["commutativity_layers"])
+
+    height = browser.execute_script("return document.body.scrollHeight")
+    browser.set_window_size(1400, height + 100)
+    screenshot = tmp_path / "job-page.png"
+    assert browser.save_screenshot(str(screenshot))
+    assert screenshot.stat().st_size > 0
