@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -383,9 +383,20 @@ def is_finished(job: Job) -> bool:
 
 
 def job_public(session: Session, job: Job) -> JobPublic:
-    artifacts = session.scalars(
-        select(JobArtifact).where(JobArtifact.job_id == job.id).order_by(JobArtifact.id)
-    )
+    return jobs_public(session, [job])[0]
+
+
+def jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
+    """Jobs as the API shows them, their artifacts read in one query."""
+    artifacts: dict[str, list[JobArtifact]] = {job.id: [] for job in jobs}
+    for artifact in session.scalars(
+        select(JobArtifact).where(JobArtifact.job_id.in_(list(artifacts))).order_by(JobArtifact.id)
+    ):
+        artifacts[artifact.job_id].append(artifact)
+    return [_public(job, artifacts[job.id]) for job in jobs]
+
+
+def _public(job: Job, artifacts: list[JobArtifact]) -> JobPublic:
     return JobPublic(
         id=job.id,
         kind=job.kind,  # type: ignore[arg-type]

@@ -68,15 +68,11 @@ class JobContext:
     """Everything an executor needs: the job as claimed, its inputs' locations, a reporter."""
 
     job: Job
+    arch: Architecture
     settings: Settings
     store: BlobStore
     reporter: Reporter
     device: torch.device
-
-    @property
-    def arch(self) -> Architecture:
-        assert self.job.arch is not None
-        return parse_arch(self.job.arch, max_params=self.settings.max_params)
 
     def load_model(self, checkpoint_id: str | None) -> StateDict:
         assert checkpoint_id is not None
@@ -341,8 +337,10 @@ def run_job(job_id: str, execute: Executor) -> None:
     store = BlobStore(settings.blob_dir)
     logger.info("Job %s (%s) started, attempt %d", job_id, job.kind, job.attempts)
     try:
+        assert job.arch is not None
         context = JobContext(
             job=job,
+            arch=parse_arch(job.arch, max_params=settings.max_params),
             settings=settings,
             store=store,
             reporter=Reporter(callback=run.on_progress, should_stop=run.should_stop),

@@ -6,7 +6,15 @@ Celery parent process never loads torch or touches CUDA.
 
 from __future__ import annotations
 
+from celery.signals import worker_process_init
+
 from worker.celery_app import TASK_NAMES, celery_app
+
+
+@worker_process_init.connect
+def load_engine(**_: object) -> None:
+    """Import the engine as each pool child starts, so the first job does not wait for torch."""
+    import worker.execution  # noqa: F401
 
 
 @celery_app.task(name=TASK_NAMES["match"])

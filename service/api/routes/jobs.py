@@ -10,7 +10,14 @@ from sqlalchemy import select
 from service.api.deps import CurrentOwner, SessionDep, SettingsDep
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
 from service.db.models import Job, LayerMetric
-from service.jobs import cancel_job, get_owned_job, is_finished, job_public, submit_job
+from service.jobs import (
+    cancel_job,
+    get_owned_job,
+    is_finished,
+    job_public,
+    jobs_public,
+    submit_job,
+)
 from service.queue import publish_job
 from service.schemas import (
     JobCreate,
@@ -77,7 +84,7 @@ def list_jobs(
     if kind is not None:
         statement = statement.where(Job.kind == kind)
     rows, next_cursor = paginate(session, statement, Job.created_at, Job.id, limit, cursor)
-    return JobsPublic(items=[job_public(session, job) for job in rows], next_cursor=next_cursor)
+    return JobsPublic(items=jobs_public(session, rows), next_cursor=next_cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic)
