@@ -304,3 +304,12 @@ def test_layer_metrics_match_the_result(client: Client, analyze_job: Job) -> Non
     rows = client.get_layer_metrics(analyze_job.id, pair="matched", metric="cos_ab")
     expected = analyze_job.result["pairs"]["matched"]["llfc"]["cos_ab"]
     assert [row.value for row in rows] == pytest.approx(expected)
+
+
+def test_get_plot_returns_each_png_of_a_finished_analysis(client: Client, analyze_job: Job) -> None:
+    for name in ("lmc", "llfc", "conditions"):
+        assert client.get_plot(analyze_job.id, name).startswith(b"\x89PNG\r\n\x1a\n")
+    with pytest.raises(ApiError) as caught:
+        client.get_plot(analyze_job.id, "no-such-plot")
+    assert caught.value.status == 404
+    assert "no-such-plot" in caught.value.detail
