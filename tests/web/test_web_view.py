@@ -1,9 +1,10 @@
-"""The web view in headless Chromium: against `llfc serve` with auth on, the page asks for the
-key once, the jobs table lists jobs and refreshes by itself, and a finished analyze job's page
-shows its plots (fetched with the key) and its metric tables.
+"""The web view against `llfc serve` with auth on: the page and its two assets are served
+without a key, and in headless Chromium the page asks for the key once, the jobs table lists jobs
+and refreshes by itself, and a finished analyze job's page shows its plots (fetched with the key)
+and its metric tables.
 
-Needs Debian's `chromium` and `chromium-driver` and the `selenium` package; skipped with the
-reason when they are missing.
+The browser tests need Debian's `chromium` and `chromium-driver` and the `selenium` package;
+they are skipped, with the reason, when those are missing.
 """
 
 from __future__ import annotations
@@ -22,11 +23,16 @@ from typing import Any
 import httpx
 import pytest
 
-webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is not installed")
-from selenium.webdriver.chrome.service import Service  # noqa: E402
-from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+try:
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.remote.webdriver import WebDriver
+    from selenium.webdriver.support.ui import WebDriverWait
+except ImportError:
+    HAVE_SELENIUM = False
+else:
+    HAVE_SELENIUM = True
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -45,13 +51,14 @@ CHROMIUM_FLAGS = (
 WAIT_SECONDS = 60
 MLP = {"name": "mlp", "widths": [64, 32, 32, 10]}
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
-        reason="Chromium is not installed: apt-get install -y chromium chromium-driver",
-    ),
-]
+pytestmark = pytest.mark.slow
+needs_selenium = pytest.mark.skipif(
+    not HAVE_SELENIUM, reason="selenium is not installed (pip install -e '.[dev]')"
+)
+needs_chromium = pytest.mark.skipif(
+    not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()),
+    reason="Chromium is not installed: apt-get install -y chromium chromium-driver",
+)
 
 
 @dataclass
@@ -191,6 +198,31 @@ def _job_row_status(browser: WebDriver, job_id: str) -> str | None:
     return rows[0].get_attribute("data-status") if rows else None
 
 
+def test_the_page_and_its_assets_are_served_without_a_key(served: ServedApp) -> None:
+    with httpx.Client(base_url=served.base_url) as anonymous:
+        page = anonymous.get("/")
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert '<script src="/web/app.js" defer></script>' in page.text
+        assert anonymous.get("/jobs/job_anything").text == page.text
+        script = anonymous.get("/web/app.js")
+        assert script.headers["content-type"].startswith("text/javascript")
+        assert "Authorization" in script.text
+        assert anonymous.get("/web/style.css").headers["content-type"].startswith("text/css")
+        # The data itself still needs the key.
+        assert anonymous.get("/v1/jobs").status_code == 401
+
+
+@pytest.mark.parametrize("asset", ["index.html", "missing.js", "..%2Fapi%2Fdeps.py", "app"])
+def test_only_the_script_and_style_sheet_are_served_as_assets(
+    served: ServedApp, asset: str
+) -> None:
+    response = httpx.get(f"{served.base_url}/web/{asset}")
+    assert response.status_code == 404
+
+
+@needs_selenium
+@needs_chromium
 def test_the_jobs_table_asks_for_the_key_once_then_lists_and_refreshes_jobs(
     served: ServedApp, api: httpx.Client, train_job: dict[str, Any], browser: WebDriver
 ) -> None:
@@ -221,6 +253,8 @@ def test_the_jobs_table_asks_for_the_key_once_then_lists_and_refreshes_jobs(
     assert cells[3].startswith("100%")
 
 
+@needs_selenium
+@needs_chromium
 def test_a_finished_analyze_job_page_shows_its_plots_and_metric_tables(
     served: ServedApp,
     api: httpx.Client,
