@@ -333,3 +333,24 @@ def test_a_finished_job_cannot_be_cancelled(alice: httpx.Client) -> None:
     response = alice.post(f"/v1/jobs/{job['id']}/cancel")
     assert response.status_code == 409
     assert "already succeeded" in response.json()["detail"]
+
+
+def test_a_run_time_failure_is_stored_as_a_sentence(alice: httpx.Client) -> None:
+    # mnist is read from the local data folder, which this service does not have.
+    response = submit(
+        alice,
+        {
+            "kind": "train",
+            "dataset": "builtin:mnist",
+            "params": {"arch": mlp_arch([784, 8, 10]), "epochs": 1},
+        },
+    )
+    assert response.status_code == 202
+    job = wait_for_job(alice, response.json()["id"])
+    assert job["status"] == "failed"
+    assert job["error"].startswith("The MNIST train files")
+    assert "nothing is downloaded" in job["error"]
+    assert "Traceback" not in job["error"]
+    assert job["result"] is None
+    assert job["artifacts"] == []
+    assert job["finished_at"] is not None
