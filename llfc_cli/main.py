@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from llfc_cli.client_commands import CLIENT_COMMANDS
+from llfc_cli.demo import DEMO_COMMANDS
 from llfc_cli.server_commands import SERVER_COMMANDS
 
 
@@ -14,5 +15,5 @@ def main() -> None:
     """LLFC Align: tells whether, and why, two trained networks are connected, and aligns them."""
 
 
-for command in [*SERVER_COMMANDS, *CLIENT_COMMANDS]:
+for command in [*SERVER_COMMANDS, *CLIENT_COMMANDS, *DEMO_COMMANDS]:
     main.add_command(command)
