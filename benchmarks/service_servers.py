@@ -1,0 +1,217 @@
+"""Starting and stopping the servers the service benchmarks measure, and reading their memory.
+
+Every server is a real process (``llfc serve``, ``llfc api``, ``llfc worker`` or a baseline
+defined in a benchmark script) in its own session, with its output in a log file, so stopping it
+never touches anything else and a failure shows its log. Callers stop what they start in a
+``finally`` or through :class:`ServerGroup`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = REPOSITORY_ROOT / "benchmarks"
+POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/llfc_bench"
+REDIS_URL = "redis://127.0.0.1:6379/11"
+BENCH_SECRET_KEY = "llfc-benchmark-secret-key-not-for-production"
+STOP_WAIT_S = 30.0
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def reachable(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts TCP connections on ``host:port``."""
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def llfc_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without any ``LLFC_*`` variable, plus ``settings``.
+
+    Logs stay at ``warning``: a line per request would cost the measured server time.
+    """
+    env = {key: value for key, value in os.environ.items() if not key.startswith("LLFC_")}
+    env.update(
+        LLFC_DATA_DIR=str(data_dir),
+        LLFC_DEVICE="cpu",
+        LLFC_LOG_LEVEL="warning",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(settings)
+    return env
+
+
+def run_llfc(*args: str, env: Mapping[str, str], timeout: float = 300) -> str:
+    """Run one ``llfc`` command to completion and return its standard output."""
+    done = subprocess.run(
+        [sys.executable, "-m", "llfc_cli", *args],
+        cwd=REPOSITORY_ROOT,
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if done.returncode != 0:
+        raise RuntimeError(f"llfc {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def create_key(owner: str, env: Mapping[str, str]) -> str:
+    """A new API key for ``owner`` (the last line ``llfc keys create`` prints)."""
+    return run_llfc("keys", "create", "--owner", owner, env=env).strip().splitlines()[-1]
+
+
+def reset_postgres(url: str) -> None:
+    """Empty the public schema of the benchmark's own database, so every run starts alike."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("DROP SCHEMA public CASCADE"))
+            connection.execute(text("CREATE SCHEMA public"))
+    finally:
+        engine.dispose()
+
+
+def flush_redis(url: str) -> None:
+    """Empty the benchmark's own Redis database."""
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+def proc_status_kib(pid: int, *field_names: str) -> dict[str, int]:
+    """Memory lines of ``/proc/<pid>/status`` (``VmRSS``, ``VmHWM``, ``RssAnon``...) in KiB.
+
+    ``VmRSS`` = ``RssAnon`` (the process's own memory) + ``RssFile`` (pages of mapped files,
+    page cache the kernel can drop) + ``RssShmem``; ``VmHWM`` is the peak of ``VmRSS``.
+    """
+    values: dict[str, int] = {}
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            name, _, rest = line.partition(":")
+            if name in field_names:
+                values[name] = int(rest.split()[0])
+    missing = set(field_names) - set(values)
+    if missing:
+        raise RuntimeError(f"/proc/{pid}/status has no {', '.join(sorted(missing))} line")
+    return values
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Make ``VmHWM`` of process ``pid`` start again from its current resident set."""
+    with open(f"/proc/{pid}/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+@dataclass
+class Server:
+    """A long-running process in its own session, its output going to ``log_path``."""
+
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    base_url: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log_tail(self, characters: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-characters:]
+
+    def stop(self) -> None:
+        """SIGINT (a clean stop), then SIGKILL to the whole session if it lingers."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            with suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=STOP_WAIT_S)
+        # Children (Celery's pool, a supervised worker) share the session; none may outlive it.
+        with suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait()
+
+    def wait_ready(self, path: str = "/healthz", timeout: float = 120) -> None:
+        """Poll ``path`` until it answers 200; fail with the log if the process dies first."""
+        assert self.base_url is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.popen.poll() is not None:
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.base_url}{path}", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.name} was not ready in {timeout}s:\n{self.log_tail()}")
+
+
+@dataclass
+class ServerGroup:
+    """Every server a benchmark started, stopped together in reverse order."""
+
+    log_dir: Path
+    servers: list[Server] = field(default_factory=list)
+
+    def start(
+        self, name: str, command: list[str], env: Mapping[str, str], port: int | None = None
+    ) -> Server:
+        log_path = self.log_dir / f"{name}.log"
+        with log_path.open("ab") as log:
+            popen = subprocess.Popen(
+                command,
+                cwd=REPOSITORY_ROOT,
+                env=dict(env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        base_url = f"http://127.0.0.1:{port}" if port is not None else None
+        server = Server(name, popen, log_path, base_url)
+        self.servers.append(server)
+        return server
+
+    def start_llfc(
+        self, name: str, args: list[str], env: Mapping[str, str], port: int | None = None
+    ) -> Server:
+        return self.start(name, [sys.executable, "-m", "llfc_cli", *args], env, port)
+
+    def stop(self, server: Server) -> None:
+        server.stop()
+        self.servers.remove(server)
+
+    def stop_all(self) -> None:
+        while self.servers:
+            self.stop(self.servers[-1])
+
+
+@contextmanager
+def server_group(log_dir: Path) -> Iterator[ServerGroup]:
+    """A :class:`ServerGroup` whose servers are all stopped on the way out, error or not."""
+    group = ServerGroup(log_dir)
+    try:
+        yield group
+    finally:
+        group.stop_all()

@@ -1,0 +1,53 @@
+"""The service benchmarks still run: each is run at ``--size tiny`` and its JSON line checked.
+
+They start real servers (``llfc serve``, ``llfc api``, ``llfc worker`` and their baselines), so
+each takes seconds; the ones that need PostgreSQL and Redis on 127.0.0.1 skip without them.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _run(name: str, *arguments: str) -> list[dict[str, Any]]:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--size", "tiny", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_service_upload_stores_the_checkpoint_and_reports_speed_memory_and_phases() -> None:
+    [record] = _run("service_upload")
+    assert record["benchmark"] == "service_upload"
+    # 2048-2048-2048-10 in float32, plus the safetensors header.
+    num_params = 2 * (2048 * 2048 + 2048) + 2048 * 10 + 10
+    assert num_params * 4 < record["file_bytes"] < num_params * 4 + 4096
+    for side in ("ours", "baseline"):
+        measured = record[side]
+        assert measured["seconds"] > 0
+        assert measured["mb_per_s"] == pytest.approx(
+            record["file_bytes"] / measured["seconds"] / 1e6, rel=0.01, abs=0.1
+        )
+        assert measured["rss_growth_mib"] >= 0
+    assert record["ratio_mb_per_s"] == pytest.approx(
+        record["ours"]["mb_per_s"] / record["baseline"]["mb_per_s"], abs=0.002
+    )
+    # The phases, seen from outside, cover the whole request one after the other.
+    phases = record["ours"]["phases"]
+    assert phases["stream"]["seconds"] > 0
+    split = [phase["seconds"] for name, phase in phases.items() if name != "sample_interval_s"]
+    assert len(split) >= 2
+    assert sum(split) == pytest.approx(record["ours"]["seconds"], abs=0.01)
