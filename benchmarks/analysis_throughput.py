@@ -1,0 +1,154 @@
+"""Analysis throughput: the engine's ``analyze_pair`` against the paper-style baseline.
+
+Workload: the default analysis (11 LMC alphas, 3 LLFC alphas, every metric, no matching) of two
+randomly initialised models on synthetic data, for three models:
+
+- ``mlp``: MLP 784-512-512-512-10 over 10,000 examples;
+- ``vgg``: VGG-16-BN over 2,000 CIFAR-shaped (3x32x32) examples;
+- ``resnet``: ResNet-20 x4 over CIFAR-shaped examples, 500 of them at full size: at ~650 MMAC
+  per example it is twice VGG-16's cost, and the baseline alone would take ~10 minutes on two
+  cores at 2,000.
+
+Ours and the baseline (``paper_baseline.py``) each run in a fresh process, after a warm-up, on the
+same examples held in memory; each reports wall time and peak RSS. The FLOPs each executes are
+counted (every matmul and convolution, 2 per MAC) on a short run of the same analysis and scaled
+by the number of examples, as every pass over the data costs the same per example. The machine's
+dense float32 matmul rate is measured in the same run, and one JSON line per model reports
+examples/s, achieved FLOP/s and its fraction of that peak, the speed-up and the memory ratio,
+and the largest difference between the two results (they must compute the same numbers).
+
+    python benchmarks/analysis_throughput.py [--size tiny|full] [--only mlp,vgg,resnet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from measure import count_flops, emit, matmul_peak_flops, measure_call, run_worker
+from paper_baseline import baseline_measure_pair, max_difference
+
+from llfc_core.analysis import AnalysisConfig, analyze_pair
+from llfc_core.archs import parse_arch
+from llfc_core.data import ArrayDataset, SyntheticDataset
+
+WORKLOADS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "mlp": {
+            "arch": {"name": "mlp", "widths": [784, 512, 512, 512, 10]},
+            "examples": 10_000,
+            "repeats": 3,
+        },
+        "vgg": {"arch": {"name": "vgg", "depth": 16}, "examples": 2_000},
+        "resnet": {"arch": {"name": "resnet", "depth": 20, "width": 4}, "examples": 500},
+    },
+    "tiny": {
+        "mlp": {"arch": {"name": "mlp", "widths": [784, 64, 64, 64, 10]}, "examples": 300},
+        "vgg": {"arch": {"name": "vgg", "depth": 11, "width": 0.0625}, "examples": 40},
+        "resnet": {"arch": {"name": "resnet", "depth": 8, "width": 1}, "examples": 40},
+    },
+}
+NOTES = {
+    "resnet": "full size uses 500 examples, not 2,000, to keep the run under ten minutes",
+}
+TARGETS = {"speedup": 5.0, "memory_ratio_vgg": 10.0, "fraction_of_matmul_peak_mlp": 0.5}
+COUNTING_EXAMPLES = 16
+WARM_UP_EXAMPLES = 16
+CPU = torch.device("cpu")
+
+
+def _inputs(arch_json: dict[str, Any], examples: int) -> tuple[Any, dict, dict, ArrayDataset]:
+    """The arch, two random modes and the examples, materialised so both sides read the same."""
+    arch = parse_arch(arch_json)
+    torch.manual_seed(0)
+    state_a = arch.build().state_dict()
+    state_b = arch.build().state_dict()
+    stream = SyntheticDataset(examples, arch.input_shape, arch.num_classes, seed=1)
+    x, y = zip(*stream.batches(512), strict=True)
+    return arch, state_a, state_b, ArrayDataset(torch.cat(x), torch.cat(y), "synthetic")
+
+
+def _worker(side: str, arch_json: dict[str, Any], examples: int, repeats: int) -> dict[str, Any]:
+    """Time one side on ``examples`` examples (best of ``repeats``: other processes share the
+    cores); count its FLOPs per example on a short run."""
+    arch, state_a, state_b, data = _inputs(arch_json, examples)
+    config = AnalysisConfig()
+
+    def run(subset: ArrayDataset) -> dict[str, Any]:
+        if side == "ours":
+            return analyze_pair(arch, state_a, state_b, subset, config, device=CPU)["pairs"][
+                "naive"
+            ]
+        return baseline_measure_pair(arch, state_a, state_b, subset, config, CPU)
+
+    run(data.limit(WARM_UP_EXAMPLES))
+    result: dict[str, Any] = {}
+    runs = [measure_call(lambda: result.update(run(data))) for _ in range(repeats)]
+    measured = min(runs, key=lambda measurement: measurement["seconds"])
+    flops = count_flops(lambda: run(data.limit(COUNTING_EXAMPLES)))
+    return {**measured, "flops": flops / COUNTING_EXAMPLES * examples, "result": result}
+
+
+def _measure(size: str, name: str, peak: float) -> dict[str, Any]:
+    workload = WORKLOADS[size][name]
+    arguments = [
+        json.dumps(workload["arch"]),
+        str(workload["examples"]),
+        str(workload.get("repeats", 1)),
+    ]
+    ours = run_worker(Path(__file__), ["ours", *arguments])
+    baseline = run_worker(Path(__file__), ["baseline", *arguments])
+    examples = workload["examples"]
+
+    def summary(side: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "seconds": round(side["seconds"], 3),
+            "examples_per_s": round(examples / side["seconds"], 1),
+            "gflop": round(side["flops"] / 1e9, 2),
+            "gflop_per_s": round(side["flops"] / side["seconds"] / 1e9, 1),
+            "fraction_of_matmul_peak": round(side["flops"] / side["seconds"] / peak, 3),
+            "peak_rss_mib": round(side["peak_rss_mib"], 1),
+            "rss_growth_mib": round(side["rss_growth_mib"], 1),
+        }
+
+    record = {
+        "benchmark": "analysis_throughput",
+        "size": size,
+        "model": name,
+        "arch": workload["arch"],
+        "examples": examples,
+        "repeats": workload.get("repeats", 1),
+        "threads": torch.get_num_threads(),
+        "matmul_peak_gflop_per_s": round(peak / 1e9, 1),
+        "ours": summary(ours),
+        "baseline": summary(baseline),
+        "speedup": round(baseline["seconds"] / ours["seconds"], 2),
+        "memory_ratio": round(baseline["rss_growth_mib"] / max(ours["rss_growth_mib"], 1), 2),
+        "peak_rss_ratio": round(baseline["peak_rss_mib"] / ours["peak_rss_mib"], 2),
+        "max_abs_difference": max_difference(ours["result"], baseline["result"]),
+        "targets": TARGETS,
+    }
+    if size == "full" and name in NOTES:
+        record["note"] = NOTES[name]
+    return record
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", choices=sorted(WORKLOADS), default="full")
+    parser.add_argument("--only", default="mlp,vgg,resnet", help="comma-separated models")
+    parser.add_argument("--worker", nargs=4, metavar=("SIDE", "ARCH", "EXAMPLES", "REPEATS"))
+    args = parser.parse_args()
+    if args.worker:
+        side, arch_json, examples, repeats = args.worker
+        emit(_worker(side, json.loads(arch_json), int(examples), int(repeats)))
+        return
+    for name in args.only.split(","):
+        emit(_measure(args.size, name, matmul_peak_flops()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""What every benchmark measures the same way: peak memory, FLOPs, the machine's matmul peak.
+
+Peak memory is the resident set of a fresh process (``VmHWM`` in ``/proc/self/status``): Python
+tracers do not see PyTorch's allocations, the kernel does. A worker resets the counter
+(``/proc/self/clear_refs``) once its imports, inputs and a warm-up are done, so the peak it
+reports above that idle level is the memory the measured call itself needed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+MATMUL_SIZE = 2048
+MATMUL_TRIALS = 10
+
+
+def emit(record: dict[str, Any]) -> None:
+    """Print one result as one JSON line."""
+    print(json.dumps(record), flush=True)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field):
+                return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field} line")
+
+
+def reset_peak_rss() -> int:
+    """Make the peak-RSS counter forget everything before now; returns the current RSS in KiB.
+
+    Memory that earlier work freed but the C allocator kept is handed back to the system first
+    (``malloc_trim``), so the idle level is what the process really holds.
+    """
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    return _status_kib("VmRSS:")
+
+
+def peak_rss_kib() -> int:
+    """The process's peak resident set since the last :func:`reset_peak_rss`, in KiB."""
+    return _status_kib("VmHWM:")
+
+
+def measure_call(call: Callable[[], Any]) -> dict[str, Any]:
+    """Run ``call`` once after resetting the peak counter: seconds, peak and idle RSS in MiB."""
+    idle_kib = reset_peak_rss()
+    started = time.perf_counter()
+    call()
+    seconds = time.perf_counter() - started
+    peak_kib = peak_rss_kib()
+    return {
+        "seconds": seconds,
+        "peak_rss_mib": peak_kib / 1024,
+        "idle_rss_mib": idle_kib / 1024,
+        "rss_growth_mib": (peak_kib - idle_kib) / 1024,
+    }
+
+
+def count_flops(call: Callable[[], Any]) -> int:
+    """Floating-point operations of every matmul and convolution ``call`` runs (2 per MAC)."""
+    with FlopCounterMode(display=False) as counter:
+        call()
+    return int(counter.get_total_flops())
+
+
+def matmul_peak_flops(size: int = MATMUL_SIZE, trials: int = MATMUL_TRIALS) -> float:
+    """This machine's dense float32 matmul rate (FLOP/s): the best of a few square products.
+
+    The best rather than the mean, because other processes share the cores; it is the rate the
+    hardware and BLAS can reach with torch's current thread count.
+    """
+    left = torch.randn(size, size)
+    right = torch.randn(size, size)
+    product = torch.empty(size, size)
+    for _ in range(2):
+        torch.mm(left, right, out=product)
+    best = float("inf")
+    for _ in range(trials):
+        started = time.perf_counter()
+        torch.mm(left, right, out=product)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def run_worker(script: Path, arguments: list[str], timeout: float = 1800) -> dict[str, Any]:
+    """Run ``script --worker ...`` in a fresh Python and return the JSON of its last line."""
+    completed = subprocess.run(
+        [sys.executable, str(script), "--worker", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if completed.returncode != 0:
+        raise RuntimeError(f"{script.name} worker {arguments} failed:\n{completed.stderr[-4000:]}")
+    result: dict[str, Any] = json.loads(completed.stdout.strip().splitlines()[-1])
+    return result

@@ -1,0 +1,45 @@
+"""Every benchmark still runs: each is run at ``--size tiny`` and its JSON lines are checked.
+
+The full-size runs are far too long for the test suite; these keep the scripts from rotting and
+check that what they report is consistent (ours and the baseline compute the same numbers,
+measured times and memory are positive).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def _run(name: str, *arguments: str) -> list[dict[str, Any]]:
+    completed = subprocess.run(
+        [sys.executable, str(BENCHMARKS / f"{name}.py"), "--size", "tiny", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    return [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]
+
+
+@pytest.mark.slow
+def test_analysis_throughput_reports_every_model_and_agrees_with_the_baseline() -> None:
+    records = _run("analysis_throughput")
+    assert [record["model"] for record in records] == ["mlp", "vgg", "resnet"]
+    for record in records:
+        assert record["benchmark"] == "analysis_throughput"
+        assert record["max_abs_difference"] < 1e-4, record
+        for side in ("ours", "baseline"):
+            assert record[side]["seconds"] > 0
+            assert record[side]["gflop"] > 0
+            assert record[side]["peak_rss_mib"] > record[side]["rss_growth_mib"] >= 0
+        # The engine skips work the baseline repeats, so it executes fewer FLOPs.
+        assert record["ours"]["gflop"] < record["baseline"]["gflop"]
+        assert record["matmul_peak_gflop_per_s"] > 0
