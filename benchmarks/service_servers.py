@@ -45,6 +45,12 @@ def reachable(port: int, host: str = "127.0.0.1") -> bool:
         return False
 
 
+def machine_load() -> dict[str, float]:
+    """How busy the machine was (1-minute load average against its CPUs) when a record was
+    taken: the service shares the cores with its clients, its database and anything else."""
+    return {"cpus": float(os.cpu_count() or 1), "load_average_1m": round(os.getloadavg()[0], 2)}
+
+
 def llfc_env(data_dir: Path, **settings: str) -> dict[str, str]:
     """This process's environment without any ``LLFC_*`` variable, plus ``settings``.
 
@@ -117,6 +123,15 @@ def proc_status_kib(pid: int, *field_names: str) -> dict[str, int]:
     if missing:
         raise RuntimeError(f"/proc/{pid}/status has no {', '.join(sorted(missing))} line")
     return values
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` has used so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as stat:
+        # The command name in parentheses may hold spaces; the fields after it are fixed.
+        fields = stat.read().rpartition(")")[2].split()
+    utime, stime = int(fields[11]), int(fields[12])
+    return (utime + stime) / os.sysconf("SC_CLK_TCK")
 
 
 def reset_peak_rss(pid: int) -> None:

@@ -54,6 +54,7 @@ from service_servers import (
     Server,
     free_port,
     llfc_env,
+    machine_load,
     proc_status_kib,
     reset_peak_rss,
     server_group,
@@ -235,6 +236,7 @@ def measure_upload(
 ) -> dict[str, Any]:
     """One upload: its time, the server's RSS growth and (with ``incoming``) the phase split."""
     file_bytes = path.stat().st_size
+    load = machine_load()
     before = proc_status_kib(server.pid, *MEMORY_FIELDS)
     reset_peak_rss(server.pid)
     sampler = Sampler(server.pid, incoming)
@@ -248,6 +250,7 @@ def measure_upload(
         raise RuntimeError(f"The upload answered {status}: {response_path.read_text()[:2000]}")
     seconds = finished - started
     measured: dict[str, Any] = {
+        **load,
         "seconds": round(seconds, 3),
         "mb_per_s": round(file_bytes / seconds / MB, 1),
         "rss_before_mib": round(before["VmRSS"] / 1024, 1),

@@ -7,6 +7,7 @@ each takes seconds; the ones that need PostgreSQL and Redis on 127.0.0.1 skip wi
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +52,32 @@ def test_service_upload_stores_the_checkpoint_and_reports_speed_memory_and_phase
     split = [phase["seconds"] for name, phase in phases.items() if name != "sample_interval_s"]
     assert len(split) >= 2
     assert sum(split) == pytest.approx(record["ours"]["seconds"], abs=0.01)
+
+
+def _reachable(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+def test_service_polling_reads_the_queued_job_under_load_in_every_mode() -> None:
+    modes = ["postgres", "sqlite"] if _reachable(5432) else ["sqlite"]
+    records = _run("service_polling", "--modes", ",".join(modes))
+    assert [record["mode"] for record in records] == modes
+    for record in records:
+        assert record["benchmark"] == "service_polling"
+        assert record["job_status"] == "queued"
+        assert record["connections"] == 32
+        for side in ("ours", "baseline"):
+            measured = record[side]
+            assert measured["all_200"], record
+            assert measured["requests"] > 0
+            assert measured["requests_per_s"] > 0
+            percentiles = [measured[name] for name in ("p50_ms", "p90_ms", "p99_ms", "max_ms")]
+            assert percentiles == sorted(percentiles)
+        assert record["ratio_requests_per_s"] == pytest.approx(
+            record["ours"]["requests_per_s"] / record["baseline"]["requests_per_s"], abs=0.002
+        )
