@@ -7,6 +7,7 @@ arch and is kept as a float32 safetensors blob, whatever format it arrived in.
 from __future__ import annotations
 
 import json
+import unicodedata
 from collections.abc import Mapping
 from pathlib import PurePath
 from typing import Any
@@ -28,14 +29,22 @@ MAX_NAME_LENGTH = 200
 
 
 def display_name(requested: str | None, filename: str | None, fallback: str) -> str:
-    """A name for people: the one given, else the uploaded file's stem (never used as a path)."""
-    if requested and requested.strip():
-        return requested.strip()[:MAX_NAME_LENGTH]
+    """A name for people: the one given, else the uploaded file's stem (never used as a path).
+
+    Control characters are dropped: they have no place in a label, and PostgreSQL refuses to
+    store a NUL byte at all.
+    """
+    if requested and (cleaned := _without_control_characters(requested).strip()):
+        return cleaned[:MAX_NAME_LENGTH]
     if filename:
-        stem = PurePath(filename.replace("\\", "/")).stem.strip()
+        stem = PurePath(_without_control_characters(filename).replace("\\", "/")).stem.strip()
         if stem:
             return stem[:MAX_NAME_LENGTH]
     return fallback
+
+
+def _without_control_characters(text: str) -> str:
+    return "".join(char for char in text if unicodedata.category(char) != "Cc")
 
 
 def parse_arch_text(arch_text: str | None, settings: Settings) -> Architecture:

@@ -6,6 +6,7 @@ its examples look like without loading them, so a submission can be checked agai
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from sqlalchemy import func, select
@@ -18,6 +19,7 @@ from service.api.problems import ProblemError, not_found
 from service.checkpoints import display_name
 from service.core.config import Settings
 from service.db.models import ACTIVE_STATUSES, Dataset, Job, new_id, utcnow
+from service.schemas import RESOURCE_ID_PATTERN
 from service.storage import BlobStore, IncomingBlob
 
 BUILTIN_PREFIX = "builtin:"
@@ -44,6 +46,11 @@ def get_owned_dataset(session: Session, owner_id: str, dataset_id: str) -> Datas
 
 def dataset_shape(session: Session, owner_id: str, ref: str) -> DatasetShape:
     """Resolve a job's dataset reference; an unknown one is a :class:`DatasetError` (422)."""
+    if not isinstance(ref, str) or not re.fullmatch(RESOURCE_ID_PATTERN, ref):
+        raise DatasetError(
+            f"The dataset reference {ref!r} is not a dataset id; give an uploaded dataset's id "
+            "or a built-in such as 'builtin:digits'."
+        )
     if ref.startswith(BUILTIN_PREFIX):
         name = ref[len(BUILTIN_PREFIX) :]
         builtin = BUILTIN_DATASETS.get(name)

@@ -10,6 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 JobKind = Literal["match", "interpolate", "analyze", "train"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
+RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
+"""Every id this service issues (``ckpt_<hex>``, ``builtin:digits``...) matches; a reference that
+does not is refused before it reaches the database (PostgreSQL cannot even compare text holding
+a NUL byte)."""
+
 
 class CheckpointPublic(BaseModel):
     id: str
@@ -55,10 +60,16 @@ class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     kind: JobKind
-    model_a: str | None = Field(default=None, description="Checkpoint id of model A.")
-    model_b: str | None = Field(default=None, description="Checkpoint id of model B.")
+    model_a: str | None = Field(
+        default=None, description="Checkpoint id of model A.", pattern=RESOURCE_ID_PATTERN
+    )
+    model_b: str | None = Field(
+        default=None, description="Checkpoint id of model B.", pattern=RESOURCE_ID_PATTERN
+    )
     dataset: str | None = Field(
-        default=None, description="An uploaded dataset id or 'builtin:<name>'."
+        default=None,
+        description="An uploaded dataset id or 'builtin:<name>'.",
+        pattern=RESOURCE_ID_PATTERN,
     )
     params: dict[str, Any] = Field(default_factory=dict)
 

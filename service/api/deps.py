@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import Depends, Header
+from fastapi import Depends, Path, Query
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service.api.problems import ProblemError
 from service.core.config import Settings, get_settings
 from service.db.models import Owner
 from service.db.session import get_engine, make_sessionmaker
+from service.schemas import RESOURCE_ID_PATTERN
 from service.security import LOCAL_OWNER_NAME, get_or_create_owner, owner_for_key
 from service.storage import BlobStore
 
@@ -29,24 +31,49 @@ def get_store(settings: Annotated[Settings, Depends(get_settings)]) -> BlobStore
     return BlobStore(settings.blob_dir)
 
 
+PRINTABLE_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+"""Text without control characters (a NUL byte would make PostgreSQL fail the query)."""
+
+ResourceIdPath = Annotated[
+    str,
+    Path(
+        pattern=RESOURCE_ID_PATTERN,
+        description="An id this service issued, e.g. job_0f3c... (letters, digits, _ . : -).",
+    ),
+]
+
+
+def filter_query(description: str) -> Any:
+    """A text filter of a list route: printable, at most 200 characters."""
+    return Query(description=description, max_length=200, pattern=PRINTABLE_TEXT_PATTERN)
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 
 UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="llfc"'}
 
+# Declares the Bearer scheme in the OpenAPI document (so clients and /docs know how to send a
+# key); the checks and their problem details are ours, hence no automatic error.
+BEARER_SCHEME = HTTPBearer(
+    scheme_name="ApiKey",
+    description="An API key from 'llfc keys create', sent as 'Authorization: Bearer <key>'.",
+    auto_error=False,
+)
+
 
 def get_current_owner(
     session: SessionDep,
     settings: SettingsDep,
-    authorization: Annotated[str | None, Header()] = None,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER_SCHEME)],
 ) -> Owner:
     """The owner of the request's Bearer key; with auth off, the single local owner."""
     if not settings.auth:
         local_owner = get_or_create_owner(session, LOCAL_OWNER_NAME)
         session.commit()
         return local_owner
-    if not authorization:
+    if credentials is None:
         raise ProblemError(
             401,
             "This service needs an API key: send 'Authorization: Bearer <key>'; an operator "
@@ -54,12 +81,8 @@ def get_current_owner(
             type_slug="unauthorized",
             headers=UNAUTHORIZED_HEADERS,
         )
-    scheme, _, key = authorization.partition(" ")
-    owner = (
-        owner_for_key(session, key.strip(), settings.secret_key.get_secret_value())
-        if scheme.lower() == "bearer" and key.strip()
-        else None
-    )
+    key = credentials.credentials.strip()
+    owner = owner_for_key(session, key, settings.secret_key.get_secret_value()) if key else None
     # End the read transaction now: an upload may stream for minutes after this check.
     session.commit()
     if owner is None:

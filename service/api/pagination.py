@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Annotated, Any, Protocol, TypeVar
@@ -18,6 +19,7 @@ from sqlalchemy import Select, and_, or_
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.api.problems import ProblemError
+from service.schemas import RESOURCE_ID_PATTERN
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 200
@@ -46,7 +48,11 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         padded = cursor + "=" * (-len(cursor) % 4)
         created_text, row_id = json.loads(base64.urlsafe_b64decode(padded))
         created_at = datetime.fromisoformat(created_text)
-        if created_at.tzinfo is None or not isinstance(row_id, str):
+        if (
+            created_at.tzinfo is None
+            or not isinstance(row_id, str)
+            or not re.fullmatch(RESOURCE_ID_PATTERN, row_id)
+        ):
             raise ValueError("bad cursor fields")
     except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as error:
         raise ProblemError(

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llfc_core import errors as engine_errors
@@ -32,6 +33,53 @@ ENGINE_ERROR_TYPES: dict[type[engine_errors.LLFCError], tuple[int, str]] = {
     engine_errors.InvalidParameterError: (422, "invalid-parameter"),
     engine_errors.CancelledError: (409, "cancelled"),
 }
+
+
+class ProblemDetail(BaseModel):
+    """The body of every error response (RFC 9457); some problems add fields (``errors``...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    type: str = Field(description="A URI reference naming the kind of problem.")
+    title: str = Field(description="The HTTP status phrase.")
+    status: int
+    detail: str = Field(description="A sentence saying what went wrong and what to do.")
+
+
+PROBLEM_DESCRIPTIONS: dict[int, str] = {
+    400: "The body could not be read (e.g. it is not UTF-8 text).",
+    401: "No API key, or one that is not valid; the answer says how to send one.",
+    404: "No such resource of the caller (another owner's looks the same).",
+    409: "The request conflicts with the resource's state.",
+    413: "Larger than LLFC_MAX_UPLOAD_BYTES.",
+    415: "The body is not multipart/form-data.",
+    422: "The request is well-formed but invalid; 'detail' says which field and why.",
+    503: "Names what is not reachable.",
+}
+
+
+def problem_responses(*statuses: int, **descriptions: str) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` documenting ``statuses`` as problem details.
+
+    ``descriptions`` overrides the generic text, keyed ``s409="..."`` by status.
+    """
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        response: dict[str, Any] = {
+            "description": descriptions.get(
+                f"s{status}", PROBLEM_DESCRIPTIONS.get(status, HTTPStatus(status).phrase)
+            ),
+            "content": {PROBLEM_MEDIA_TYPE: {"schema": ProblemDetail.model_json_schema()}},
+        }
+        if status == 401:
+            response["headers"] = {
+                "WWW-Authenticate": {
+                    "description": "The scheme to authenticate with: Bearer.",
+                    "schema": {"type": "string"},
+                }
+            }
+        responses[status] = response
+    return responses
 
 
 class ProblemError(Exception):
@@ -98,12 +146,32 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(str(part) for part in loc if part != "body") or "body"
 
 
+JSON_BODY_HINT = "send a JSON object with Content-Type: application/json (its fields are in /docs)"
+
+
+def _body_problem(item: Any) -> str | None:
+    """A sentence for a body that is not a JSON object at all, where the field-level message
+    ('field 0 is invalid') would point at nothing the caller wrote."""
+    if item.get("type") == "json_invalid":
+        reason = (item.get("ctx") or {}).get("error", "JSON decode error")
+        return f"The request body is not valid JSON ({reason}); {JSON_BODY_HINT}."
+    if tuple(item.get("loc", ())) == ("body",) and item.get("type") in (
+        "model_attributes_type",
+        "dict_type",
+        "missing",
+    ):
+        return f"The request body must be a JSON object; {JSON_BODY_HINT}."
+    return None
+
+
 def validation_response(error: RequestValidationError) -> JSONResponse:
     details = error.errors()
     listed = [{"loc": [str(part) for part in item["loc"]], "msg": item["msg"]} for item in details]
     if details:
         first = details[0]
-        sentence = f"The request field '{_location(first['loc'])}' is invalid: {first['msg']}."
+        sentence = _body_problem(first) or (
+            f"The request field '{_location(first['loc'])}' is invalid: {first['msg']}."
+        )
         if len(details) > 1:
             sentence += f" ({len(details) - 1} more problem(s) are listed in 'errors'.)"
     else:
@@ -145,7 +213,9 @@ def install_problem_handlers(app: FastAPI) -> None:
     async def on_http(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, StarletteHTTPException)
         detail = error.detail if isinstance(error.detail, str) else HTTPStatus(error.status_code)
-        if error.status_code == 404 and detail == "Not Found":
+        if error.status_code == 400 and detail == "There was an error parsing the body":
+            detail = f"The request body could not be read as UTF-8 JSON; {JSON_BODY_HINT}."
+        elif error.status_code == 404 and detail == "Not Found":
             detail = "No such endpoint; see /docs for the API."
         elif error.status_code == 405 and detail == "Method Not Allowed":
             detail = "This endpoint does not accept that method; see /docs for the API."

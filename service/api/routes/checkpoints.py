@@ -9,15 +9,18 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from sqlalchemy import select
 
-from service.api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
+from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, StoreDep
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
+from service.api.problems import problem_responses
 from service.api.uploads import receive_multipart
 from service.checkpoints import delete_checkpoint, get_owned_checkpoint, ingest_checkpoint
 from service.db.models import Checkpoint
 from service.metrics import METRICS
 from service.schemas import CheckpointPublic, CheckpointsPublic
 
-router = APIRouter(prefix="/v1/checkpoints", tags=["checkpoints"])
+router = APIRouter(
+    prefix="/v1/checkpoints", tags=["checkpoints"], responses=problem_responses(401, 422)
+)
 
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -56,7 +59,9 @@ def checkpoint_public(checkpoint: Checkpoint) -> CheckpointPublic:
     status_code=201,
     response_model=CheckpointPublic,
     openapi_extra=UPLOAD_BODY,
-    responses={413: {"description": "Larger than LLFC_MAX_UPLOAD_BYTES."}},
+    responses=problem_responses(
+        409, 413, 415, s409="These bytes are already stored with another arch."
+    ),
 )
 async def upload_checkpoint(
     request: Request,
@@ -104,9 +109,9 @@ def list_checkpoints(
     return CheckpointsPublic(items=[checkpoint_public(c) for c in rows], next_cursor=next_cursor)
 
 
-@router.get("/{checkpoint_id}", response_model=CheckpointPublic)
+@router.get("/{checkpoint_id}", response_model=CheckpointPublic, responses=problem_responses(404))
 def read_checkpoint(
-    checkpoint_id: str, owner: CurrentOwner, session: SessionDep
+    checkpoint_id: ResourceIdPath, owner: CurrentOwner, session: SessionDep
 ) -> CheckpointPublic:
     """One checkpoint's description."""
     return checkpoint_public(get_owned_checkpoint(session, owner.id, checkpoint_id))
@@ -115,10 +120,10 @@ def read_checkpoint(
 @router.get(
     "/{checkpoint_id}/file",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={200: {"content": {"application/octet-stream": {}}}, **problem_responses(404)},
 )
 def download_checkpoint(
-    checkpoint_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep
+    checkpoint_id: ResourceIdPath, owner: CurrentOwner, session: SessionDep, store: StoreDep
 ) -> FileResponse:
     """The checkpoint's tensors as a safetensors file (float32, the arch's key order)."""
     checkpoint = get_owned_checkpoint(session, owner.id, checkpoint_id)
@@ -131,9 +136,13 @@ def download_checkpoint(
     )
 
 
-@router.delete("/{checkpoint_id}", status_code=204)
+@router.delete(
+    "/{checkpoint_id}",
+    status_code=204,
+    responses=problem_responses(404, 409, s409="A queued or running job uses it."),
+)
 def remove_checkpoint(
-    checkpoint_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep
+    checkpoint_id: ResourceIdPath, owner: CurrentOwner, session: SessionDep, store: StoreDep
 ) -> Response:
     """Delete a checkpoint; 409 while a queued or running job uses it."""
     delete_checkpoint(session, store, get_owned_checkpoint(session, owner.id, checkpoint_id))

@@ -9,16 +9,16 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
 from llfc_core.data import BUILTIN_DATASETS
-from service.api.deps import CurrentOwner, SessionDep, SettingsDep, StoreDep
+from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, StoreDep
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
-from service.api.problems import not_found
+from service.api.problems import not_found, problem_responses
 from service.api.uploads import receive_multipart
 from service.datasets import BUILTIN_PREFIX, delete_dataset, get_owned_dataset, ingest_dataset
 from service.db.models import Dataset
 from service.metrics import METRICS
 from service.schemas import DatasetPublic, DatasetsPublic
 
-router = APIRouter(prefix="/v1/datasets", tags=["datasets"])
+router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=problem_responses(401, 422))
 
 UPLOAD_BODY: dict[str, Any] = {
     "requestBody": {
@@ -80,7 +80,7 @@ def builtin_datasets() -> list[DatasetPublic]:
     status_code=201,
     response_model=DatasetPublic,
     openapi_extra=UPLOAD_BODY,
-    responses={413: {"description": "Larger than LLFC_MAX_UPLOAD_BYTES."}},
+    responses=problem_responses(413, 415),
 )
 async def upload_dataset(
     request: Request,
@@ -120,8 +120,10 @@ def list_datasets(
     return DatasetsPublic(items=items + [dataset_public(d) for d in rows], next_cursor=next_cursor)
 
 
-@router.get("/{dataset_id}", response_model=DatasetPublic)
-def read_dataset(dataset_id: str, owner: CurrentOwner, session: SessionDep) -> DatasetPublic:
+@router.get("/{dataset_id}", response_model=DatasetPublic, responses=problem_responses(404))
+def read_dataset(
+    dataset_id: ResourceIdPath, owner: CurrentOwner, session: SessionDep
+) -> DatasetPublic:
     """One dataset: an upload's id or `builtin:<name>`."""
     if dataset_id.startswith(BUILTIN_PREFIX):
         for builtin in builtin_datasets():
@@ -131,9 +133,13 @@ def read_dataset(dataset_id: str, owner: CurrentOwner, session: SessionDep) -> D
     return dataset_public(get_owned_dataset(session, owner.id, dataset_id))
 
 
-@router.delete("/{dataset_id}", status_code=204)
+@router.delete(
+    "/{dataset_id}",
+    status_code=204,
+    responses=problem_responses(404, 409, s409="A queued or running job uses it."),
+)
 def remove_dataset(
-    dataset_id: str, owner: CurrentOwner, session: SessionDep, store: StoreDep
+    dataset_id: ResourceIdPath, owner: CurrentOwner, session: SessionDep, store: StoreDep
 ) -> Response:
     """Delete an uploaded dataset; 409 while a queued or running job uses it."""
     delete_dataset(session, store, get_owned_dataset(session, owner.id, dataset_id))

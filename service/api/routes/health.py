@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from service.api.deps import SessionDep, StoreDep
-from service.api.problems import problem_response
+from service.api.problems import problem_response, problem_responses
 from service.db.migrate import current_revision, head_revision
 from service.db.session import get_engine
 from service.metrics import METRICS, job_lines, render
@@ -51,7 +51,7 @@ def _broker_problem() -> str | None:
     return None
 
 
-@router.get("/readyz", responses={503: {"description": "Names what is not reachable."}})
+@router.get("/readyz", responses=problem_responses(503))
 def readyz(store: StoreDep) -> JSONResponse:
     """Database (migrated), broker and storage reachable; 503 naming what is not."""
     problems = [

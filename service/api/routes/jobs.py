@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Response
+from fastapi import APIRouter, Header, Response
 from sqlalchemy import select
 
-from service.api.deps import CurrentOwner, SessionDep, SettingsDep
+from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, filter_query
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
+from service.api.problems import problem_responses
 from service.db.models import Job, LayerMetric
 from service.jobs import (
     cancel_job,
@@ -29,7 +30,7 @@ from service.schemas import (
     LayerMetricsPublic,
 )
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=problem_responses(401, 422))
 
 IdempotencyKey = Annotated[
     str | None,
@@ -46,7 +47,7 @@ def _polling_headers(response: Response, job: Job, retry_after_seconds: int) -> 
         response.headers["Retry-After"] = str(retry_after_seconds)
 
 
-@router.post("", status_code=202, response_model=JobPublic)
+@router.post("", status_code=202, response_model=JobPublic, responses=problem_responses(400))
 def create_job(
     body: JobCreate,
     response: Response,
@@ -87,9 +88,13 @@ def list_jobs(
     return JobsPublic(items=jobs_public(session, rows), next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(404))
 def read_job(
-    job_id: str, response: Response, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
+    job_id: ResourceIdPath,
+    response: Response,
+    owner: CurrentOwner,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> JobPublic:
     """A job's status, progress, result and artifacts; `Retry-After` while it is not finished."""
     job = get_owned_job(session, owner.id, job_id)
@@ -100,10 +105,17 @@ def read_job(
 @router.post(
     "/{job_id}/cancel",
     response_model=JobPublic,
-    responses={202: {"description": "Running: asked to stop at its next batch."}},
+    responses={
+        202: {"description": "Running: asked to stop at its next batch."},
+        **problem_responses(404, 409, s409="The job already succeeded or failed."),
+    },
 )
 def cancel(
-    job_id: str, response: Response, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
+    job_id: ResourceIdPath,
+    response: Response,
+    owner: CurrentOwner,
+    session: SessionDep,
+    settings: SettingsDep,
 ) -> JobPublic:
     """Cancel a job: a queued one never runs (200); a running one stops at its next batch (202).
 
@@ -116,14 +128,16 @@ def cancel(
     return job_public(session, job)
 
 
-@router.get("/{job_id}/metrics", response_model=LayerMetricsPublic)
+@router.get(
+    "/{job_id}/metrics", response_model=LayerMetricsPublic, responses=problem_responses(404)
+)
 def layer_metrics(
-    job_id: str,
+    job_id: ResourceIdPath,
     owner: CurrentOwner,
     session: SessionDep,
-    pair: Annotated[str | None, Query(description="naive or matched")] = None,
-    metric: Annotated[str | None, Query(description="e.g. cos_alpha, lmc_error")] = None,
-    layer: str | None = None,
+    pair: Annotated[str | None, filter_query(description="naive or matched")] = None,
+    metric: Annotated[str | None, filter_query(description="e.g. cos_alpha, lmc_error")] = None,
+    layer: Annotated[str | None, filter_query(description="A layer name, e.g. 0 or logits")] = None,
     alpha: float | None = None,
 ) -> LayerMetricsPublic:
     """The numbers of an analyze result as rows, filtered by pair, metric, layer and alpha."""

@@ -6,12 +6,12 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
-from service.api.deps import CurrentOwner, SessionDep
-from service.api.problems import ProblemError
+from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep
+from service.api.problems import ProblemError, problem_responses
 from service.jobs import get_owned_job
 from service.plots import UnknownPlotError, check_plot_name, render_plot
 
-router = APIRouter(prefix="/v1/jobs", tags=["plots"])
+router = APIRouter(prefix="/v1/jobs", tags=["plots"], responses=problem_responses(401, 422))
 
 # A succeeded job's result never changes, so the browser may keep a plot (private: it is the
 # owner's data).
@@ -22,8 +22,12 @@ PLOT_RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "The plot as a PNG image.",
         "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
     },
-    404: {"description": "No such job of the caller, not an analyze job, or no such plot."},
-    409: {"description": "The job has not succeeded (yet), so it has no result to plot."},
+    **problem_responses(
+        404,
+        409,
+        s404="No such job of the caller, not an analyze job, or no such plot.",
+        s409="The job has not succeeded (yet), so it has no result to plot.",
+    ),
 }
 
 
@@ -37,7 +41,9 @@ class PNGResponse(Response):
     responses=PLOT_RESPONSES,
     summary="A plot of an analyze job",
 )
-def read_plot(job_id: str, name: str, owner: CurrentOwner, session: SessionDep) -> PNGResponse:
+def read_plot(
+    job_id: ResourceIdPath, name: str, owner: CurrentOwner, session: SessionDep
+) -> PNGResponse:
     """Plot `name` (lmc, llfc or conditions) of the owner's succeeded analyze job.
 
     `lmc`: loss and error against alpha; `llfc`: per-layer E[1 - cos_alpha] against
