@@ -81,3 +81,24 @@ def test_service_polling_reads_the_queued_job_under_load_in_every_mode() -> None
         assert record["ratio_requests_per_s"] == pytest.approx(
             record["ours"]["requests_per_s"] / record["baseline"]["requests_per_s"], abs=0.002
         )
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_service_latency_times_every_job_from_submission_to_running() -> None:
+    if not (_reachable(5432) and _reachable(6379)):
+        pytest.skip("PostgreSQL and Redis are not running on 127.0.0.1")
+    [record] = _run("service_latency")
+    assert record["benchmark"] == "service_latency"
+    assert record["jobs"] == 3
+    ours, baseline = record["ours"], record["baseline"]
+    for measured in (ours, baseline, ours["created_to_running"], ours["post_round_trip"]):
+        assert measured["min_ms"] <= measured["p50_ms"] <= measured["p90_ms"] <= measured["max_ms"]
+    # A job cannot run before it was submitted, nor before its row existed.
+    assert ours["min_ms"] > 0
+    assert ours["created_to_running"]["min_ms"] > 0
+    # Sent-to-running spans the answer: the POST round trip plus answered-to-running.
+    assert ours["answered_to_running"]["max_ms"] < ours["max_ms"]
+    assert record["ratio_p50"] == pytest.approx(
+        ours["p50_ms"] / baseline["p50_ms"], rel=0.01, abs=0.01
+    )
