@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
+from service.api.body_limit import JsonBodyLimitMiddleware
 from service.api.problems import install_problem_handlers
 from service.api.routes import checkpoints, datasets, health, jobs, plots, web
 from service.core.config import get_settings
@@ -25,6 +26,7 @@ def create_app() -> FastAPI:
     app = FastAPI(title="LLFC Align", version="1.0.0", description=DESCRIPTION)
     install_problem_handlers(app)
     app.add_middleware(MetricsMiddleware)
+    app.add_middleware(JsonBodyLimitMiddleware)
     for module in (checkpoints, datasets, jobs, plots, health, web):
         app.include_router(module.router)
     return app

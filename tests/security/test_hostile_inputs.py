@@ -577,3 +577,19 @@ def test_control_characters_in_ids_cursors_and_filters_are_refused(
     alice: httpx.Client, path: str
 ) -> None:
     assert_problem(alice.get(path), 422)
+
+
+def test_a_json_body_over_one_mebibyte_is_413_declared_or_streamed(alice: httpx.Client) -> None:
+    padding = "a" * (2 * 1024 * 1024)
+    body = json.dumps({"kind": "analyze", "params": {"padding": padding}}).encode()
+    declared = alice.post("/v1/jobs", content=body, headers={"content-type": "application/json"})
+    assert_problem(declared, 413, "larger than 1,048,576 bytes")
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 64 * 1024):
+            yield body[start : start + 64 * 1024]
+
+    streamed = alice.post(
+        "/v1/jobs", content=chunks(), headers={"content-type": "application/json"}
+    )
+    assert_problem(streamed, 413, "larger than 1,048,576 bytes")

@@ -47,7 +47,12 @@ def _polling_headers(response: Response, job: Job, retry_after_seconds: int) -> 
         response.headers["Retry-After"] = str(retry_after_seconds)
 
 
-@router.post("", status_code=202, response_model=JobPublic, responses=problem_responses(400))
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobPublic,
+    responses=problem_responses(400, 413, s413="The JSON body is larger than 1 MiB."),
+)
 def create_job(
     body: JobCreate,
     response: Response,
