@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import signal
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 import pytest
 from service_testing import (
-    Process,
+    MAX_UPLOAD_BYTES,
+    EmbeddedService,
     client,
     create_key,
     free_port,
@@ -19,16 +18,6 @@ from service_testing import (
     start,
     wait_ready,
 )
-
-MAX_UPLOAD_BYTES = 16 * 1024 * 1024
-
-
-@dataclass
-class EmbeddedService:
-    base_url: str
-    data_dir: Path
-    keys: dict[str, str]
-    process: Process
 
 
 @pytest.fixture(scope="session")

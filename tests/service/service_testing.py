@@ -234,3 +234,17 @@ def long_analyze_body(model_a: str, model_b: str) -> dict[str, Any]:
             "batch_size": 16,
         },
     }
+
+
+MAX_UPLOAD_BYTES = 16 * 1024 * 1024
+"""The upload cap of the shared embedded service of these tests."""
+
+
+@dataclass
+class EmbeddedService:
+    """The session's `llfc serve`: where it listens, its data folder, its owners' keys."""
+
+    base_url: str
+    data_dir: Path
+    keys: dict[str, str]
+    process: Process

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import httpx
 import torch
-from conftest import MAX_UPLOAD_BYTES, EmbeddedService
 from service_testing import (
+    MAX_UPLOAD_BYTES,
+    EmbeddedService,
     mlp_arch,
     mlp_state,
     read_safetensors,
