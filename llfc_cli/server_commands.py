@@ -53,8 +53,14 @@ def configure_logging(settings: Settings) -> None:
 
 
 def run_api(host: str, port: int, settings: Settings) -> None:
-    """Serve the API with uvicorn until SIGINT or SIGTERM, then return normally."""
+    """Serve the API with uvicorn until SIGINT or SIGTERM, then return normally.
+
+    The maintenance sweep (``service/maintenance.py``: lost jobs taken back, undelivered ones
+    published again, abandoned partial uploads removed) runs alongside, first at once.
+    """
     import uvicorn
+
+    from service.maintenance import MaintenanceLoop
 
     def note_stop(signum: int, _frame: FrameType | None) -> None:
         logger.info("Received %s; stopping", signal.Signals(signum).name)
@@ -70,7 +76,12 @@ def run_api(host: str, port: int, settings: Settings) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
     )
-    uvicorn.Server(config).run()
+    maintenance = MaintenanceLoop(settings)
+    maintenance.start()
+    try:
+        uvicorn.Server(config).run()
+    finally:
+        maintenance.stop()
 
 
 def worker_command() -> list[str]:
@@ -172,7 +183,7 @@ def serve(host: str, port: int) -> None:
 
     migrate.upgrade()
     with session_scope() as session:
-        interrupted = requeue_interrupted(session)
+        interrupted = requeue_interrupted(session, settings)
     if interrupted:
         logger.info("Queued again %d job(s) a previous run left running", len(interrupted))
     if settings.uses_filesystem_broker:
@@ -189,7 +200,7 @@ def serve(host: str, port: int) -> None:
     finally:
         supervisor.stop()
         with session_scope() as session:
-            requeue_interrupted(session)
+            requeue_interrupted(session, settings)
     logger.info("Stopped")
 
 

@@ -23,6 +23,7 @@ from llfc_core.errors import ArchitectureError
 from service.api.problems import ProblemError, not_found
 from service.core.config import Settings
 from service.db.models import ACTIVE_STATUSES, Checkpoint, Job, new_id, utcnow
+from service.quotas import check_stored_bytes
 from service.storage import BlobStore, IncomingBlob
 
 MAX_NAME_LENGTH = 200
@@ -107,6 +108,7 @@ def ingest_checkpoint(
         session.commit()
         if existing is not None:
             return existing, False
+        check_stored_bytes(session, settings, owner_id, incoming.size, "this upload")
         state, file_format = read_checkpoint(incoming.path)
         cleaned = validate_state_dict(arch, state)
         blob_sha256 = _store_state(store, cleaned)

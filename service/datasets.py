@@ -19,6 +19,7 @@ from service.api.problems import ProblemError, not_found
 from service.checkpoints import display_name
 from service.core.config import Settings
 from service.db.models import ACTIVE_STATUSES, Dataset, Job, new_id, utcnow
+from service.quotas import check_stored_bytes
 from service.schemas import RESOURCE_ID_PATTERN
 from service.storage import BlobStore, IncomingBlob
 
@@ -85,6 +86,7 @@ def ingest_dataset(
         session.commit()
         if existing is not None:
             return existing, False
+        check_stored_bytes(session, settings, owner_id, incoming.size, "this upload")
         arrays = read_arrays(incoming.path, max_bytes=settings.max_upload_bytes)
         if arrays.num_examples == 0:
             raise DatasetError("The dataset holds no examples; 'x' and 'y' must not be empty.")

@@ -32,6 +32,7 @@ from service.core.config import Settings
 from service.datasets import dataset_shape
 from service.db.models import FINISHED_STATUSES, Checkpoint, Job, JobArtifact, new_id, utcnow
 from service.db.session import rows_changed
+from service.quotas import check_queued_jobs, check_stored_bytes
 from service.schemas import ArtifactPublic, JobCreate, JobPublic, Progress
 
 DATA_KEYS = ("split", "max_examples")
@@ -41,6 +42,8 @@ MATCH_METHODS = ("weight", "activation")
 TRAIN_CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig))
 TRAIN_KEYS = ("arch", "dataset", "num_modes", *TRAIN_CONFIG_KEYS)
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
+ARTIFACT_KINDS = ("match", "interpolate", "train")
+"""Kinds whose result includes new checkpoints of the owner (so they count against storage)."""
 
 
 @dataclass(frozen=True)
@@ -286,7 +289,9 @@ def submit_job(
 ) -> tuple[Job, bool]:
     """Validate and commit a job; returns (job, created). Publishing is the caller's next step.
 
-    With an Idempotency-Key, the same key and body return the job made the first time.
+    With an Idempotency-Key, the same key and body return the job made the first time (even
+    when the owner's quotas are full now). A new job is refused past the owner's quotas:
+    429 for too many queued jobs, 507 for full storage if it would store checkpoints.
     """
     body_hash = request_hash(body)
     if idempotency_key is not None:
@@ -301,6 +306,11 @@ def submit_job(
             session.commit()
             return existing, False
     plan = PLANNERS[body.kind](session, owner_id, body, settings)
+    check_queued_jobs(session, settings, owner_id)
+    if plan.kind in ARTIFACT_KINDS:
+        check_stored_bytes(
+            session, settings, owner_id, 0, f"the checkpoints this {plan.kind} job makes"
+        )
     job = Job(
         id=new_id("job"),
         owner_id=owner_id,

@@ -1,22 +1,30 @@
 """Publishing jobs to the workers, always after the job row is committed.
 
-A failed publish leaves the job ``queued`` in the database, which stays the record: ``llfc serve``
-and ``llfc requeue`` publish every queued job again, and the worker's atomic claim makes a
-duplicate message harmless.
+The database is the source of truth, the broker only a way to wake a worker: a message may be
+lost (a failed publish, a broker restarted without persistence, a worker killed with messages
+prefetched) or delivered twice. So a job still ``queued`` some time after its last publish is
+published again (:func:`republish_unclaimed`, run periodically by ``service/maintenance.py``),
+and the worker's atomic claim (``service/leases.py``) turns every duplicate into a no-op.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Sequence
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from service.core.config import Settings
 from service.db.models import Job, utcnow
+from service.leases import release_run
 from worker.celery_app import QUEUE, TASK_NAMES, celery_app
 
 logger = logging.getLogger(__name__)
+
+REPUBLISH_BATCH = 500
+"""Most jobs one republishing pass sends; the next pass takes the rest."""
 
 
 def publish_job(job_id: str, kind: str) -> bool:
@@ -29,37 +37,76 @@ def publish_job(job_id: str, kind: str) -> bool:
     return True
 
 
-def requeue_interrupted(session: Session) -> list[str]:
-    """Put jobs left ``running`` by a worker that is known to be gone back to ``queued``.
+def publish_and_mark(
+    session: Session, jobs: Sequence[tuple[str, str]], now: datetime | None = None
+) -> int:
+    """Publish (id, kind) pairs, recording ``published_at``; stop at the first failure, as the
+    broker is then down and the rest would wait for nothing. Returns how many were sent."""
+    now = now or utcnow()
+    sent = 0
+    for job_id, kind in jobs:
+        if not publish_job(job_id, kind):
+            break
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.status == "queued").values(published_at=now)
+        )
+        session.commit()
+        sent += 1
+    return sent
+
+
+def republish_unclaimed(session: Session, settings: Settings, now: datetime | None = None) -> int:
+    """Publish again every job still queued ``republish_after_seconds`` after its last publish.
+
+    Its message may never have reached the broker, or the broker may have lost it; if it did
+    not, the duplicate is refused by the claim. Returns how many were sent.
+    """
+    now = now or utcnow()
+    cutoff = now - timedelta(seconds=settings.republish_after_seconds)
+    last_publish = func.coalesce(Job.published_at, Job.created_at)
+    stale = [
+        (job_id, kind)
+        for job_id, kind in session.execute(
+            select(Job.id, Job.kind)
+            .where(Job.status == "queued", last_publish < cutoff)
+            .order_by(Job.created_at)
+            .limit(REPUBLISH_BATCH)
+        )
+    ]
+    session.commit()
+    sent = publish_and_mark(session, stale, now)
+    if stale:
+        logger.info("Published again %d of %d job(s) queued since %s", sent, len(stale), cutoff)
+    return sent
+
+
+def requeue_interrupted(session: Session, settings: Settings) -> list[str]:
+    """Take back every job left ``running`` by a worker that is known to be gone.
 
     Only for the embedded mode, where ``llfc serve`` owns the one worker: elsewhere a running
-    job may belong to a live worker on another machine.
+    job may belong to a live worker on another machine (the lease decides there). Each job ends
+    ``cancelled`` if that was asked, ``failed`` after its last attempt, else it is queued again.
     """
     ids = list(session.scalars(select(Job.id).where(Job.status == "running")))
-    if ids:
-        # One whose cancel was requested ends cancelled rather than running again.
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(ids), Job.status == "running", Job.cancel_requested.is_(True))
-            .values(status="cancelled", finished_at=utcnow(), progress_stage="cancelled")
-        )
-        session.execute(
-            update(Job)
-            .where(Job.id.in_(ids), Job.status == "running")
-            .values(status="queued", progress_stage="queued again after a restart")
-        )
     session.commit()
+    now = utcnow()
+    for job_id in ids:
+        release_run(
+            session, job_id, Job.status == "running", settings, "queued again after a restart", now
+        )
     return ids
 
 
 def publish_queued(session: Session) -> int:
     """Publish every queued job again; returns how many were sent."""
-    queued: Iterable[tuple[str, str]] = session.execute(
-        select(Job.id, Job.kind).where(Job.status == "queued").order_by(Job.created_at)
-    ).tuples()
-    pending = list(queued)
+    queued = [
+        (job_id, kind)
+        for job_id, kind in session.execute(
+            select(Job.id, Job.kind).where(Job.status == "queued").order_by(Job.created_at)
+        )
+    ]
     session.commit()
-    return sum(publish_job(job_id, kind) for job_id, kind in pending)
+    return publish_and_mark(session, queued)
 
 
 def purge_broker_queue() -> int:

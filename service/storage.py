@@ -2,7 +2,10 @@
 
 No path is ever built from a client's filename. Incoming bytes go to a temporary file inside the
 store (same filesystem, so the final ``os.replace`` is atomic), are hashed on the way in, and are
-refused as soon as they pass the size cap, before the rest is read.
+refused as soon as they pass the size cap, before the rest is read. A file reaches its final name
+only whole and flushed to disk, so a process killed mid-upload leaves at most a temporary file in
+``incoming/``, never a half blob; :meth:`BlobStore.remove_abandoned` deletes those once nothing
+has written to them for a while.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 from types import TracebackType
 
@@ -48,7 +52,9 @@ class IncomingBlob:
         self._file.write(chunk)
 
     def finish(self) -> str:
-        """Close the file and return the sha256 of everything written."""
+        """Flush the file to disk, close it and return the sha256 of everything written."""
+        self._file.flush()
+        os.fsync(self._file.fileno())
         self._file.close()
         return self._hash.hexdigest()
 
@@ -105,6 +111,7 @@ class BlobStore:
         with temporary.open("rb") as handle:
             while chunk := handle.read(CHUNK_BYTES):
                 digest.update(chunk)
+            os.fsync(handle.fileno())
         sha256 = digest.hexdigest()
         size = temporary.stat().st_size
         self.commit(temporary, sha256)
@@ -116,6 +123,26 @@ class BlobStore:
         handle, name = tempfile.mkstemp(dir=self.incoming_dir, prefix="writing-", suffix=suffix)
         os.close(handle)
         return Path(name)
+
+    def remove_abandoned(self, max_age_s: float, now: float | None = None) -> list[Path]:
+        """Delete temporary files nobody has written to for ``max_age_s`` seconds.
+
+        They are what a process killed mid-upload or mid-artifact leaves behind. An upload in
+        progress writes every chunk, so its file's modification time stays fresh. Returns the
+        paths removed.
+        """
+        if not self.incoming_dir.is_dir():
+            return []
+        cutoff = (time.time() if now is None else now) - max_age_s
+        removed = []
+        for path in self.incoming_dir.iterdir():
+            try:
+                if path.is_file() and path.stat().st_mtime < cutoff:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:
+                continue
+        return removed
 
     def delete(self, sha256: str) -> None:
         self.path_for(sha256).unlink(missing_ok=True)

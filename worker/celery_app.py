@@ -1,9 +1,15 @@
 """The Celery application shared by the API (which publishes) and the worker (which runs).
 
 Celery only carries job ids; the job row is the record. Tasks are acknowledged late with one
-message prefetched, so a worker that dies mid-job leaves its message to be delivered again, and
-the atomic claim in ``worker/execution.py`` turns any duplicate delivery into a no-op. There is no
+message prefetched per child, so a worker that dies mid-job leaves its message to be delivered
+again; Redis also hands out again any message left unacknowledged for longer than its visibility
+timeout, even one whose job is still running. Neither can make a job run twice at once: the
+claim in ``service/leases.py`` refuses a job that is running with a fresh heartbeat. There is no
 result backend.
+
+Each job runs under a soft time limit (``SoftTimeLimitExceeded`` is raised in the task, which
+ends the job failed with a sentence) and a hard one (the pool child is killed; the main process
+records the failure, see ``worker/tasks.py``).
 """
 
 from __future__ import annotations
@@ -18,13 +24,15 @@ QUEUE = "llfc"
 TASK_NAMES = {kind: f"llfc.{kind}" for kind in ("match", "interpolate", "analyze", "train")}
 FILESYSTEM_POLL_SECONDS = 0.2
 BROKER_CONNECT_TIMEOUT_S = 5
-REDIS_VISIBILITY_TIMEOUT_S = 24 * 3600
-"""Redis hands an unacknowledged message to another worker after this long; jobs may run for
-hours, and a duplicate is a no-op anyway."""
+CHILD_START_TIMEOUT_S = 120.0
+"""How long a new pool child may take to start: it imports torch and the engine first (see
+``worker/tasks.py``), which takes far longer than Celery's default of 4 s on a busy machine, and
+a child replacing a crashed one would otherwise be killed again and again."""
 
 
 def broker_transport_options(settings: Settings) -> dict[str, Any]:
-    """Folders of the filesystem transport (embedded mode) or Redis' redelivery delay."""
+    """Folders of the filesystem transport (embedded mode) or Redis' redelivery delay, then
+    ``LLFC_BROKER_TRANSPORT_OPTIONS`` over them."""
     if settings.uses_filesystem_broker:
         folder = settings.broker_folder
         for sub in ("queue", "processed", "control"):
@@ -36,10 +44,12 @@ def broker_transport_options(settings: Settings) -> dict[str, Any]:
             "control_folder": str(folder / "control"),
             "store_processed": False,
             "polling_interval": FILESYSTEM_POLL_SECONDS,
+            **settings.broker_transport_options,
         }
     return {
-        "visibility_timeout": REDIS_VISIBILITY_TIMEOUT_S,
+        "visibility_timeout": settings.broker_visibility_timeout_seconds,
         "socket_connect_timeout": BROKER_CONNECT_TIMEOUT_S,
+        **settings.broker_transport_options,
     }
 
 
@@ -55,7 +65,13 @@ def make_celery(settings: Settings) -> Celery:
         task_ignore_result=True,
         result_backend=None,
         worker_prefetch_multiplier=1,
+        # A broker blip must not stop hour-long jobs; their message may come again, which the
+        # claim refuses while the job runs.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
+        task_soft_time_limit=settings.job_soft_time_limit_seconds or None,
+        task_time_limit=settings.job_time_limit_seconds,
         worker_concurrency=settings.worker_concurrency,
+        worker_proc_alive_timeout=CHILD_START_TIMEOUT_S,
         worker_hijack_root_logger=False,
         # Remote control and events need a broadcast channel; the filesystem transport would
         # poll extra folders for them, and nothing here uses them.

@@ -1,23 +1,27 @@
 """Running one job in the worker: claim it, report into its row, finish it. Imported only in the
 worker child process (it loads torch).
 
-The claim is one conditional UPDATE (``queued`` -> ``running``), so a duplicate delivery of the
-same message, or a job cancelled while queued, does nothing. Progress and the cancellation flag
-go through the database, throttled, so a long job neither floods it nor misses a cancel by more
-than a batch and a poll interval. A failure is stored as a sentence; its traceback goes to the
-logs only.
+The claim takes the job's lease (``service/leases.py``): a duplicate delivery of the message, or
+a job cancelled while queued, does nothing, and while the job runs a heartbeat thread keeps the
+lease fresh. Every write of the run is conditional on still holding the lease, so a run that
+lost it (its heartbeat went stale and the job was taken back) changes nothing and stops at its
+next progress report. Progress and the cancellation flag go through the database, throttled, so
+a long job neither floods it nor misses a cancel by more than a batch and a poll interval. A
+failure is stored as a sentence; its traceback goes to the logs only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import select, update
 
 from llfc_core.analysis import AnalysisConfig, analyze_pair
@@ -38,6 +42,7 @@ from service.db.models import Checkpoint, Job, JobArtifact, LayerMetric, utcnow
 from service.db.models import Dataset as DatasetRow
 from service.db.session import rows_changed, session_scope
 from service.jobs import make_train_config
+from service.leases import beat, claim_job, holds_lease, soft_time_limit_sentence, worker_token
 from service.results import json_safe, layer_metric_rows
 from service.storage import BlobStore
 
@@ -209,40 +214,70 @@ def run_train(context: JobContext) -> Outcome:
 # --- The job's life in the database -----------------------------------------------------------
 
 
-class JobRun:
-    """The database side of one job's execution."""
+class Heartbeat:
+    """A daemon thread that refreshes the run's heartbeat every ``interval_s`` until stopped.
 
-    def __init__(self, job_id: str) -> None:
+    It notes when the run no longer holds the lease (the job was taken back), which the run
+    reads at its next progress report. A failed write (database out of reach) is logged and
+    tried again; if it stays out of reach longer than the lease, the job is taken back.
+    """
+
+    def __init__(self, job_id: str, attempt: int, interval_s: float, lost: threading.Event) -> None:
+        self.job_id, self.attempt, self.interval_s = job_id, attempt, interval_s
+        self.lost = lost
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=self.interval_s + 5.0)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                with session_scope() as session:
+                    held = beat(session, self.job_id, self.attempt)
+            except Exception:
+                logger.exception("Job %s: the heartbeat could not be written", self.job_id)
+                continue
+            if not held:
+                logger.warning("Job %s attempt %d lost its lease", self.job_id, self.attempt)
+                self.lost.set()
+                return
+
+
+class JobRun:
+    """The database side of one run (one attempt) of a job."""
+
+    def __init__(self, job_id: str, settings: Settings) -> None:
         self.job_id = job_id
+        self.settings = settings
+        self.attempt = 0
+        self.lease_lost = threading.Event()
+        self.timed_out = False
+        self._claimed_at = 0.0
         self._last_progress_write = 0.0
         self._last_stage = ""
         self._last_cancel_poll = 0.0
         self._cancel_seen = False
 
     def claim(self) -> Job | None:
-        """Atomically take the job from ``queued`` to ``running``; None if it is not queued."""
-        now = utcnow()
+        """Take the job's lease (see ``service/leases.py``); None if it is not takeable."""
         with session_scope() as session:
-            claimed = rows_changed(
-                session,
-                update(Job)
-                .where(Job.id == self.job_id, Job.status == "queued")
-                .values(
-                    status="running",
-                    started_at=now,
-                    heartbeat_at=now,
-                    attempts=Job.attempts + 1,
-                    progress_fraction=0.0,
-                    progress_stage="starting",
-                    error=None,
-                ),
-            )
-            if not claimed:
+            job = claim_job(session, self.job_id, worker_token(), self.settings)
+            if job is None:
                 return None
-            job = session.get(Job, self.job_id)
-            assert job is not None
             session.expunge(job)
-            return job
+        self.attempt = job.attempts
+        self._claimed_at = time.monotonic()
+        return job
+
+    def _held(self) -> Any:
+        return holds_lease(self.job_id, self.attempt)
 
     def on_progress(self, fraction: float, stage: str) -> None:
         """Write progress at most every PROGRESS_INTERVAL_S, or at once when the stage changes."""
@@ -253,7 +288,7 @@ class JobRun:
         with session_scope() as session:
             session.execute(
                 update(Job)
-                .where(Job.id == self.job_id, Job.status == "running")
+                .where(self._held())
                 .values(
                     progress_fraction=min(max(fraction, 0.0), 1.0),
                     progress_stage=stage[:200],
@@ -262,15 +297,32 @@ class JobRun:
             )
 
     def should_stop(self) -> bool:
-        """Whether a cancel was requested, read at most every CANCEL_POLL_INTERVAL_S."""
+        """Whether the run must stop: its soft time limit passed, it lost its lease, or a cancel
+        was requested (read at most every CANCEL_POLL_INTERVAL_S).
+
+        The time limit is checked here as well as by Celery's SoftTimeLimitExceeded, which is
+        raised from a signal handler in whatever code runs at that moment, and is lost when
+        that is a garbage collector callback; this check cannot be missed.
+        """
+        soft_limit = self.settings.job_soft_time_limit_seconds
+        if soft_limit and time.monotonic() - self._claimed_at > soft_limit:
+            self.timed_out = True
+            return True
+        if self.lease_lost.is_set():
+            return True
         moment = time.monotonic()
         if self._cancel_seen or moment - self._last_cancel_poll < CANCEL_POLL_INTERVAL_S:
             return self._cancel_seen
         self._last_cancel_poll = moment
         with session_scope() as session:
-            self._cancel_seen = bool(
-                session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-            )
+            row = session.execute(
+                select(Job.cancel_requested, Job.status, Job.attempts).where(Job.id == self.job_id)
+            ).one_or_none()
+        if row is None or row.status != "running" or row.attempts != self.attempt:
+            logger.warning("Job %s attempt %d no longer holds its lease", self.job_id, self.attempt)
+            self.lease_lost.set()
+            return True
+        self._cancel_seen = bool(row.cancel_requested)
         return self._cancel_seen
 
     def _finish(self, status: str, **values: Any) -> bool:
@@ -280,7 +332,7 @@ class JobRun:
             run_seconds = (now - job.started_at).total_seconds() if job and job.started_at else None
             statement = (
                 update(Job)
-                .where(Job.id == self.job_id, Job.status == "running")
+                .where(self._held())
                 .values(status=status, finished_at=now, run_seconds=run_seconds, **values)
             )
             return rows_changed(session, statement) == 1
@@ -310,7 +362,7 @@ class JobRun:
             finished = rows_changed(
                 session,
                 update(Job)
-                .where(Job.id == job.id, Job.status == "running")
+                .where(self._held())
                 .values(
                     status="succeeded",
                     result=result,
@@ -321,41 +373,57 @@ class JobRun:
                 ),
             )
             if not finished:
-                # The row left 'running' meanwhile (requeued after a restart): keep nothing.
+                # The run lost its lease meanwhile (the job was taken back): keep nothing.
                 session.rollback()
-                logger.warning("Job %s was no longer running at its end; result dropped", job.id)
+                logger.warning("Job %s no longer held its lease at its end; result dropped", job.id)
 
 
-def run_job(job_id: str, execute: Executor) -> None:
-    """Claim ``job_id`` and run ``execute`` on it, recording how it ended."""
-    run = JobRun(job_id)
+def run_job(job_id: str, execute: Executor, redelivered: bool = False) -> None:
+    """Claim ``job_id`` and run ``execute`` on it, recording how it ended.
+
+    ``redelivered``: the broker marked the message as handed out before (only logged).
+    """
+    settings = get_settings()
+    run = JobRun(job_id, settings)
     job = run.claim()
     if job is None:
-        logger.info("Job %s is not queued (duplicate delivery or cancelled); skipped", job_id)
+        logger.info(
+            "Job %s is not queued (a duplicate delivery%s, a run elsewhere holds it, or it was "
+            "cancelled); skipped",
+            job_id,
+            ", redelivered by the broker" if redelivered else "",
+        )
         return
-    settings = get_settings()
     store = BlobStore(settings.blob_dir)
     logger.info("Job %s (%s) started, attempt %d", job_id, job.kind, job.attempts)
-    try:
-        assert job.arch is not None
-        context = JobContext(
-            job=job,
-            arch=parse_arch(job.arch, max_params=settings.max_params),
-            settings=settings,
-            store=store,
-            reporter=Reporter(callback=run.on_progress, should_stop=run.should_stop),
-            device=resolve_device(settings.device),
-        )
-        outcome = execute(context)
-        run.succeed(job, outcome, store, context.arch)
-    except CancelledError:
-        logger.info("Job %s cancelled", job_id)
-        run.cancelled()
-    except LLFCError as error:
-        logger.info("Job %s failed: %s", job_id, error.message)
-        run.fail(error.message)
-    except Exception:
-        logger.exception("Job %s failed with an internal error", job_id)
-        run.fail(INTERNAL_FAILURE)
-    else:
-        logger.info("Job %s succeeded", job_id)
+    with Heartbeat(job_id, run.attempt, settings.heartbeat_seconds, run.lease_lost):
+        try:
+            assert job.arch is not None
+            context = JobContext(
+                job=job,
+                arch=parse_arch(job.arch, max_params=settings.max_params),
+                settings=settings,
+                store=store,
+                reporter=Reporter(callback=run.on_progress, should_stop=run.should_stop),
+                device=resolve_device(settings.device),
+            )
+            outcome = execute(context)
+            run.succeed(job, outcome, store, context.arch)
+        except SoftTimeLimitExceeded:
+            logger.info("Job %s reached its soft time limit", job_id)
+            run.fail(soft_time_limit_sentence(settings.job_soft_time_limit_seconds))
+        except CancelledError:
+            if run.timed_out:
+                logger.info("Job %s reached its soft time limit", job_id)
+                run.fail(soft_time_limit_sentence(settings.job_soft_time_limit_seconds))
+            else:
+                logger.info("Job %s cancelled or lost its lease", job_id)
+                run.cancelled()
+        except LLFCError as error:
+            logger.info("Job %s failed: %s", job_id, error.message)
+            run.fail(error.message)
+        except Exception:
+            logger.exception("Job %s failed with an internal error", job_id)
+            run.fail(INTERNAL_FAILURE)
+        else:
+            logger.info("Job %s succeeded", job_id)

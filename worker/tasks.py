@@ -1,14 +1,110 @@
 """One Celery task per job kind, each a thin call into the engine (see ``worker/execution.py``).
 
 The engine, and with it torch, is imported inside the task, that is in the prefork child: the
-Celery parent process never loads torch or touches CUDA.
+Celery parent process never loads torch or touches CUDA. The parent's part is
+:class:`JobRequest`: it records in the job row the two ways a run can end without its own code
+reaching the end.
 """
 
 from __future__ import annotations
 
-from celery.signals import worker_process_init
+import logging
+from collections.abc import Callable
+from typing import Any
 
+from billiard.einfo import ExceptionWithTraceback
+from billiard.exceptions import TimeLimitExceeded
+from celery import Task
+from celery.signals import worker_process_init
+from celery.worker.request import Request
+from sqlalchemy.orm import Session
+
+from service.core.config import get_settings
+from service.db.session import short_lived_session
+from service.leases import (
+    fail_claim_of,
+    hard_time_limit_sentence,
+    release_claim_of,
+    worker_token,
+)
 from worker.celery_app import TASK_NAMES, celery_app
+
+logger = logging.getLogger(__name__)
+
+
+class JobRequest(Request):
+    """The worker main process's handle on one job message.
+
+    * Hard time limit: the pool child running the job is killed; the job ends ``failed`` with a
+      sentence (the message is acknowledged, so it does not come back).
+    * The pool child died (SIGKILL, out of memory, a crash in native code): the job is queued
+      again at once and its message requeued (``task_reject_on_worker_lost``), so the next
+      delivery claims it as attempt + 1; after ``LLFC_MAX_ATTEMPTS`` runs it ends ``failed``.
+
+    Both only touch a job whose claim this message's child holds (``claimed_by``), never one
+    that a duplicate delivery found running elsewhere. The main process opens a database
+    connection for each and closes it at once, as it forks new children at any time.
+    """
+
+    def _record(self, change: Callable[[Session, str, str], Any]) -> Any:
+        if not self.worker_pid or not self.args:
+            return None
+        job_id, token = str(self.args[0]), worker_token(self.worker_pid)
+        try:
+            with short_lived_session() as session:
+                return change(session, job_id, token)
+        except Exception:
+            logger.exception("Could not record how job %s ended; the lease will expire", job_id)
+            return None
+
+    def _fail_at_hard_limit(self, limit_s: float) -> None:
+        sentence = hard_time_limit_sentence(limit_s)
+        if self._record(
+            lambda session, job_id, token: fail_claim_of(session, job_id, token, sentence)
+        ):
+            logger.warning("Job %s killed at its hard time limit of %gs", self.args[0], limit_s)
+
+    def on_timeout(self, soft: bool, timeout: float) -> None:
+        if not soft:
+            self._fail_at_hard_limit(timeout)
+        super().on_timeout(soft, timeout)
+
+    def on_failure(
+        self, exc_info: Any, send_failed_event: bool = True, return_ok: bool = False
+    ) -> None:
+        # The row first, then Celery, which may requeue the message: its next delivery must
+        # find the job queued, not still running under a dead child's claim.
+        exception = exc_info.exception
+        if isinstance(exception, ExceptionWithTraceback):
+            exception = exception.exc
+        if isinstance(exception, TimeLimitExceeded):
+            # Billiard reports the hard limit here first, then through on_timeout.
+            limit = exception.args[0] if exception.args else get_settings().job_time_limit_seconds
+            self._fail_at_hard_limit(float(limit))
+        else:
+            reason = f"queued again: its worker process stopped ({type(exception).__name__})"
+            status = self._record(
+                lambda session, job_id, token: release_claim_of(
+                    session, job_id, token, get_settings(), reason
+                )
+            )
+            if status is not None:
+                logger.warning(
+                    "Job %s: its worker process %s stopped (%r); the job is now %s",
+                    self.args[0],
+                    self.worker_pid,
+                    exception,
+                    status,
+                )
+        super().on_failure(exc_info, send_failed_event=send_failed_event, return_ok=return_ok)
+
+
+class JobTask(Task):
+    Request = JobRequest
+
+
+def _redelivered(task: Task) -> bool:
+    return bool((task.request.delivery_info or {}).get("redelivered"))
 
 
 @worker_process_init.connect
@@ -17,33 +113,33 @@ def load_engine(**_: object) -> None:
     import worker.execution  # noqa: F401
 
 
-@celery_app.task(name=TASK_NAMES["match"])
-def match(job_id: str) -> None:
+@celery_app.task(name=TASK_NAMES["match"], base=JobTask, bind=True)
+def match(self: Task, job_id: str) -> None:
     """Permute model B onto model A; artifact ``model_b_permuted``."""
     from worker.execution import run_job, run_match
 
-    run_job(job_id, run_match)
+    run_job(job_id, run_match, redelivered=_redelivered(self))
 
 
-@celery_app.task(name=TASK_NAMES["interpolate"])
-def interpolate(job_id: str) -> None:
+@celery_app.task(name=TASK_NAMES["interpolate"], base=JobTask, bind=True)
+def interpolate(self: Task, job_id: str) -> None:
     """alpha * A + (1 - alpha) * B; artifact ``interpolated``."""
     from worker.execution import run_interpolate, run_job
 
-    run_job(job_id, run_interpolate)
+    run_job(job_id, run_interpolate, redelivered=_redelivered(self))
 
 
-@celery_app.task(name=TASK_NAMES["analyze"])
-def analyze(job_id: str) -> None:
+@celery_app.task(name=TASK_NAMES["analyze"], base=JobTask, bind=True)
+def analyze(self: Task, job_id: str) -> None:
     """The whole LMC/LLFC analysis of a pair; result in the job row and per-layer rows."""
     from worker.execution import run_analyze, run_job
 
-    run_job(job_id, run_analyze)
+    run_job(job_id, run_analyze, redelivered=_redelivered(self))
 
 
-@celery_app.task(name=TASK_NAMES["train"])
-def train(job_id: str) -> None:
+@celery_app.task(name=TASK_NAMES["train"], base=JobTask, bind=True)
+def train(self: Task, job_id: str) -> None:
     """Train modes to study; artifacts ``model_0``, ``model_1``, ..."""
     from worker.execution import run_job, run_train
 
-    run_job(job_id, run_train)
+    run_job(job_id, run_train, redelivered=_redelivered(self))

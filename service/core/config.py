@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -63,6 +63,64 @@ class Settings(BaseSettings):
         "stopping the worker cold (the job is queued again for the next start).",
     )
     retry_after_seconds: int = Field(default=2, ge=1, description="Polling hint for jobs.")
+    max_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Runs a job gets: one whose worker dies this many times ends failed.",
+    )
+    heartbeat_seconds: float = Field(
+        default=10.0, gt=0.0, description="How often a running job writes its heartbeat."
+    )
+    lease_seconds: float = Field(
+        default=60.0,
+        gt=0.0,
+        description="A running job whose heartbeat is older than this is taken as lost: "
+        "queued again (or failed after LLFC_MAX_ATTEMPTS runs).",
+    )
+    maintenance_interval_seconds: float = Field(
+        default=15.0,
+        gt=0.0,
+        description="How often each API process reaps lost jobs, republishes undelivered ones "
+        "and removes abandoned partial uploads.",
+    )
+    republish_after_seconds: float = Field(
+        default=300.0,
+        gt=0.0,
+        description="A job still queued this long after its last publish is published again.",
+    )
+    incoming_max_age_seconds: float = Field(
+        default=3600.0,
+        gt=0.0,
+        description="A partial upload or artifact file untouched this long is deleted.",
+    )
+    broker_visibility_timeout_seconds: int = Field(
+        default=3600,
+        ge=1,
+        description="Redis hands an unacknowledged message out again after this long; the "
+        "job's claim and heartbeat make such a second delivery a no-op.",
+    )
+    broker_transport_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra Celery broker transport options as JSON, merged over ours.",
+    )
+    job_soft_time_limit_seconds: float = Field(
+        default=12 * 3600.0,
+        ge=0.0,
+        description="A job running longer ends failed at its next step; 0: no soft limit.",
+    )
+    job_time_limit_seconds: float = Field(
+        default=12 * 3600.0 + 600.0,
+        gt=0.0,
+        description="A job running longer is killed with its worker process and ends failed.",
+    )
+    max_queued_jobs_per_owner: int = Field(
+        default=1000, ge=1, description="Queued jobs one owner may have; more get 429."
+    )
+    max_stored_bytes_per_owner: int = Field(
+        default=100 * 1024**3,
+        ge=1,
+        description="Bytes of checkpoints and datasets one owner may keep; more get 507.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -75,6 +133,23 @@ class Settings(BaseSettings):
                 f"{MIN_SECRET_KEY_LENGTH} characters when LLFC_AUTH is on and the database is "
                 "not SQLite; generate one with: python -c 'import secrets; "
                 "print(secrets.token_urlsafe(32))'"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_lease_and_time_limits(self) -> Settings:
+        if self.lease_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"LLFC_LEASE_SECONDS ({self.lease_seconds:g}) must be at least twice "
+                f"LLFC_HEARTBEAT_SECONDS ({self.heartbeat_seconds:g}), or a live job whose "
+                "heartbeat is a little late would be taken as lost."
+            )
+        soft = self.job_soft_time_limit_seconds
+        if soft > 0 and soft >= self.job_time_limit_seconds:
+            raise ValueError(
+                f"LLFC_JOB_SOFT_TIME_LIMIT_SECONDS ({soft:g}) must be below "
+                f"LLFC_JOB_TIME_LIMIT_SECONDS ({self.job_time_limit_seconds:g}), so a job is "
+                "asked to stop before it is killed."
             )
         return self
 

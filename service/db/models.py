@@ -158,6 +158,12 @@ class Dataset(Base):
 class Job(Base):
     """One unit of work and its whole life: the worker claims it, reports into it, finishes it.
 
+    A claim is a lease: ``claimed_by`` names the worker process (``host:pid``) that holds it,
+    ``attempts`` numbers it (every write of a run is conditional on its number, so a run that
+    lost its lease can change nothing), and ``heartbeat_at`` must stay fresh or the lease is
+    taken back (``service/leases.py``). ``published_at`` is when the job's message was last
+    sent again by the republisher (the first publish is at ``created_at``).
+
     ``model_a_id``, ``model_b_id`` and ``dataset_ref`` are kept as plain text (no foreign key) so
     a job still says what it ran on after those inputs are deleted.
     """
@@ -179,6 +185,8 @@ class Job(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    claimed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     run_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)

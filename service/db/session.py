@@ -15,10 +15,13 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, Engine, Update, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from service.core.config import get_settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+POSTGRES_CONNECT_TIMEOUT_S = 5
+POSTGRES_LOCK_TIMEOUT_MS = 5_000
 
 _engines: dict[tuple[int, str], Engine] = {}
 
@@ -39,15 +42,27 @@ def _configure_sqlite(engine: Engine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
-def make_engine(url: str) -> Engine:
-    """A new engine for ``url`` with the per-dialect settings above."""
+def make_engine(url: str, *, pooled: bool = True) -> Engine:
+    """A new engine for ``url`` with the per-dialect settings above.
+
+    ``pooled=False`` keeps no connection open between uses (see :func:`short_lived_session`).
+    """
+    pool_args: dict[str, Any] = {} if pooled else {"poolclass": NullPool}
     if url.startswith("sqlite"):
         engine = create_engine(
-            url, connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
+            url,
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+            **pool_args,
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    if not pooled:
+        # Never wait long for a lock or a connection: the caller's loop has other work.
+        pool_args["connect_args"] = {
+            "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
+            "options": f"-c lock_timeout={POSTGRES_LOCK_TIMEOUT_MS}",
+        }
+    return create_engine(url, pool_pre_ping=pooled, **pool_args)
 
 
 def get_engine() -> Engine:
@@ -81,6 +96,29 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def short_lived_session() -> Iterator[Session]:
+    """A session on a connection opened now and closed at the end (commits on success).
+
+    For the Celery main process, which forks pool children at any time: a child must not
+    inherit an open database connection that the parent goes on using. On PostgreSQL it waits
+    at most a few seconds for a connection or a row lock (a stuck child may hold one).
+    """
+    engine = make_engine(get_settings().resolved_database_url, pooled=False)
+    try:
+        session = make_sessionmaker(engine)()
+        try:
+            yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
+        finally:
+            session.close()
+    finally:
+        engine.dispose()
 
 
 def rows_changed(session: Session, statement: Update) -> int:

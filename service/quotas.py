@@ -1,0 +1,86 @@
+"""Per-owner quotas, so one lab's sweep cannot fill the queue or the disk for everyone.
+
+* Queued jobs: at most ``LLFC_MAX_QUEUED_JOBS_PER_OWNER`` waiting at once; one more is refused
+  with 429 and a ``Retry-After`` hint. The owner's row is locked while counting (PostgreSQL;
+  SQLite serialises writers anyway), so concurrent submissions cannot overshoot the cap.
+* Stored bytes: the owner's checkpoints and datasets (``size_bytes``: what was uploaded, or
+  what a job stored) may take at most ``LLFC_MAX_STORED_BYTES_PER_OWNER``; an upload that
+  would pass it, or a job that would store more checkpoints once it is reached, is refused
+  with 507. A job already running always keeps its outputs.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from service.api.problems import ProblemError
+from service.core.config import Settings
+from service.db.models import Checkpoint, Dataset, Job, Owner
+
+QUEUE_FULL_RETRY_AFTER_S = 30
+
+
+def queued_jobs(session: Session, owner_id: str) -> int:
+    return int(
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner_id == owner_id, Job.status == "queued")
+        )
+        or 0
+    )
+
+
+def check_queued_jobs(session: Session, settings: Settings, owner_id: str) -> None:
+    """Refuse (429) a new job when the owner already has the most queued jobs allowed.
+
+    Locks the owner's row until the caller's commit, so the count stays true until the new job
+    is in.
+    """
+    session.execute(select(Owner.id).where(Owner.id == owner_id).with_for_update())
+    waiting = queued_jobs(session, owner_id)
+    if waiting >= settings.max_queued_jobs_per_owner:
+        raise ProblemError(
+            429,
+            f"You already have {waiting} queued jobs, the most this service keeps waiting for "
+            "one owner; submit again once some have started, or cancel some.",
+            type_slug="too-many-queued-jobs",
+            headers={"Retry-After": str(QUEUE_FULL_RETRY_AFTER_S)},
+            extra={"queued": waiting, "limit": settings.max_queued_jobs_per_owner},
+        )
+
+
+def stored_bytes(session: Session, owner_id: str) -> int:
+    """Bytes of the owner's checkpoints and datasets."""
+    total = 0
+    for model in (Checkpoint, Dataset):
+        total += int(
+            session.scalar(
+                select(func.coalesce(func.sum(model.size_bytes), 0)).where(
+                    model.owner_id == owner_id
+                )
+            )
+            or 0
+        )
+    return total
+
+
+def check_stored_bytes(
+    session: Session, settings: Settings, owner_id: str, new_bytes: int, what: str
+) -> None:
+    """Refuse (507) storing ``new_bytes`` more for the owner past the quota.
+
+    ``what`` names the refused thing in the sentence, e.g. "this upload".
+    """
+    used = stored_bytes(session, owner_id)
+    limit = settings.max_stored_bytes_per_owner
+    if used + new_bytes > limit or (new_bytes == 0 and used >= limit):
+        raise ProblemError(
+            507,
+            f"Your checkpoints and datasets already take {used:,} bytes of the {limit:,} bytes "
+            f"this service keeps for one owner, so {what} cannot be stored; delete checkpoints "
+            "or datasets you no longer need, then try again.",
+            type_slug="storage-quota-exceeded",
+            extra={"stored_bytes": used, "limit": limit},
+        )
