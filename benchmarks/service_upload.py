@@ -6,19 +6,22 @@ to ``llfc serve`` (the embedded mode; its API is the main process) with
 ``LLFC_MAX_UPLOAD_BYTES`` and ``LLFC_MAX_PARAMS`` just above it.
 
 Baseline, in the same run: the same curl command, with the same multipart body, to a minimal
-HTTP server in this file that copies the request body from its socket into a file and answers
-201 (the loopback-plus-disk ceiling for any upload endpoint). A plain file copy of the
-checkpoint is reported beside it.
+HTTP server in this file that copies the request body from its socket into a file, flushes it
+to disk and answers 201 (the loopback-plus-disk ceiling for any durable upload endpoint). A
+plain file copy of the checkpoint (page cache, no flush) is reported beside it.
 
-Reported: end-to-end MB/s (curl's first byte to the 201) for both and their ratio; the server's
-resident-set growth during the request (``VmHWM`` after, peak counter reset just before, minus
-``VmRSS`` before, read from ``/proc/<pid>/status``); and the server-side split of the request,
-observed from outside by sampling the store's ``incoming/`` folder every few milliseconds:
+Reported: end-to-end MB/s (from starting curl to its exit after the 201) for both and their
+ratio; the server's resident-set growth during the request (``VmHWM`` after, peak counter reset
+just before, minus ``VmRSS`` before, read from ``/proc/<pid>/status``); and the server-side
+split of the request, observed from outside by sampling the store's ``incoming/`` folder every
+few milliseconds:
 
 - ``stream``: until the upload's temporary file holds every byte (socket to disk, hashed);
 - ``read_validate``: until the server starts writing the cleaned safetensors copy
   (``read_checkpoint`` + ``validate_state_dict``);
 - ``store``: the rest (``save_safetensors``, re-hashing the copy, the database row, the answer).
+
+A server that writes no cleaned copy shows ``stream`` and ``after_stream`` instead.
 
 The memory samples of each phase give its own peak growth, split into ``RssAnon`` (the
 process's own allocations) and ``RssFile`` (pages of files it mapped, e.g. a checkpoint read
@@ -104,8 +107,9 @@ def _read_request_head(connection: socket.socket) -> tuple[bytes, bytes]:
 def serve_baseline(port: int, folder: Path) -> None:
     """Answer each POST by copying its body (Content-Length bytes) into a file, then 201.
 
-    One connection at a time, one ``recv_into`` buffer, no parsing of the body: the least work
-    an HTTP endpoint can do to keep the bytes it was sent.
+    One connection at a time, one ``recv_into`` buffer, no parsing of the body, and an
+    ``fsync`` before the answer, as the service does: the least work an HTTP endpoint can do to
+    keep the bytes it was sent.
     """
     listener = socket.create_server(("127.0.0.1", port))
     buffer = bytearray(BASELINE_BUFFER_BYTES)
@@ -128,6 +132,8 @@ def serve_baseline(port: int, folder: Path) -> None:
                         break
                     sink.write(view[:count])
                     remaining -= count
+                sink.flush()
+                os.fsync(sink.fileno())
             if not head.startswith(b"POST "):
                 status = b"200 OK"
             elif remaining == 0:
@@ -371,7 +377,7 @@ def run(size: str, work_dir: Path) -> dict[str, Any]:
         "ours": ours_measured,
         "baseline": {
             "what": "the same curl upload to a minimal socket server that copies the body to "
-            "a file (benchmarks/service_upload.py --baseline-server)",
+            "a file and fsyncs it (benchmarks/service_upload.py --baseline-server)",
             **baseline_measured,
         },
         "file_copy_mb_per_s": file_copy_mb_per_s(checkpoint, work_dir),
