@@ -54,7 +54,9 @@ PROBLEM_DESCRIPTIONS: dict[int, str] = {
     413: "Larger than LLFC_MAX_UPLOAD_BYTES.",
     415: "The body is not multipart/form-data.",
     422: "The request is well-formed but invalid; 'detail' says which field and why.",
+    429: "The owner has too many queued jobs (LLFC_MAX_QUEUED_JOBS_PER_OWNER); retry later.",
     503: "Names what is not reachable.",
+    507: "The owner's stored bytes would pass LLFC_MAX_STORED_BYTES_PER_OWNER.",
 }
 
 

@@ -60,7 +60,7 @@ def checkpoint_public(checkpoint: Checkpoint) -> CheckpointPublic:
     response_model=CheckpointPublic,
     openapi_extra=UPLOAD_BODY,
     responses=problem_responses(
-        409, 413, 415, s409="These bytes are already stored with another arch."
+        409, 413, 415, 507, s409="These bytes are already stored with another arch."
     ),
 )
 async def upload_checkpoint(

@@ -80,7 +80,7 @@ def builtin_datasets() -> list[DatasetPublic]:
     status_code=201,
     response_model=DatasetPublic,
     openapi_extra=UPLOAD_BODY,
-    responses=problem_responses(413, 415),
+    responses=problem_responses(413, 415, 507),
 )
 async def upload_dataset(
     request: Request,

@@ -51,7 +51,7 @@ def _polling_headers(response: Response, job: Job, retry_after_seconds: int) -> 
     "",
     status_code=202,
     response_model=JobPublic,
-    responses=problem_responses(400, 413, s413="The JSON body is larger than 1 MiB."),
+    responses=problem_responses(400, 413, 429, 507, s413="The JSON body is larger than 1 MiB."),
 )
 def create_job(
     body: JobCreate,
