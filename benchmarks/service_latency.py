@@ -258,9 +258,10 @@ def run(size: str, work_dir: Path) -> dict[str, Any]:
         command = [sys.executable, __file__, "--baseline-worker", REDIS_URL]
         servers.start("baseline-worker", command, os.environ)
         baseline = measure_baseline(REDIS_URL, jobs)
-    ours = {
+    submitted = summary_ms([job["submit_to_running"] for job in service])
+    ours: dict[str, Any] = {
         **load,
-        **summary_ms([job["submit_to_running"] for job in service]),
+        **submitted,
         "answered_to_running": summary_ms([job["answered_to_running"] for job in service]),
         "created_to_running": summary_ms([job["created_to_running"] for job in service]),
         "post_round_trip": summary_ms([job["post_round_trip"] for job in service]),
@@ -279,9 +280,9 @@ def run(size: str, work_dir: Path) -> dict[str, Any]:
             "recording its start; from calling send_task to the task starting",
             **baseline_summary,
         },
-        "ratio_p50": round(ours["p50_ms"] / max(baseline_summary["p50_ms"], 0.01), 2),
+        "ratio_p50": round(submitted["p50_ms"] / max(baseline_summary["p50_ms"], 0.01), 2),
         "targets": TARGETS,
-        "meets_targets": {"p50_ms": ours["p50_ms"] < TARGETS["p50_ms"]},
+        "meets_targets": {"p50_ms": submitted["p50_ms"] < TARGETS["p50_ms"]},
     }
 
 

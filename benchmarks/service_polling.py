@@ -9,13 +9,16 @@ with its owner's API key by 32 connections for a fixed time, against ``llfc api`
 - ``sqlite``: the embedded mode's SQLite file and filesystem broker (what ``llfc serve`` runs,
   without its worker, idle here anyway).
 
-Baseline, in the same run: a trivial FastAPI app in this file, served by uvicorn with the same
-settings, whose sync ``GET /v1/jobs/{id}`` returns the same job JSON as a constant.
+Baseline, in the same run, measured right after each mode: a trivial FastAPI app in this file,
+served by uvicorn with the same settings, whose sync ``GET /v1/jobs/{id}`` returns the same job
+JSON as a constant.
 
 Load generator: ``wrk`` (C, one thread, a Lua script for the Bearer header and a JSON summary)
 when it is on the PATH, else an asyncio client in this process with raw keep-alive HTTP/1.1
 connections. Each side is warmed up, then measured; a record per database reports requests/s,
-latency percentiles, the ratio to the baseline and whether every answer was 200.
+latency percentiles, the ratio to the baseline, whether every answer was 200, and the server's
+CPU time per request (user + system, ``/proc/<pid>/stat``), which the machine's other load
+changes far less than requests/s or p99.
 
     python benchmarks/service_polling.py [--size tiny|full] [--modes postgres,sqlite]
         [--load-generator auto|wrk|python]
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import io
 import json
 import os
 import shutil
@@ -235,8 +239,6 @@ def measure(
 
 def _queued_job(base_url: str, key: str) -> dict[str, Any]:
     """Upload two small MLPs and submit an interpolation that stays queued (no worker runs)."""
-    import io
-
     import torch
     from safetensors.torch import save
 
@@ -282,7 +284,6 @@ def run(size: str, modes: list[str], generator: str, work_dir: Path) -> list[dic
     records = []
     with server_group(work_dir) as servers:
         baseline: Server | None = None
-        baseline_result: dict[str, Any] = {}
         for mode in modes:
             api, key = start_api(servers, mode, work_dir)
             job = _queued_job(str(api.base_url), key)
@@ -296,10 +297,10 @@ def run(size: str, modes: list[str], generator: str, work_dir: Path) -> list[dic
                 baseline.wait_ready()
             ours = measure(api, generator, f"{api.base_url}{path}", key, durations, work_dir)
             servers.stop(api)
-            if not baseline_result:
-                baseline_result = measure(
-                    baseline, generator, f"{baseline.base_url}{path}", key, durations, work_dir
-                )
+            # Right after ours, so both see the machine as alike as it gets.
+            baseline_result = measure(
+                baseline, generator, f"{baseline.base_url}{path}", key, durations, work_dir
+            )
             records.append(
                 {
                     "benchmark": "service_polling",
