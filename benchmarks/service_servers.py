@@ -228,5 +228,10 @@ def server_group(log_dir: Path) -> Iterator[ServerGroup]:
     group = ServerGroup(log_dir)
     try:
         yield group
+    except BaseException:
+        # The logs live in a temporary folder: show them before it goes.
+        for server in group.servers:
+            print(f"--- {server.name} log ---\n{server.log_tail()}", file=sys.stderr)
+        raise
     finally:
         group.stop_all()
