@@ -3,11 +3,14 @@
 The LLFC feature layers of every arch are its ``nn.ReLU`` modules (each used once), in the order
 the forward pass reaches them; the input of a ReLU is that layer's pre-activation. The layers of
 Condition II are the ``nn.Linear`` and ``nn.Conv2d`` modules, whose input is the feature matrix H.
+
+:func:`watch_features` hands each tensor to a callback the moment the forward pass produces it,
+so a caller can compare it and let it go; :func:`capture_features` keeps them for the batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -16,6 +19,9 @@ import torch
 from torch import nn
 
 WEIGHTED_LAYER_TYPES = (nn.Linear, nn.Conv2d)
+
+FeatureCallback = Callable[[str, torch.Tensor, torch.Tensor], None]
+"""Called with (module name, the module's input, its output)."""
 
 
 @dataclass
@@ -45,6 +51,44 @@ def weighted_layer_names(model: nn.Module) -> list[str]:
 
 
 @contextmanager
+def watch_features(
+    model: nn.Module,
+    *,
+    relus: Iterable[str] = (),
+    on_relu: FeatureCallback | None = None,
+    layers: Iterable[str] = (),
+    on_layer: FeatureCallback | None = None,
+) -> Iterator[None]:
+    """Call ``on_relu(name, pre_activation, output)`` at every named ReLU and
+    ``on_layer(name, H, output)`` at every named layer, during every forward pass."""
+    modules = dict(model.named_modules())
+    handles: list[Any] = []
+
+    def hook(name: str, callback: FeatureCallback) -> Any:
+        def forward_hook(
+            module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor
+        ) -> None:
+            callback(name, inputs[0], output)
+
+        return forward_hook
+
+    try:
+        if on_relu is not None:
+            for name in relus:
+                relu = modules[name]
+                # An in-place ReLU would overwrite the pre-activation it was given.
+                relu.inplace = False  # type: ignore[assignment]
+                handles.append(relu.register_forward_hook(hook(name, on_relu)))
+        if on_layer is not None:
+            for name in layers:
+                handles.append(modules[name].register_forward_hook(hook(name, on_layer)))
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+@contextmanager
 def capture_features(
     model: nn.Module,
     *,
@@ -54,36 +98,20 @@ def capture_features(
 ) -> Iterator[Capture]:
     """Record the outputs (and optionally inputs) of the named ReLUs and the inputs of named layers.
 
-    The hooks hold references only until the next :meth:`Capture.clear`, so memory stays
+    The capture holds references only until the next :meth:`Capture.clear`, so memory stays
     proportional to one batch.
     """
     capture = Capture()
-    modules = dict(model.named_modules())
-    handles: list[Any] = []
 
-    def relu_hook(name: str) -> Any:
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
-            capture.activations[name] = output
-            if pre_activations:
-                capture.pre_activations[name] = inputs[0]
+    def keep_relu(name: str, pre_activation: torch.Tensor, output: torch.Tensor) -> None:
+        capture.activations[name] = output
+        if pre_activations:
+            capture.pre_activations[name] = pre_activation
 
-        return hook
+    def keep_layer(name: str, layer_input: torch.Tensor, output: torch.Tensor) -> None:
+        capture.layer_inputs[name] = layer_input
 
-    def input_hook(name: str) -> Any:
-        def hook(module: nn.Module, inputs: tuple[torch.Tensor, ...]) -> None:
-            capture.layer_inputs[name] = inputs[0]
-
-        return hook
-
-    try:
-        for name in relus:
-            relu = modules[name]
-            # An in-place ReLU would overwrite the pre-activation it was given.
-            relu.inplace = False  # type: ignore[assignment]
-            handles.append(relu.register_forward_hook(relu_hook(name)))
-        for name in layer_inputs:
-            handles.append(modules[name].register_forward_pre_hook(input_hook(name)))
+    with watch_features(
+        model, relus=relus, on_relu=keep_relu, layers=layer_inputs, on_layer=keep_layer
+    ):
         yield capture
-    finally:
-        for handle in handles:
-            handle.remove()
