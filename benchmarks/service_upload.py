@@ -257,7 +257,7 @@ def measure_upload(
     seconds = finished - started
     measured: dict[str, Any] = {
         **load,
-        "seconds": round(seconds, 3),
+        "seconds": round(seconds, 6),
         "mb_per_s": round(file_bytes / seconds / MB, 1),
         "rss_before_mib": round(before["VmRSS"] / 1024, 1),
         "rss_growth_mib": round((peak - before["VmRSS"]) / 1024, 1),
