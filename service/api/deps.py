@@ -5,22 +5,30 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated, Any
 
-from fastapi import Depends, Path, Query
+from fastapi import Depends, Path, Query, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.api.problems import ProblemError
 from service.core.config import Settings, get_settings
 from service.db.models import Owner
-from service.db.session import get_engine, make_sessionmaker
+from service.db.session import get_engine, make_sessionmaker, session_scope
 from service.schemas import RESOURCE_ID_PATTERN
 from service.security import LOCAL_OWNER_NAME, get_or_create_owner, owner_for_key
 from service.storage import BlobStore
 
+READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
-def get_session() -> Iterator[Session]:
-    """One session per request; handlers commit what they change."""
-    session = make_sessionmaker(get_engine())()
+
+def get_session(request: Request) -> Iterator[Session]:
+    """One session per request; handlers commit what they change.
+
+    GET and HEAD requests get a read-only session: on SQLite its transactions do not take the
+    write lock, so concurrent polls neither wait for each other nor for the worker's writes.
+    """
+    read_only = request.method in READ_ONLY_METHODS
+    session = make_sessionmaker(get_engine(), read_only=read_only)()
     try:
         yield session
     finally:
@@ -70,9 +78,7 @@ def get_current_owner(
 ) -> Owner:
     """The owner of the request's Bearer key; with auth off, the single local owner."""
     if not settings.auth:
-        local_owner = get_or_create_owner(session, LOCAL_OWNER_NAME)
-        session.commit()
-        return local_owner
+        return _local_owner(session)
     if credentials is None:
         raise ProblemError(
             401,
@@ -93,6 +99,23 @@ def get_current_owner(
             type_slug="unauthorized",
             headers=UNAUTHORIZED_HEADERS,
         )
+    return owner
+
+
+def _local_owner(session: Session) -> Owner:
+    """The single owner of a service without auth, created by the first request that needs it.
+
+    The creation runs in a writing session of its own, since the request's may be read-only.
+    """
+    by_name = select(Owner).where(Owner.name == LOCAL_OWNER_NAME)
+    owner = session.scalar(by_name)
+    session.commit()
+    if owner is None:
+        with session_scope() as writer:
+            get_or_create_owner(writer, LOCAL_OWNER_NAME)
+        owner = session.scalar(by_name)
+        session.commit()
+        assert owner is not None
     return owner
 
 

@@ -1,9 +1,13 @@
 """Database engines and sessions, one engine per process and URL.
 
 SQLite (the embedded mode) is shared by the API and the worker process, so it runs in WAL mode
-(readers never block the writer) and every transaction starts with ``BEGIN IMMEDIATE``: a
-transaction that reads and then writes would otherwise fail at once with "database is locked"
-when the other process wrote in between, instead of waiting its turn for ``busy_timeout``.
+(readers never block the writer, nor each other). A session that may write starts every
+transaction with ``BEGIN IMMEDIATE``, taking the single write lock up front: a transaction that
+reads and then writes would otherwise fail at once with "database is locked" when the other
+process wrote in between, instead of waiting its turn for ``busy_timeout``. A read-only session
+(``make_sessionmaker(engine, read_only=True)``, what GET requests use) starts with a plain deferred
+``BEGIN`` instead, which reads a snapshot without the lock; were it IMMEDIATE too, every poll
+would queue behind every other poll and behind the worker's writes.
 """
 
 from __future__ import annotations
@@ -23,6 +27,9 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_CONNECT_TIMEOUT_S = 5
 POSTGRES_LOCK_TIMEOUT_MS = 5_000
 
+READ_ONLY_OPTION = "llfc_read_only"
+"""Execution option of a read-only session's connections (see :func:`make_sessionmaker`)."""
+
 _engines: dict[tuple[int, str], Engine] = {}
 
 
@@ -39,7 +46,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = connection.get_execution_options().get(READ_ONLY_OPTION, False)
+        connection.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 def make_engine(url: str, *, pooled: bool = True) -> Engine:
@@ -80,8 +88,11 @@ def get_engine() -> Engine:
     return engine
 
 
-def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
-    return sessionmaker(bind=engine, expire_on_commit=False)
+def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmaker[Session]:
+    """Sessions on ``engine``; ``read_only`` ones must not write (on SQLite they would fail with
+    "database is locked" whenever another connection wrote since they first read)."""
+    bind = engine.execution_options(**{READ_ONLY_OPTION: True}) if read_only else engine
+    return sessionmaker(bind=bind, expire_on_commit=False)
 
 
 @contextmanager
