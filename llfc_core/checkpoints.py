@@ -24,14 +24,18 @@ otherwise surface much later as NaN metrics.
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import warnings
 from collections.abc import Mapping
+from io import RawIOBase
 from pathlib import Path
 from typing import Any, Literal
 
+import safetensors
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
 
 from llfc_core.archs.base import Architecture
@@ -45,6 +49,10 @@ SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
 DATA_PARALLEL_PREFIX = "module."
 WRAPPER_KEYS = ("state_dict", "model")
 MAX_NAMES_IN_MESSAGE = 10
+STORED_FORM_SCAN_BYTES = 16 * 1024 * 1024
+"""Chunk of file data checked for NaN/Inf at a time by :func:`is_stored_form`."""
+_STORED_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
+"""The safetensors dtype a tensor of the model's dtype is stored as."""
 
 
 def read_checkpoint(path: Path) -> tuple[StateDict, CheckpointFormat]:
@@ -153,16 +161,131 @@ def validate_state_dict(arch: Architecture, state: Mapping[str, torch.Tensor]) -
             f"{_names(wrong_dtype)}."
         )
     non_finite = [
-        key
-        for key, value in cleaned.items()
-        if value.is_floating_point() and not bool(torch.isfinite(value).all())
+        key for key, value in cleaned.items() if value.is_floating_point() and not _finite(value)
     ]
     if non_finite:
-        raise CheckpointFormatError(
-            f"The checkpoint has NaN or infinite values (or values too large for float32) in "
-            f"{_names(non_finite)}; a diverged model cannot be compared or aligned."
-        )
+        raise _non_finite_error(non_finite)
     return cleaned
+
+
+def is_stored_form(arch: Architecture, path: Path) -> bool:
+    """Whether the file at ``path`` already is what :func:`validate_state_dict` would produce.
+
+    True for a safetensors file holding exactly the tensors of ``arch`` (no missing or extra
+    keys, no ``module.`` prefix) with the model's shapes, F32 for floating tensors and I64 for
+    integer buffers, packed back to back to the end of the file, and accepted by the
+    safetensors library's own header checks: storing it as it is equals loading, cleaning and
+    re-writing it, without holding the whole state dict in memory. False for any other file, which
+    then takes the general path (:func:`read_checkpoint`, :func:`validate_state_dict`).
+
+    Raises :class:`CheckpointFormatError` naming the tensors that hold NaN or infinity, found by
+    reading the data in ``STORED_FORM_SCAN_BYTES`` chunks.
+    """
+    stored_form = _stored_form_header(arch, path)
+    if stored_form is None:
+        return False
+    data_start, entries = stored_form
+    chunk = bytearray(STORED_FORM_SCAN_BYTES)
+    with path.open("rb", buffering=0) as file:
+        non_finite = [
+            name
+            for name, (dtype, begin, end) in entries.items()
+            if dtype == "F32"
+            and not _finite_f32_bytes(file, data_start + begin, data_start + end, chunk)
+        ]
+    if non_finite:
+        raise _non_finite_error(non_finite)
+    return True
+
+
+def _stored_form_header(
+    arch: Architecture, path: Path
+) -> tuple[int, dict[str, tuple[str, int, int]]] | None:
+    """The file offset of the data and ``name -> (dtype, data begin, data end)`` of a safetensors
+    file in the stored form of ``arch`` (see :func:`is_stored_form`), or None when it is not."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            head = file.read(9)
+            if len(head) < 9 or head[8:9] != b"{":
+                return None
+            header_length = int.from_bytes(head[:8], "little")
+            if header_length > SAFETENSORS_MAX_HEADER_BYTES or 8 + header_length > size:
+                return None
+            # The library's own parser first: it refuses what load_file would refuse (bad
+            # offsets, unknown dtypes, non-string metadata, deep nesting) without reading data.
+            with safe_open(path, framework="pt"):
+                pass
+            file.seek(8)
+            header = json.loads(file.read(header_length))
+    except (OSError, ValueError, safetensors.SafetensorError):
+        return None
+    if not isinstance(header, dict):
+        return None
+    header.pop("__metadata__", None)
+    with torch.device("meta"):
+        expected = arch.build().state_dict()
+    if set(header) != set(expected):
+        return None
+    entries: dict[str, tuple[str, int, int]] = {}
+    for name, reference in expected.items():
+        entry = header[name]
+        wanted_dtype = _STORED_DTYPES.get(reference.dtype)
+        if (
+            not isinstance(entry, dict)
+            or entry.get("dtype") != wanted_dtype
+            or entry.get("shape") != list(reference.shape)
+        ):
+            return None
+        begin, end = entry["data_offsets"]
+        if end - begin != reference.numel() * reference.element_size():
+            return None
+        entries[name] = (entry["dtype"], begin, end)
+    # Back to back from the first data byte to the last: no gap, overlap or trailing bytes.
+    position = 0
+    for _dtype, begin, end in sorted(entries.values(), key=lambda item: item[1]):
+        if begin != position:
+            return None
+        position = end
+    if 8 + header_length + position != size:
+        return None
+    return 8 + header_length, entries
+
+
+def _finite_f32_bytes(file: RawIOBase, start: int, end: int, chunk: bytearray) -> bool:
+    """Whether the float32 values from file offset ``start`` to ``end - start`` bytes later are
+    all finite, read ``len(chunk)`` bytes at a time."""
+    file.seek(start)
+    view = memoryview(chunk)
+    remaining = end - start
+    while remaining:
+        wanted = min(remaining, len(chunk))
+        count = file.readinto(view[:wanted])
+        if count != wanted:
+            raise CheckpointFormatError("The safetensors file is truncated; it changed while read.")
+        values = torch.frombuffer(chunk, dtype=torch.float32, count=count // 4)
+        if not _finite(values):
+            return False
+        remaining -= count
+    return True
+
+
+def _finite(tensor: torch.Tensor) -> bool:
+    """No NaN or infinity: the minimum and maximum are finite (NaN propagates into both).
+
+    ``torch.aminmax`` reduces in one pass without the full boolean temporary of ``isfinite``.
+    """
+    if tensor.numel() == 0:
+        return True
+    low, high = torch.aminmax(tensor)
+    return math.isfinite(low.item()) and math.isfinite(high.item())
+
+
+def _non_finite_error(names: list[str]) -> CheckpointFormatError:
+    return CheckpointFormatError(
+        f"The checkpoint has NaN or infinite values (or values too large for float32) in "
+        f"{_names(names)}; a diverged model cannot be compared or aligned."
+    )
 
 
 def _check_safetensors_header(path: Path) -> None:

@@ -1,7 +1,9 @@
 """Checkpoints: accepting an upload, storing a job's output, deleting, all in one place.
 
 Every stored checkpoint went through ``llfc_core.checkpoints.validate_state_dict`` against its
-arch and is kept as a float32 safetensors blob, whatever format it arrived in.
+arch and is kept as a float32 safetensors blob, whatever format it arrived in. An upload that
+already is exactly that blob (``llfc_core.checkpoints.is_stored_form``: the arch's tensors as
+F32/I64 safetensors, all finite) is kept as it arrived, checked in chunks rather than loaded.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from llfc_core.archs import Architecture, parse_arch
-from llfc_core.checkpoints import read_checkpoint, save_safetensors, validate_state_dict
+from llfc_core.checkpoints import (
+    CheckpointFormat,
+    is_stored_form,
+    read_checkpoint,
+    save_safetensors,
+    validate_state_dict,
+)
 from llfc_core.errors import ArchitectureError
 from service.api.problems import ProblemError, not_found
 from service.core.config import Settings
@@ -99,7 +107,9 @@ def ingest_checkpoint(
 ) -> tuple[Checkpoint, bool]:
     """Validate an uploaded file against its arch and store it; returns (checkpoint, created).
 
-    The same bytes uploaded again by the same owner give back the existing checkpoint.
+    An upload in the stored form becomes the blob itself (blob sha256 = upload sha256); any
+    other file is loaded, cleaned and re-written. The same bytes uploaded again by the same owner
+    give back the existing checkpoint.
     """
     with incoming:
         sha256 = incoming.finish()
@@ -109,9 +119,16 @@ def ingest_checkpoint(
         if existing is not None:
             return existing, False
         check_stored_bytes(session, settings, owner_id, incoming.size, "this upload")
-        state, file_format = read_checkpoint(incoming.path)
-        cleaned = validate_state_dict(arch, state)
-        blob_sha256 = _store_state(store, cleaned)
+        file_format: CheckpointFormat
+        if is_stored_form(arch, incoming.path):
+            # Already the float32 safetensors file we would write: keep the uploaded bytes.
+            file_format = "safetensors"
+            store.commit(incoming.path, sha256)
+            blob_sha256 = sha256
+        else:
+            state, file_format = read_checkpoint(incoming.path)
+            cleaned = validate_state_dict(arch, state)
+            blob_sha256 = _store_state(store, cleaned)
         checkpoint = Checkpoint(
             id=new_id("ckpt"),
             owner_id=owner_id,
