@@ -71,12 +71,21 @@ BEARER_SCHEME = HTTPBearer(
 )
 
 
+BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER_SCHEME)]
+
+
 def get_current_owner(
-    session: SessionDep,
-    settings: SettingsDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER_SCHEME)],
+    session: SessionDep, settings: SettingsDep, credentials: BearerCredentials
 ) -> Owner:
     """The owner of the request's Bearer key; with auth off, the single local owner."""
+    return authenticate(session, settings, credentials)
+
+
+def authenticate(
+    session: Session, settings: Settings, credentials: HTTPAuthorizationCredentials | None
+) -> Owner:
+    """:func:`get_current_owner` as a plain function, for handlers that read the database in
+    one thread-pool call of their own (401 for a missing, unknown or revoked key)."""
     if not settings.auth:
         return _local_owner(session)
     if credentials is None:

@@ -26,6 +26,16 @@ from service.core.config import get_settings
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 POSTGRES_CONNECT_TIMEOUT_S = 5
 POSTGRES_LOCK_TIMEOUT_MS = 5_000
+POSTGRES_POOL_SIZE = 40
+"""Connections kept open: the API's sync handlers run on anyio's worker threads (40 by
+default), each holding at most one session, so that many polls never wait for a connection."""
+POSTGRES_POOL_OVERFLOW = 10
+"""Extra connections for the rare request that opens a second session (a first owner's creation)."""
+POSTGRES_POOL_RECYCLE_S = 1800
+"""Connections older than this are replaced at checkout, before a server or proxy idle limit
+closes them. No ``pool_pre_ping``: it costs a round trip on every checkout, i.e. every request;
+a connection broken by a database restart fails one request instead, and SQLAlchemy then
+discards every connection opened before it."""
 
 READ_ONLY_OPTION = "llfc_read_only"
 """Execution option of a read-only session's connections (see :func:`make_sessionmaker`)."""
@@ -70,7 +80,13 @@ def make_engine(url: str, *, pooled: bool = True) -> Engine:
             "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
             "options": f"-c lock_timeout={POSTGRES_LOCK_TIMEOUT_MS}",
         }
-    return create_engine(url, pool_pre_ping=pooled, **pool_args)
+    if pooled:
+        pool_args.update(
+            pool_size=POSTGRES_POOL_SIZE,
+            max_overflow=POSTGRES_POOL_OVERFLOW,
+            pool_recycle=POSTGRES_POOL_RECYCLE_S,
+        )
+    return create_engine(url, **pool_args)
 
 
 def get_engine() -> Engine:

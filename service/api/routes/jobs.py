@@ -5,12 +5,24 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import select
 
-from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, filter_query
+from service.api.deps import (
+    BearerCredentials,
+    CurrentOwner,
+    ResourceIdPath,
+    SessionDep,
+    SettingsDep,
+    authenticate,
+    filter_query,
+)
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
 from service.api.problems import problem_responses
+from service.core.config import Settings, get_settings
 from service.db.models import Job, LayerMetric
+from service.db.session import get_engine, make_sessionmaker
 from service.jobs import (
     cancel_job,
     get_owned_job,
@@ -94,17 +106,27 @@ def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(404))
-def read_job(
-    job_id: ResourceIdPath,
-    response: Response,
-    owner: CurrentOwner,
-    session: SessionDep,
-    settings: SettingsDep,
+async def read_job(
+    job_id: ResourceIdPath, response: Response, credentials: BearerCredentials
 ) -> JobPublic:
     """A job's status, progress, result and artifacts; `Retry-After` while it is not finished."""
-    job = get_owned_job(session, owner.id, job_id)
+    # The route clients poll: one thread-pool call for the key check and the read, where sync
+    # dependencies and a sync handler would take one each. Every answer is read fresh.
+    job, public, settings = await run_in_threadpool(_read_owned_job, job_id, credentials)
     _polling_headers(response, job, settings.retry_after_seconds)
-    return job_public(session, job)
+    return public
+
+
+def _read_owned_job(
+    job_id: str, credentials: HTTPAuthorizationCredentials | None
+) -> tuple[Job, JobPublic, Settings]:
+    settings = get_settings()
+    with make_sessionmaker(get_engine(), read_only=True)() as session:
+        owner = authenticate(session, settings, credentials)
+        job = get_owned_job(session, owner.id, job_id)
+        public = job_public(session, job)
+        session.commit()
+    return job, public, settings
 
 
 @router.post(
