@@ -115,3 +115,34 @@ def capture_features(
         model, relus=relus, on_relu=keep_relu, layers=layer_inputs, on_layer=keep_layer
     ):
         yield capture
+
+
+class Scratch:
+    """Reusable memory for elementwise temporaries of feature maps, one flat buffer per slot.
+
+    On CPU a fresh tensor of tens of MB costs more in page faults than the arithmetic it holds
+    (glibc maps such blocks anew each time: ~25 ms against ~5 ms for a 64 MB product), so each
+    temporary is written with ``out=`` into a slot's buffer, viewed with the layout of the tensor
+    it comes from. Memory: the largest tensor asked for in each slot, for the Scratch's life.
+    """
+
+    def __init__(self) -> None:
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def like(self, tensor: torch.Tensor, slot: str) -> torch.Tensor:
+        """An uninitialised tensor with ``tensor``'s shape, layout and dtype, in ``slot``."""
+        dense = tensor.is_contiguous() or (
+            tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+        )
+        if not dense:
+            return torch.empty_like(tensor)
+        buffer = self._buffers.get(slot)
+        if (
+            buffer is None
+            or buffer.numel() < tensor.numel()
+            or buffer.dtype != tensor.dtype
+            or buffer.device != tensor.device
+        ):
+            buffer = torch.empty(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
+            self._buffers[slot] = buffer
+        return buffer.as_strided(tensor.shape, tensor.stride())

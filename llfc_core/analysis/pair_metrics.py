@@ -54,7 +54,7 @@ from torch import nn
 from llfc_core.analysis.config import AnalysisConfig, alpha_key
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset
-from llfc_core.features import relu_names, watch_features, weighted_layer_names
+from llfc_core.features import Scratch, relu_names, watch_features, weighted_layer_names
 from llfc_core.interpolation import batch_norm_modules, interpolate_states, reset_batch_norm
 from llfc_core.metrics import relative_squared_distance_from_sums
 from llfc_core.models import load_model
@@ -97,32 +97,6 @@ def _relative_squared_distance(
     return torch.where(
         denominator > 0, numerator / denominator.clamp_min(TINY), torch.zeros_like(numerator)
     )
-
-
-class _Scratch:
-    """Reusable memory for the elementwise temporaries of the metrics, one flat buffer per slot.
-
-    On CPU a fresh tensor of tens of MB costs more in page faults than the arithmetic it holds
-    (glibc maps such blocks anew each time: ~25 ms against ~5 ms for a 64 MB product), so each
-    temporary is written with ``out=`` into a slot's buffer, viewed with the layout of the tensor
-    it comes from. Memory: one largest feature map in each of the three slots.
-    """
-
-    def __init__(self) -> None:
-        self._buffers: dict[str, torch.Tensor] = {}
-
-    def like(self, tensor: torch.Tensor, slot: str) -> torch.Tensor:
-        """An uninitialised tensor with ``tensor``'s shape, layout and dtype, in ``slot``."""
-        dense = tensor.is_contiguous() or (
-            tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
-        )
-        if not dense:
-            return torch.empty_like(tensor)
-        buffer = self._buffers.get(slot)
-        if buffer is None or buffer.numel() < tensor.numel() or buffer.dtype != tensor.dtype:
-            buffer = torch.empty(tensor.numel(), dtype=tensor.dtype, device=tensor.device)
-            self._buffers[slot] = buffer
-        return buffer.as_strided(tensor.shape, tensor.stride())
 
 
 def _prefers_channels_last(model: nn.Module, device: torch.device) -> bool:
@@ -318,7 +292,7 @@ class _PairPass:
         self.probe = probe
         self.given = path.replace_layers(probe.input_layers)
         self.totals = _Totals()
-        self.scratch = _Scratch()
+        self.scratch = Scratch()
         self.num_examples = 0
         self.current_alpha = 0.0
         # Per batch: A's tensors until B has been compared with them, then features for LLFC.

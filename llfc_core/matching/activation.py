@@ -10,6 +10,14 @@ A unit that is zero on every example (a dead ReLU) correlates with nothing, whic
 match arbitrary; the same statistics of the pre-activations, added with a small weight
 (``TIE_BREAK``), break those ties without moving the matches of live units.
 The reported objective is  E_x sum_l ||h_A^l(x) - P_l h_B^l(x)||^2  from the same statistics.
+
+Cost: the one forward pass of A and B is the floor. Each batch's moments are float32 reductions
+and one float32 product per site, added into float64 totals: float64 products would take longer
+than the convolutions they summarise, and per-batch float32 sums of shifted values (see
+:class:`_Moments`) keep a relative error near 1e-6, far below what could move an assignment
+away from a tie. On CPU, conv nets run in channels_last, where the (N, C, H, W) -> (N H W, C)
+view of a feature map needs no copy, and temporaries reuse :class:`~llfc_core.features.Scratch`
+buffers.
 """
 
 from __future__ import annotations
@@ -18,11 +26,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from llfc_core.data import Dataset
-from llfc_core.features import capture_features
+from llfc_core.features import Scratch, capture_features
+from llfc_core.matching.assignment import maximise_assignment
 from llfc_core.permutation import Permutation, PermutationSpec
 from llfc_core.progress import Reporter
 
@@ -31,12 +39,23 @@ TIE_BREAK = 1e-3
 
 
 def _units_last(activation: torch.Tensor) -> torch.Tensor:
-    """(N, C, *spatial) -> (N * prod(spatial), C): each position is one observation of C units."""
-    return activation.movedim(1, -1).reshape(-1, activation.shape[1]).double()
+    """(N, C, *spatial) -> (N * prod(spatial), C): each position is one observation of C units
+    (a view, no copy, for a 2-D or channels_last tensor)."""
+    return activation.movedim(1, -1).reshape(-1, activation.shape[1])
 
 
 @dataclass
 class _Moments:
+    """Moments of the shifted units a - shift_a and b - shift_b over the observations so far.
+
+    Each unit is shifted by its mean over the first batch. Plain float32 sums lose a unit's spread
+    when its mean dwarfs it (common deep in a random or BatchNorm net); the shifted values are of
+    the spread's size, so float32 per-batch sums stay accurate. Correlations do not depend on the
+    shift, and the objective is recovered exactly from the shifted moments.
+    """
+
+    shift_a: torch.Tensor
+    shift_b: torch.Tensor
     count: int
     sum_a: torch.Tensor
     sum_b: torch.Tensor
@@ -45,26 +64,35 @@ class _Moments:
     cross: torch.Tensor
 
     @classmethod
-    def zeros(cls, size: int, device: torch.device) -> _Moments:
+    def shifted_by_mean_of(cls, units_a: torch.Tensor, units_b: torch.Tensor) -> _Moments:
+        """Empty moments, shifted by the mean of these observations."""
+        size = units_a.shape[1]
+
         def vector() -> torch.Tensor:
-            return torch.zeros(size, dtype=torch.float64, device=device)
+            return torch.zeros(size, dtype=torch.float64, device=units_a.device)
 
         return cls(
+            units_a.mean(0),
+            units_b.mean(0),
             0,
             vector(),
             vector(),
             vector(),
             vector(),
-            torch.zeros(size, size, dtype=torch.float64, device=device),
+            torch.zeros(size, size, dtype=torch.float64, device=units_a.device),
         )
 
-    def add(self, units_a: torch.Tensor, units_b: torch.Tensor) -> None:
+    def add(self, units_a: torch.Tensor, units_b: torch.Tensor, scratch: Scratch) -> None:
+        """Add one batch of observations (rows) of the units (columns); temporaries in
+        ``scratch``'s slots "a", "b" and "square"."""
+        shifted_a = torch.sub(units_a, self.shift_a, out=scratch.like(units_a, "a"))
+        shifted_b = torch.sub(units_b, self.shift_b, out=scratch.like(units_b, "b"))
         self.count += units_a.shape[0]
-        self.sum_a += units_a.sum(0)
-        self.sum_b += units_b.sum(0)
-        self.sumsq_a += units_a.pow(2).sum(0)
-        self.sumsq_b += units_b.pow(2).sum(0)
-        self.cross += units_a.T @ units_b
+        self.sum_a += shifted_a.sum(0)
+        self.sum_b += shifted_b.sum(0)
+        for sums, shifted in ((self.sumsq_a, shifted_a), (self.sumsq_b, shifted_b)):
+            sums += torch.mul(shifted, shifted, out=scratch.like(shifted, "square")).sum(0)
+        self.cross += shifted_a.T @ shifted_b
 
     def correlation(self) -> torch.Tensor:
         mean_a = self.sum_a / self.count
@@ -75,9 +103,23 @@ class _Moments:
         return covariance / (torch.outer(std_a, std_b) + EPSILON)
 
     def squared_distance(self, columns: torch.Tensor) -> float:
-        """sum over observations of ||h_A - P h_B||^2 where (P h_B)_i = h_B[columns[i]]."""
-        matched_cross = self.cross[torch.arange(columns.numel()), columns.to(self.cross.device)]
-        return float(self.sumsq_a.sum() + self.sumsq_b.sum() - 2 * matched_cross.sum())
+        """sum over observations of ||h_A - P h_B||^2 where (P h_B)_i = h_B[columns[i]].
+
+        With a = a' + s_a, b = b' + s_b and d_i = s_a[i] - s_b[c_i], the sum over observations of
+        (a_i - b_{c_i})^2 is  sum a'_i^2 + sum b'_{c_i}^2 - 2 sum a'_i b'_{c_i}
+        + 2 d_i (sum a'_i - sum b'_{c_i}) + n d_i^2.
+        """
+        columns = columns.to(self.cross.device)
+        rows = torch.arange(columns.numel(), device=self.cross.device)
+        shift_difference = self.shift_a.double() - self.shift_b.double()[columns]
+        per_unit = (
+            self.sumsq_a
+            + self.sumsq_b[columns]
+            - 2 * self.cross[rows, columns]
+            + 2 * shift_difference * (self.sum_a - self.sum_b[columns])
+            + self.count * shift_difference.square()
+        )
+        return float(per_unit.sum())
 
 
 def activation_matching(
@@ -93,11 +135,19 @@ def activation_matching(
     """The permutation of B maximising feature correlation with A, and the objective before/after.
 
     ``dataset`` must already be shaped for the arch; models must be in eval mode on ``device``.
+    On CPU, conv models are converted to channels_last in place (their function is unchanged).
     """
     reporter = reporter or Reporter()
+    channels_last = device.type == "cpu" and any(
+        isinstance(module, nn.Conv2d) for module in model_a.modules()
+    )
+    if channels_last:
+        model_a.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model_b.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     sites = sorted({name for names in spec.perm_to_features.values() for name in names})
     moments: dict[str, dict[str, _Moments]] = {}
     pre_moments: dict[str, dict[str, _Moments]] = {}
+    scratch = Scratch()
     num_examples = 0
     total_batches = dataset.num_batches(batch_size)
     with (
@@ -107,6 +157,8 @@ def activation_matching(
     ):
         for index, (inputs, _) in enumerate(dataset.batches(batch_size)):
             inputs = inputs.to(device)
+            if channels_last and inputs.dim() == 4:
+                inputs = inputs.contiguous(memory_format=torch.channels_last)
             model_a(inputs)
             model_b(inputs)
             num_examples += inputs.shape[0]
@@ -120,8 +172,8 @@ def activation_matching(
                         units_a = _units_last(seen_a_site[site])
                         units_b = _units_last(seen_b_site[site])
                         if site not in per_site:
-                            per_site[site] = _Moments.zeros(units_a.shape[1], device)
-                        per_site[site].add(units_a, units_b)
+                            per_site[site] = _Moments.shifted_by_mean_of(units_a, units_b)
+                        per_site[site].add(units_a, units_b, scratch)
             seen_a.clear()
             seen_b.clear()
             reporter.report((index + 1) / total_batches, "activation matching: feature statistics")
@@ -134,7 +186,7 @@ def activation_matching(
             [site.correlation() for site in pre_moments[perm_name].values()]
         ).sum(0)
         correlation = correlation + TIE_BREAK * pre_correlation
-        _, columns = linear_sum_assignment(np.asarray(correlation.cpu()), maximize=True)
+        columns = maximise_assignment(np.asarray(correlation.cpu()))
         perm[perm_name] = torch.from_numpy(columns).long()
         identity = torch.arange(columns.size)
         before += sum(site.squared_distance(identity) for site in per_site.values())
