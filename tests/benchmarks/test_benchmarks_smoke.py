@@ -43,3 +43,18 @@ def test_analysis_throughput_reports_every_model_and_agrees_with_the_baseline() 
         # The engine skips work the baseline repeats, so it executes fewer FLOPs.
         assert record["ours"]["gflop"] < record["baseline"]["gflop"]
         assert record["matmul_peak_gflop_per_s"] > 0
+
+
+@pytest.mark.slow
+def test_weight_matching_times_both_solvers_and_they_agree() -> None:
+    records = _run("weight_matching")
+    assert [record["model"] for record in records] == ["mlp", "mlp", "resnet", "resnet"]
+    for record in records:
+        runs = [record[name] for name in ("scipy", "lap") if name in record]
+        for run in runs:
+            assert run["sweeps"] >= 1
+            assert run["solver_calls"] >= 1
+            assert 0 < run["solver_seconds"] <= run["seconds"]
+            assert 0 <= run["solver_share"] <= 1
+        if "lap" in record:
+            assert record["same_permutation"] is True
