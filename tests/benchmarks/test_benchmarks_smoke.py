@@ -58,3 +58,14 @@ def test_weight_matching_times_both_solvers_and_they_agree() -> None:
             assert 0 <= run["solver_share"] <= 1
         if "lap" in record:
             assert record["same_permutation"] is True
+
+
+@pytest.mark.slow
+def test_activation_matching_reports_its_ratio_to_a_plain_forward_pass() -> None:
+    records = _run("activation_matching")
+    assert [record["model"] for record in records] == ["mlp", "vgg", "resnet"]
+    for record in records:
+        assert record["matching_seconds"] > 0 and record["forward_a_and_b_seconds"] > 0
+        assert record["ratio"] > 0
+        # Matching never makes B further from A than the identity permutation leaves it.
+        assert record["objective_after"] <= record["objective_before"]
