@@ -69,3 +69,14 @@ def test_activation_matching_reports_its_ratio_to_a_plain_forward_pass() -> None
         assert record["ratio"] > 0
         # Matching never makes B further from A than the identity permutation leaves it.
         assert record["objective_after"] <= record["objective_before"]
+
+
+@pytest.mark.slow
+def test_memory_scaling_reports_each_size_and_a_summary() -> None:
+    records = _run("memory_scaling")
+    sizes, summary = records[:-1], records[-1]
+    assert [record["examples"] for record in sizes] == summary["examples"] == [100, 300, 600]
+    for record in sizes:
+        assert record["peak_rss_mib"] > record["rss_growth_mib"] >= 0
+    expected = sizes[-1]["peak_rss_mib"] / sizes[0]["peak_rss_mib"] - 1
+    assert summary["peak_growth"] == pytest.approx(expected, abs=1e-3)
