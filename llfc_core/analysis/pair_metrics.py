@@ -62,6 +62,8 @@ from llfc_core.progress import Reporter
 
 LOGITS = "logits"
 TINY = 1e-300
+CHUNK_VALUES = 1 << 22
+"""Values per metric temporary (16 MB in float32): e.g. 64 examples of a 64x32x32 feature map."""
 
 
 def _apply_layer(module: nn.Module, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -71,6 +73,15 @@ def _apply_layer(module: nn.Module, inputs: torch.Tensor, weight: torch.Tensor) 
             inputs, weight, None, module.stride, module.padding, module.dilation, module.groups
         )
     return F.linear(inputs, weight)
+
+
+def _example_chunks(*tensors: torch.Tensor) -> list[slice]:
+    """Consecutive ranges of examples holding at most CHUNK_VALUES values of the largest tensor,
+    so the metrics' temporaries stay small whatever the batch size and layer size."""
+    examples = tensors[0].shape[0]
+    per_example = max(tensor[0].numel() for tensor in tensors) if examples else 1
+    rows = max(1, CHUNK_VALUES // per_example)
+    return [slice(start, start + rows) for start in range(0, examples, rows)]
 
 
 def _per_example(tensor: torch.Tensor) -> torch.Tensor:
@@ -349,41 +360,46 @@ class _PairPass:
     def _compare_b_relu(self, name: str, pre_b: torch.Tensor, feature_b: torch.Tensor) -> None:
         """cos_ab and Condition I at one ReLU, from A's kept tensors and B's fresh ones."""
         pre_a = self.pre_a.pop(name)
-        feature_a = self.features_a[name] = torch.relu(pre_a)
-        self.totals.add(
-            ("cos_ab", name),
-            _cosine_distance(
-                self._dot(feature_a, feature_b),
-                self._dot(feature_a, feature_a),
-                self._dot(feature_b, feature_b),
-            ),
-        )
-        for alpha in self.config.llfc_alphas:
-            relu_of_mix = self._lerp(pre_b, pre_a, alpha, "first").relu_()
-            mix_of_relu = self._lerp(feature_b, feature_a, alpha, "second")
-            norm_u = self._dot(relu_of_mix, relu_of_mix)
-            norm_v = self._dot(mix_of_relu, mix_of_relu)
-            difference = relu_of_mix.sub_(mix_of_relu)
-            self.totals.add(
-                ("weak_additivity", alpha, name),
-                _relative_squared_distance(self._dot(difference, difference), norm_u, norm_v),
-            )
+        self.features_a[name] = torch.relu(pre_a)
         self.features_b[name] = feature_b
+        for rows in _example_chunks(pre_b):
+            feature_a, feature_b = self.features_a[name][rows], self.features_b[name][rows]
+            self.totals.add(
+                ("cos_ab", name),
+                _cosine_distance(
+                    self._dot(feature_a, feature_b),
+                    self._dot(feature_a, feature_a),
+                    self._dot(feature_b, feature_b),
+                ),
+            )
+            for alpha in self.config.llfc_alphas:
+                relu_of_mix = self._lerp(pre_b[rows], pre_a[rows], alpha, "first").relu_()
+                mix_of_relu = self._lerp(feature_b, feature_a, alpha, "second")
+                norm_u = self._dot(relu_of_mix, relu_of_mix)
+                norm_v = self._dot(mix_of_relu, mix_of_relu)
+                difference = relu_of_mix.sub_(mix_of_relu)
+                self.totals.add(
+                    ("weak_additivity", alpha, name),
+                    _relative_squared_distance(self._dot(difference, difference), norm_u, norm_v),
+                )
 
-    def _same_side(self, name: str, input_a: torch.Tensor, output_b: torch.Tensor) -> torch.Tensor:
-        """W_A H_A + W_B H_B. W_B H_B is B's output less its bias; W_A H_A is A's kept output less
-        its bias where A's forward left it for free (an input layer, or a layer whose output is a
-        ReLU's kept input), otherwise recomputed, which costs less than keeping every layer
-        output of A for the whole batch."""
+    def _same_side(
+        self, name: str, input_a: torch.Tensor, output_b: torch.Tensor, rows: slice
+    ) -> torch.Tensor:
+        """W_A H_A + W_B H_B for ``rows``. W_B H_B is B's output less its bias; W_A H_A is A's kept
+        output less its bias where A's forward left it for free (an input layer, or a layer whose
+        output is a ReLU's kept input), otherwise recomputed, which costs less than keeping every
+        layer output of A for the whole batch."""
         module_a, module_b = self.modules_a[name], self.modules_b[name]
         biases = [module_a.bias, module_b.bias]
         if name in self.outputs_a:
-            output_a = self.outputs_a[name]
+            output_a = self.outputs_a[name][rows]
         elif name in self.probe.relu_of_layer:
-            output_a = self.pre_a[self.probe.relu_of_layer[name]]
+            output_a = self.pre_a[self.probe.relu_of_layer[name]][rows]
         else:
-            output_a = _apply_layer(module_a, input_a, module_a.weight)
+            output_a = _apply_layer(module_a, input_a[rows], module_a.weight)
             biases = [module_b.bias]
+        output_b = output_b[rows]
         same_side = torch.add(output_a, output_b, out=self.scratch.like(output_b, "first"))
         for bias in biases:
             if isinstance(bias, torch.Tensor):
@@ -398,27 +414,30 @@ class _PairPass:
         input_a = self.inputs_a.pop(name)
         if name in self.outputs_a:
             self.input_outputs[name] = (self.outputs_a[name], output_b)
-        same_side = self._same_side(name, input_a, output_b)
+        for rows in _example_chunks(input_b, output_b):
+            same_side = self._same_side(name, input_a, output_b, rows)
+            squared_same = self._squared_norm(same_side)
+            self.totals.add(("commutativity", name, "same"), squared_same)
+            if input_a is input_b:
+                # H_A = H_B: the difference (W_A - W_B)(H_A - H_B) is zero.
+                self.totals.add(("commutativity", name, "crossed"), squared_same)
+                squared_input = self._squared_norm(input_a[rows])
+                self.totals.add(("features", name, "a"), squared_input)
+                self.totals.add(("features", name, "b"), squared_input)
+                continue
+            self.totals.add(("features", name, "a"), self._squared_norm(input_a[rows]))
+            self.totals.add(("features", name, "b"), self._squared_norm(input_b[rows]))
+            input_difference = torch.sub(
+                input_a[rows], input_b[rows], out=self.scratch.like(input_a[rows], "second")
+            )
+            self.totals.add(("features", name, "difference"), self._squared_norm(input_difference))
+            difference = _apply_layer(
+                self.modules_a[name], input_difference, self.weight_difference[name]
+            )
+            self.totals.add(("commutativity", name, "difference"), self._squared_norm(difference))
+            crossed = same_side.sub_(difference)
+            self.totals.add(("commutativity", name, "crossed"), self._squared_norm(crossed))
         self.outputs_a.pop(name, None)
-        squared_same = self._squared_norm(same_side)
-        self.totals.add(("commutativity", name, "same"), squared_same)
-        if input_a is input_b:
-            # H_A = H_B: the difference (W_A - W_B)(H_A - H_B) is zero.
-            self.totals.add(("commutativity", name, "crossed"), squared_same)
-            squared_input = self._squared_norm(input_a)
-            self.totals.add(("features", name, "a"), squared_input)
-            self.totals.add(("features", name, "b"), squared_input)
-            return
-        self.totals.add(("features", name, "a"), self._squared_norm(input_a))
-        self.totals.add(("features", name, "b"), self._squared_norm(input_b))
-        input_difference = torch.sub(input_a, input_b, out=self.scratch.like(input_a, "second"))
-        self.totals.add(("features", name, "difference"), self._squared_norm(input_difference))
-        difference = _apply_layer(
-            self.modules_a[name], input_difference, self.weight_difference[name]
-        )
-        self.totals.add(("commutativity", name, "difference"), self._squared_norm(difference))
-        crossed = same_side.sub_(difference)
-        self.totals.add(("commutativity", name, "crossed"), self._squared_norm(crossed))
 
     def _llfc_hook(self, name: str, pre: torch.Tensor, feature: torch.Tensor) -> None:
         if self.current_alpha in self.config.llfc_alphas:
@@ -428,14 +447,15 @@ class _PairPass:
         """LLFC of theta_alpha at one layer: its feature against alpha f_A + (1 - alpha) f_B."""
         feature_a = self.features_a[name] if name != LOGITS else self.logits_a
         feature_b = self.features_b[name] if name != LOGITS else self.logits_b
-        target = self._lerp(feature_b, feature_a, alpha, "first")
-        dot = self._dot(feature, target)
-        norm = self._dot(feature, feature)
-        self.totals.add(
-            ("cos_alpha", alpha, name), _cosine_distance(dot, norm, self._dot(target, target))
-        )
-        self.totals.add(("scale_dot", alpha, name), dot)
-        self.totals.add(("scale_norm", alpha, name), norm)
+        for rows in _example_chunks(feature):
+            target = self._lerp(feature_b[rows], feature_a[rows], alpha, "first")
+            dot = self._dot(feature[rows], target)
+            norm = self._dot(feature[rows], feature[rows])
+            self.totals.add(
+                ("cos_alpha", alpha, name), _cosine_distance(dot, norm, self._dot(target, target))
+            )
+            self.totals.add(("scale_dot", alpha, name), dot)
+            self.totals.add(("scale_norm", alpha, name), norm)
 
     def _lmc(self, key: Any, logits: torch.Tensor, labels: torch.Tensor) -> None:
         self.totals.add(("loss", key), F.cross_entropy(logits.float(), labels, reduction="sum"))
