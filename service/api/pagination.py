@@ -10,12 +10,12 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Annotated, Any, Protocol, TypeVar
 
 from fastapi import Query
-from sqlalchemy import Select, and_, or_
+from sqlalchemy import Select, and_, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.api.problems import ProblemError
@@ -35,7 +35,13 @@ class Paged(Protocol):
     created_at: Any
 
 
+class OwnedPaged(Paged, Protocol):
+    owner_id: Any
+
+
 RowT = TypeVar("RowT", bound=Paged)
+OwnedRowT = TypeVar("OwnedRowT", bound=OwnedPaged)
+PublicT = TypeVar("PublicT")
 
 
 def encode_cursor(created_at: datetime, row_id: str) -> str:
@@ -87,3 +93,18 @@ def paginate(
     rows = rows[:limit]
     last = rows[-1]
     return rows, encode_cursor(last.created_at, last.id)
+
+
+def owned_page(
+    session: Session,
+    model: type[OwnedRowT],
+    owner_id: str,
+    limit: int,
+    cursor: str | None,
+    public: Callable[[OwnedRowT], PublicT],
+) -> tuple[list[PublicT], str | None]:
+    """One page of the owner's rows of ``model`` (newest first) as ``public`` describes them, and
+    the cursor of the next page, None at the end."""
+    statement = select(model).where(model.owner_id == owner_id)
+    rows, next_cursor = paginate(session, statement, model.created_at, model.id, limit, cursor)
+    return [public(row) for row in rows], next_cursor

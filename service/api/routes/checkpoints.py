@@ -7,10 +7,9 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
-from sqlalchemy import select
 
 from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, StoreDep
-from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
+from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, owned_page
 from service.api.problems import problem_responses
 from service.api.uploads import receive_multipart
 from service.checkpoints import delete_checkpoint, get_owned_checkpoint, ingest_checkpoint
@@ -102,11 +101,8 @@ def list_checkpoints(
     cursor: CursorQuery = None,
 ) -> CheckpointsPublic:
     """The owner's checkpoints, newest first, uploads and job artifacts alike."""
-    statement = select(Checkpoint).where(Checkpoint.owner_id == owner.id)
-    rows, next_cursor = paginate(
-        session, statement, Checkpoint.created_at, Checkpoint.id, limit, cursor
-    )
-    return CheckpointsPublic(items=[checkpoint_public(c) for c in rows], next_cursor=next_cursor)
+    items, next_cursor = owned_page(session, Checkpoint, owner.id, limit, cursor, checkpoint_public)
+    return CheckpointsPublic(items=items, next_cursor=next_cursor)
 
 
 @router.get("/{checkpoint_id}", response_model=CheckpointPublic, responses=problem_responses(404))

@@ -6,11 +6,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from sqlalchemy import select
 
 from llfc_core.data import BUILTIN_DATASETS
 from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, StoreDep
-from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
+from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, owned_page
 from service.api.problems import not_found, problem_responses
 from service.api.uploads import receive_multipart
 from service.datasets import BUILTIN_PREFIX, delete_dataset, get_owned_dataset, ingest_dataset
@@ -114,10 +113,9 @@ def list_datasets(
     cursor: CursorQuery = None,
 ) -> DatasetsPublic:
     """The built-ins (on the first page) and the owner's uploads, newest first."""
-    statement = select(Dataset).where(Dataset.owner_id == owner.id)
-    rows, next_cursor = paginate(session, statement, Dataset.created_at, Dataset.id, limit, cursor)
-    items = builtin_datasets() if cursor is None else []
-    return DatasetsPublic(items=items + [dataset_public(d) for d in rows], next_cursor=next_cursor)
+    uploads, next_cursor = owned_page(session, Dataset, owner.id, limit, cursor, dataset_public)
+    builtins = builtin_datasets() if cursor is None else []
+    return DatasetsPublic(items=builtins + uploads, next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=problem_responses(404))
