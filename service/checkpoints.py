@@ -15,7 +15,7 @@ from pathlib import PurePath
 from typing import Any
 
 import torch
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,7 +30,8 @@ from llfc_core.checkpoints import (
 from llfc_core.errors import ArchitectureError
 from service.api.problems import ProblemError, not_found
 from service.core.config import Settings
-from service.db.models import ACTIVE_STATUSES, Checkpoint, Job, new_id, utcnow
+from service.db.models import Checkpoint, Job, new_id, utcnow
+from service.deletion import delete_with_blob, refuse_if_used
 from service.quotas import check_stored_bytes
 from service.storage import BlobStore, IncomingBlob
 
@@ -208,26 +209,6 @@ def store_artifact(
 
 def delete_checkpoint(session: Session, store: BlobStore, checkpoint: Checkpoint) -> None:
     """Delete a checkpoint unless a queued or running job uses it (409)."""
-    user = session.scalar(
-        select(Job.id).where(
-            Job.owner_id == checkpoint.owner_id,
-            Job.status.in_(ACTIVE_STATUSES),
-            (Job.model_a_id == checkpoint.id) | (Job.model_b_id == checkpoint.id),
-        )
-    )
-    if user is not None:
-        raise ProblemError(
-            409,
-            f"Checkpoint {checkpoint.id} is used by job {user}, which is queued or running; "
-            "cancel it or wait for it to finish first.",
-            type_slug="in-use",
-        )
-    blob_sha256 = checkpoint.blob_sha256
-    session.delete(checkpoint)
-    session.commit()
-    remaining = session.scalar(
-        select(func.count()).select_from(Checkpoint).where(Checkpoint.blob_sha256 == blob_sha256)
-    )
-    session.commit()
-    if not remaining:
-        store.delete(blob_sha256)
+    uses = (Job.model_a_id == checkpoint.id) | (Job.model_b_id == checkpoint.id)
+    refuse_if_used(session, checkpoint.owner_id, uses, f"Checkpoint {checkpoint.id}")
+    delete_with_blob(session, store, checkpoint, Checkpoint.blob_sha256)

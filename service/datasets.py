@@ -9,16 +9,17 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from llfc_core.data import BUILTIN_DATASETS, read_arrays
 from llfc_core.errors import DatasetError
-from service.api.problems import ProblemError, not_found
+from service.api.problems import not_found
 from service.checkpoints import display_name
 from service.core.config import Settings
-from service.db.models import ACTIVE_STATUSES, Dataset, Job, new_id, utcnow
+from service.db.models import Dataset, Job, new_id, utcnow
+from service.deletion import delete_with_blob, refuse_if_used
 from service.quotas import check_stored_bytes
 from service.schemas import RESOURCE_ID_PATTERN
 from service.storage import BlobStore, IncomingBlob
@@ -121,26 +122,6 @@ def ingest_dataset(
 
 def delete_dataset(session: Session, store: BlobStore, dataset: Dataset) -> None:
     """Delete an uploaded dataset unless a queued or running job uses it (409)."""
-    user = session.scalar(
-        select(Job.id).where(
-            Job.owner_id == dataset.owner_id,
-            Job.status.in_(ACTIVE_STATUSES),
-            Job.dataset_ref == dataset.id,
-        )
-    )
-    if user is not None:
-        raise ProblemError(
-            409,
-            f"Dataset {dataset.id} is used by job {user}, which is queued or running; cancel "
-            "it or wait for it to finish first.",
-            type_slug="in-use",
-        )
-    sha256 = dataset.sha256
-    session.delete(dataset)
-    session.commit()
-    remaining = session.scalar(
-        select(func.count()).select_from(Dataset).where(Dataset.sha256 == sha256)
-    )
-    session.commit()
-    if not remaining:
-        store.delete(sha256)
+    uses = Job.dataset_ref == dataset.id
+    refuse_if_used(session, dataset.owner_id, uses, f"Dataset {dataset.id}")
+    delete_with_blob(session, store, dataset, Dataset.sha256)

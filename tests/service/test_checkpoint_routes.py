@@ -135,6 +135,20 @@ def test_delete_removes_the_checkpoint(alice: httpx.Client) -> None:
     assert alice.delete(f"/v1/checkpoints/{checkpoint_id}").status_code == 404
 
 
+def test_a_blob_two_owners_uploaded_goes_with_the_last_checkpoint_naming_it(
+    embedded: EmbeddedService, alice: httpx.Client, bob: httpx.Client
+) -> None:
+    content = torch_file(mlp_state(WIDTHS, seed=109))
+    ids = [upload_checkpoint(http, content, mlp_arch(WIDTHS)).json()["id"] for http in (alice, bob)]
+    blob_sha256 = alice.get(f"/v1/checkpoints/{ids[0]}/file").headers["x-checkpoint-sha256"]
+    blob = embedded.data_dir / "blobs" / blob_sha256[:2] / blob_sha256
+    assert alice.delete(f"/v1/checkpoints/{ids[0]}").status_code == 204
+    assert blob.is_file()
+    assert bob.get(f"/v1/checkpoints/{ids[1]}/file").status_code == 200
+    assert bob.delete(f"/v1/checkpoints/{ids[1]}").status_code == 204
+    assert not blob.exists()
+
+
 def test_another_owners_checkpoint_is_404_everywhere(
     alice: httpx.Client, bob: httpx.Client
 ) -> None:

@@ -8,6 +8,7 @@ import io
 import httpx
 import numpy as np
 from safetensors.numpy import save as save_numpy_safetensors
+from service_testing import EmbeddedService
 
 
 def npz_file(x: np.ndarray, y: np.ndarray) -> bytes:
@@ -77,3 +78,16 @@ def test_delete_and_other_owners(alice: httpx.Client, bob: httpx.Client) -> None
     assert bob.delete(f"/v1/datasets/{dataset_id}").status_code == 404
     assert alice.delete(f"/v1/datasets/{dataset_id}").status_code == 204
     assert alice.get(f"/v1/datasets/{dataset_id}").status_code == 404
+
+
+def test_a_blob_two_owners_uploaded_goes_with_the_last_dataset_naming_it(
+    embedded: EmbeddedService, alice: httpx.Client, bob: httpx.Client
+) -> None:
+    content = npz_file(np.zeros((6, 4), dtype=np.float32), np.array([1, 0, 1, 0, 1, 0]))
+    ids = [upload_dataset(http, content).json()["id"] for http in (alice, bob)]
+    sha256 = hashlib.sha256(content).hexdigest()
+    blob = embedded.data_dir / "blobs" / sha256[:2] / sha256
+    assert alice.delete(f"/v1/datasets/{ids[0]}").status_code == 204
+    assert blob.is_file()
+    assert bob.delete(f"/v1/datasets/{ids[1]}").status_code == 204
+    assert not blob.exists()

@@ -1,0 +1,46 @@
+"""Deleting what an owner stored (a checkpoint or a dataset): refused while a job needs it, and
+its blob deleted with the last row that names it (identical bytes are stored once, for everyone).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.orm import InstrumentedAttribute, Session
+
+from service.api.problems import ProblemError
+from service.db.models import ACTIVE_STATUSES, Base, Job
+from service.storage import BlobStore
+
+
+def refuse_if_used(
+    session: Session, owner_id: str, uses: ColumnElement[bool], described: str
+) -> None:
+    """409 naming the owner's first queued or running job for which ``uses`` holds.
+
+    ``described`` names the row in the sentence, e.g. ``"Checkpoint ckpt_..."``.
+    """
+    user = session.scalar(
+        select(Job.id).where(Job.owner_id == owner_id, Job.status.in_(ACTIVE_STATUSES), uses)
+    )
+    if user is not None:
+        raise ProblemError(
+            409,
+            f"{described} is used by job {user}, which is queued or running; cancel it or wait "
+            "for it to finish first.",
+            type_slug="in-use",
+        )
+
+
+def delete_with_blob(
+    session: Session, store: BlobStore, row: Base, blob_column: InstrumentedAttribute[str]
+) -> None:
+    """Delete ``row``, then the blob its ``blob_column`` names unless another row still names it."""
+    blob_sha256: str = getattr(row, blob_column.key)
+    session.delete(row)
+    session.commit()
+    remaining = session.scalar(
+        select(func.count()).select_from(type(row)).where(blob_column == blob_sha256)
+    )
+    session.commit()
+    if not remaining:
+        store.delete(blob_sha256)
