@@ -13,13 +13,13 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+from llfc_cli.embedded import free_port as free_port  # the benchmark scripts import it from here
+from llfc_cli.embedded import wait_until_ready
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = REPOSITORY_ROOT / "benchmarks"
@@ -27,13 +27,6 @@ POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/llfc_bench"
 REDIS_URL = "redis://127.0.0.1:6379/11"
 BENCH_SECRET_KEY = "llfc-benchmark-secret-key-not-for-production"
 STOP_WAIT_S = 30.0
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def reachable(port: int, host: str = "127.0.0.1") -> bool:
@@ -88,9 +81,21 @@ def create_key(owner: str, env: Mapping[str, str]) -> str:
 
 
 def reset_postgres(url: str) -> None:
-    """Empty the public schema of the benchmark's own database, so every run starts alike."""
-    from sqlalchemy import create_engine, text
+    """Empty the public schema of the benchmark's own database, created first on a machine that
+    never ran the benchmark, so every run starts alike."""
+    from sqlalchemy import create_engine, make_url, text
 
+    database = make_url(url).database
+    admin = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            exists = connection.scalar(
+                text("SELECT 1 FROM pg_database WHERE datname = :name"), {"name": database}
+            )
+            if not exists:
+                connection.execute(text(f'CREATE DATABASE "{database}"'))
+    finally:
+        admin.dispose()
     engine = create_engine(url)
     try:
         with engine.begin() as connection:
@@ -170,17 +175,10 @@ class Server:
     def wait_ready(self, path: str = "/healthz", timeout: float = 120) -> None:
         """Poll ``path`` until it answers 200; fail with the log if the process dies first."""
         assert self.base_url is not None
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.popen.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"{self.base_url}{path}", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{self.name} was not ready in {timeout}s:\n{self.log_tail()}")
+        try:
+            wait_until_ready(self.base_url, self.popen, timeout, path)
+        except RuntimeError as error:
+            raise RuntimeError(f"{self.name}: {error}\n{self.log_tail()}") from None
 
 
 @dataclass

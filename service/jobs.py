@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -403,10 +403,12 @@ def jobs_public(session: Session, jobs: Sequence[Job]) -> list[JobPublic]:
         select(JobArtifact).where(JobArtifact.job_id.in_(list(artifacts))).order_by(JobArtifact.id)
     ):
         artifacts[artifact.job_id].append(artifact)
-    return [_public(job, artifacts[job.id]) for job in jobs]
+    return [public_job(job, artifacts[job.id]) for job in jobs]
 
 
-def _public(job: Job, artifacts: list[JobArtifact]) -> JobPublic:
+def public_job(job: Job | Row[Any], artifacts: Sequence[JobArtifact | Row[Any]]) -> JobPublic:
+    """A job as the API shows it, from its ORM object or a row of its table's columns (the
+    poll's, :mod:`service.polls`), with its artifacts."""
     return JobPublic(
         id=job.id,
         kind=job.kind,  # type: ignore[arg-type]

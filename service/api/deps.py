@@ -10,12 +10,11 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.api.problems import ProblemError
 from service.core.config import Settings, get_settings
 from service.db.models import Owner
 from service.db.session import get_engine, make_sessionmaker, session_scope
 from service.schemas import RESOURCE_ID_PATTERN
-from service.security import LOCAL_OWNER_NAME, get_or_create_owner, owner_for_key
+from service.security import LOCAL_OWNER_NAME, get_or_create_owner, key_problem, owner_for_key
 from service.storage import BlobStore
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
@@ -60,8 +59,6 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[BlobStore, Depends(get_store)]
 
-UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="llfc"'}
-
 # Declares the Bearer scheme in the OpenAPI document (so clients and /docs know how to send a
 # key); the checks and their problem details are ours, hence no automatic error.
 BEARER_SCHEME = HTTPBearer(
@@ -77,37 +74,18 @@ BearerCredentials = Annotated[HTTPAuthorizationCredentials | None, Depends(BEARE
 def get_current_owner(
     session: SessionDep, settings: SettingsDep, credentials: BearerCredentials
 ) -> Owner:
-    """The owner of the request's Bearer key; with auth off, the single local owner."""
-    return authenticate(session, settings, credentials)
-
-
-def authenticate(
-    session: Session, settings: Settings, credentials: HTTPAuthorizationCredentials | None
-) -> Owner:
-    """:func:`get_current_owner` as a plain function, for handlers that read the database in
-    one thread-pool call of their own (401 for a missing, unknown or revoked key)."""
+    """The owner of the request's Bearer key (401 for a missing, unknown or revoked key); with
+    auth off, the single local owner."""
     if not settings.auth:
         return _local_owner(session)
     if credentials is None:
-        raise ProblemError(
-            401,
-            "This service needs an API key: send 'Authorization: Bearer <key>'; an operator "
-            "creates keys with 'llfc keys create --owner NAME'.",
-            type_slug="unauthorized",
-            headers=UNAUTHORIZED_HEADERS,
-        )
+        raise key_problem(missing=True)
     key = credentials.credentials.strip()
     owner = owner_for_key(session, key, settings.secret_key.get_secret_value()) if key else None
     # End the read transaction now: an upload may stream for minutes after this check.
     session.commit()
     if owner is None:
-        raise ProblemError(
-            401,
-            "The API key is not valid: send 'Authorization: Bearer <key>' with a key that was "
-            "created by 'llfc keys create' and not revoked.",
-            type_slug="unauthorized",
-            headers=UNAUTHORIZED_HEADERS,
-        )
+        raise key_problem(missing=False)
     return owner
 
 

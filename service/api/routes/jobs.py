@@ -6,7 +6,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.security import HTTPAuthorizationCredentials
 from sqlalchemy import select
 
 from service.api.deps import (
@@ -15,14 +14,13 @@ from service.api.deps import (
     ResourceIdPath,
     SessionDep,
     SettingsDep,
-    authenticate,
     filter_query,
 )
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
 from service.api.problems import problem_responses
-from service.core.config import Settings, get_settings
+from service.core.config import get_settings
 from service.db.models import Job, LayerMetric
-from service.db.session import get_engine, make_sessionmaker
+from service.db.session import get_engine
 from service.jobs import (
     cancel_job,
     get_owned_job,
@@ -31,6 +29,7 @@ from service.jobs import (
     jobs_public,
     submit_job,
 )
+from service.polls import read_polled_job
 from service.queue import publish_job
 from service.schemas import (
     JobCreate,
@@ -110,23 +109,15 @@ async def read_job(
     job_id: ResourceIdPath, response: Response, credentials: BearerCredentials
 ) -> JobPublic:
     """A job's status, progress, result and artifacts; `Retry-After` while it is not finished."""
-    # The route clients poll: one thread-pool call for the key check and the read, where sync
-    # dependencies and a sync handler would take one each. Every answer is read fresh.
-    job, public, settings = await run_in_threadpool(_read_owned_job, job_id, credentials)
-    _polling_headers(response, job, settings.retry_after_seconds)
-    return public
-
-
-def _read_owned_job(
-    job_id: str, credentials: HTTPAuthorizationCredentials | None
-) -> tuple[Job, JobPublic, Settings]:
+    # The route clients poll: the key check and the read are one statement (service/polls.py),
+    # run in one thread-pool call. Every answer is read fresh.
     settings = get_settings()
-    with make_sessionmaker(get_engine(), read_only=True)() as session:
-        owner = authenticate(session, settings, credentials)
-        job = get_owned_job(session, owner.id, job_id)
-        public = job_public(session, job)
-        session.commit()
-    return job, public, settings
+    key = credentials.credentials if credentials is not None else None
+    public, finished = await run_in_threadpool(read_polled_job, get_engine(), settings, job_id, key)
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    if not finished:
+        response.headers["Retry-After"] = str(settings.retry_after_seconds)
+    return public
 
 
 @router.post(
