@@ -26,19 +26,21 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_until_ready(url: str, process: subprocess.Popen[bytes], timeout: float) -> None:
-    """Poll ``/readyz`` until it answers 200; fail early if the server process died."""
+def wait_until_ready(
+    url: str, process: subprocess.Popen[bytes], timeout: float, path: str = "/readyz"
+) -> None:
+    """Poll ``path`` until it answers 200; fail early if the server process died."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"The embedded service exited with code {process.returncode}.")
+            raise RuntimeError(f"The service at {url} exited with code {process.returncode}.")
         try:
-            if httpx.get(f"{url}/readyz", timeout=2.0).status_code == 200:
+            if httpx.get(f"{url}{path}", timeout=2.0).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.3)
-    raise RuntimeError(f"The embedded service at {url} was not ready after {timeout:.0f} s.")
+    raise RuntimeError(f"The service at {url} was not ready after {timeout:.0f} s.")
 
 
 @contextmanager

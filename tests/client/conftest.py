@@ -9,20 +9,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from client_testing import JOB_TIMEOUT_S, MLP_ARCH, RunningService, start_service
+from client_testing import JOB_TIMEOUT_S, MLP_ARCH, SERVICE_SETTINGS, RunningService
+from servers import serve
 
 from llfc_client import Client, Job
 
 
 @pytest.fixture(scope="session")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
-    running = start_service(tmp_path_factory.mktemp("llfc-client-data"))
-    try:
-        running.wait_ready()
-        yield running
-    finally:
-        code = running.stop()
-    assert code == 0, running.log_tail()
+    data_dir = tmp_path_factory.mktemp("llfc-client-data")
+    with serve(data_dir, ["client-tests"], data_dir / "serve.log", **SERVICE_SETTINGS) as served:
+        yield RunningService(served.base_url, served.keys["client-tests"])
 
 
 @pytest.fixture()

@@ -17,12 +17,12 @@ from client_testing import (
     MLP_NUM_PARAMS,
     RETRY_AFTER_S,
     RunningService,
-    free_port,
     write_mlp_checkpoint,
 )
 from safetensors.torch import load_file
 
 import llfc_client.client as client_module
+from llfc_cli.embedded import free_port
 from llfc_client import ApiError, Client, ConnectionFailed, Job, JobTimeout
 from llfc_client.client import MAX_POLL_S, MIN_POLL_S, poll_delay, retry_after_seconds
 

@@ -11,19 +11,19 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
+import servers
 from click.testing import CliRunner, Result
 from client_testing import (
     JOB_TIMEOUT_S,
     MLP_ARCH,
+    SERVICE_SETTINGS,
     RunningService,
-    free_port,
-    run_llfc,
-    service_environment,
     write_mlp_checkpoint,
 )
 from safetensors.torch import load_file
 
 from llfc_cli.client_commands import ProgressDisplay, build_params
+from llfc_cli.embedded import free_port
 from llfc_cli.main import main
 from llfc_client import Client, Job, Progress
 
@@ -329,14 +329,14 @@ def test_a_wrong_api_key_fails_with_one_line(service: RunningService) -> None:
 def test_a_failing_command_in_a_real_process_prints_one_line_and_no_traceback(
     service: RunningService, tmp_path: Path
 ) -> None:
-    env = service_environment(tmp_path)
+    env = servers.service_env(tmp_path, **SERVICE_SETTINGS)
     env.update(LLFC_URL=service.url, LLFC_API_KEY=service.api_key)
-    missing = run_llfc("status", "job_missing", env=env)
+    missing = servers.llfc("status", "job_missing", env=env)
     assert missing.returncode == 1
     assert missing.stderr.splitlines() == ["Error: No job with id 'job_missing' exists."]
 
     env["LLFC_URL"] = f"http://127.0.0.1:{free_port()}"
-    unreachable = run_llfc("jobs", env=env)
+    unreachable = servers.llfc("jobs", env=env)
     assert unreachable.returncode == 1
     [line] = unreachable.stderr.splitlines()
     assert env["LLFC_URL"] in line and "Traceback" not in unreachable.stderr

@@ -20,10 +20,11 @@ from load_testing import (
     REDIS_URL,
     LoadStack,
 )
-from service_testing import Process, free_port, llfc, service_env, start, wait_ready
+from servers import Process, llfc, service_env, start, wait_ready
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
+from llfc_cli.embedded import free_port
 from service.security import create_api_key
 
 WORKER_READY_TIMEOUT_S = 120

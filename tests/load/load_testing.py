@@ -10,10 +10,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-# The process and model helpers of the service tests (tests/ holds no packages).
+# The HTTP, model and job helpers of the service tests (tests/ holds no packages).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
-from service_testing import Process
+from servers import Process
 
 ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DATABASE = "llfc_load"

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-# The process and model helpers of the service tests (tests/ holds no packages).
+# The HTTP, model and job helpers of the service tests (tests/ holds no packages).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
 from reliability_testing import (
@@ -21,7 +21,9 @@ from reliability_testing import (
     port_open,
     production_env,
 )
-from service_testing import create_key, free_port, llfc, start, wait_ready
+from servers import create_key, llfc, start, wait_ready
+
+from llfc_cli.embedded import free_port
 
 
 @pytest.fixture(scope="session")

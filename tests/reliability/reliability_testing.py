@@ -17,16 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from service_testing import (
-    Process,
-    client,
-    free_port,
-    service_env,
-    start,
-    submit,
-    upload_mlp,
-)
+from servers import Process, service_env, start
+from service_testing import client, submit, upload_mlp
 from sqlalchemy import Engine, create_engine, text
+
+from llfc_cli.embedded import free_port
 
 POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 DATABASE_NAME = "llfc_reliability"

@@ -9,21 +9,10 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from service_testing import (
-    Process,
-    client,
-    create_key,
-    free_port,
-    llfc,
-    mlp_arch,
-    mlp_state,
-    service_env,
-    start,
-    submit,
-    torch_file,
-    upload_checkpoint,
-    wait_ready,
-)
+from servers import Process, create_key, llfc, service_env, start, wait_ready
+from service_testing import client, mlp_arch, mlp_state, submit, torch_file, upload_checkpoint
+
+from llfc_cli.embedded import free_port
 
 SMALL = [64, 16, 10]
 MAX_QUEUED = 3

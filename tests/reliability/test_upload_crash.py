@@ -11,19 +11,10 @@ import time
 from pathlib import Path
 
 from reliability_testing import wait_until
-from service_testing import (
-    client,
-    free_port,
-    llfc,
-    mlp_arch,
-    mlp_state,
-    safetensors_file,
-    service_env,
-    start,
-    upload_checkpoint,
-    wait_ready,
-)
+from servers import llfc, service_env, start, wait_ready
+from service_testing import client, mlp_arch, mlp_state, safetensors_file, upload_checkpoint
 
+from llfc_cli.embedded import free_port
 from service.storage import BlobStore
 
 WIDE = [64, 1024, 1024, 10]

@@ -14,10 +14,10 @@ from typing import Any
 
 import httpx
 
-# The process and model helpers of the service tests (tests/ holds no packages).
+# The HTTP, model and job helpers of the service tests (tests/ holds no packages).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
-from service_testing import Process
+from servers import Process
 
 MAX_UPLOAD_BYTES = 1024 * 1024
 OWNERS = ("alice", "bob", "fuzz")

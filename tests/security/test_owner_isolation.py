@@ -22,16 +22,10 @@ import numpy as np
 import pytest
 import yaml
 from security_testing import GuardedService, assert_problem
-from service_testing import (
-    REPOSITORY_ROOT,
-    create_key,
-    free_port,
-    llfc,
-    run_job,
-    service_env,
-    upload_mlp,
-)
+from servers import REPOSITORY_ROOT, create_key, llfc, service_env
+from service_testing import run_job, upload_mlp
 
+from llfc_cli.embedded import free_port
 from service.core.config import DEVELOPMENT_SECRET_KEY
 from service.security import KEY_PREFIX
 

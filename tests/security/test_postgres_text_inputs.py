@@ -18,21 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 from security_testing import assert_problem
-from service_testing import (
-    client,
-    free_port,
-    llfc,
-    mlp_arch,
-    mlp_state,
-    service_env,
-    start,
-    torch_file,
-    upload_checkpoint,
-    wait_ready,
-)
+from servers import llfc, service_env, start, wait_ready
+from service_testing import client, mlp_arch, mlp_state, torch_file, upload_checkpoint
 from sqlalchemy import create_engine, text
 from sqlalchemy.orm import Session
 
+from llfc_cli.embedded import free_port
 from service.security import create_api_key
 
 pytestmark = pytest.mark.postgres

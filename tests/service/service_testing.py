@@ -1,14 +1,10 @@
-"""Helpers for the end-to-end tests: real `llfc` processes, HTTP clients, small models."""
+"""Helpers for the end-to-end tests: HTTP clients, small models, jobs (the `llfc` processes
+themselves are started with tests/servers.py)."""
 
 from __future__ import annotations
 
 import io
 import json
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,98 +15,10 @@ import httpx
 import torch
 from safetensors.torch import load as load_safetensors_bytes
 from safetensors.torch import save as safetensors_bytes
+from servers import Process
 from torch import nn
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 FINISHED = ("succeeded", "failed", "cancelled")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
-    """This process's environment without any LLFC_* variable, plus the given settings."""
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LLFC_")}
-    env["LLFC_DATA_DIR"] = str(data_dir)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(settings)
-    return env
-
-
-def llfc(*args: str, env: Mapping[str, str], timeout: float = 120) -> subprocess.CompletedProcess:
-    """Run one `llfc` command to completion."""
-    return subprocess.run(
-        [sys.executable, "-m", "llfc_cli", *args],
-        cwd=REPOSITORY_ROOT,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
-def create_key(owner: str, env: Mapping[str, str]) -> str:
-    done = llfc("keys", "create", "--owner", owner, env=env)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
-
-
-@dataclass
-class Process:
-    """A long-running `llfc` command whose output goes to a log file."""
-
-    popen: subprocess.Popen[bytes]
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self, signum: int = signal.SIGINT, timeout: float = 60) -> int:
-        """Signal the process and wait for it; kills its whole group if it does not stop."""
-        if self.popen.poll() is None:
-            self.popen.send_signal(signum)
-            try:
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired as error:
-                os.killpg(self.popen.pid, signal.SIGKILL)
-                self.popen.wait()
-                message = f"{self.log_path.name} did not stop:\n{self.log()[-3000:]}"
-                raise AssertionError(message) from error
-        return int(self.popen.returncode)
-
-
-def start(args: list[str], env: Mapping[str, str], log_path: Path) -> Process:
-    log = log_path.open("ab")
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "llfc_cli", *args],
-        cwd=REPOSITORY_ROOT,
-        env=dict(env),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    log.close()
-    return Process(popen, log_path)
-
-
-def wait_ready(
-    base_url: str, process: Process, timeout: float = 120, path: str = "/readyz"
-) -> None:
-    """Poll ``path`` until it answers 200; fail with the log if the process dies first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.popen.poll() is not None:
-            raise AssertionError(f"The server exited early:\n{process.log()[-5000:]}")
-        try:
-            if httpx.get(f"{base_url}{path}", timeout=5).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"The server was not ready in {timeout}s:\n{process.log()[-5000:]}")
 
 
 def processes_with_env(name: str, value: str) -> list[int]:

@@ -6,15 +6,10 @@ import re
 from pathlib import Path
 
 import httpx
-from service_testing import (
-    free_port,
-    llfc,
-    run_job,
-    service_env,
-    start,
-    upload_mlp,
-    wait_ready,
-)
+from servers import llfc, service_env, start, wait_ready
+from service_testing import run_job, upload_mlp
+
+from llfc_cli.embedded import free_port
 
 API_PATHS = {
     "/v1/checkpoints",

@@ -14,23 +14,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from service_testing import (
-    REPOSITORY_ROOT,
-    Process,
-    client,
-    create_key,
-    free_port,
-    llfc,
-    mlp_arch,
-    run_job,
-    service_env,
-    start,
-    submit,
-    upload_mlp,
-    wait_for_job,
-    wait_ready,
-)
+from servers import REPOSITORY_ROOT, Process, create_key, llfc, service_env, start, wait_ready
+from service_testing import client, mlp_arch, run_job, submit, upload_mlp, wait_for_job
 from sqlalchemy import create_engine, inspect, text
+
+from llfc_cli.embedded import free_port
 
 pytestmark = pytest.mark.postgres
 

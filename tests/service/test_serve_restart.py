@@ -5,20 +5,19 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
+from servers import service_env, start, wait_ready
 from service_testing import (
     LONG_ANALYZE_WIDTHS,
     client,
-    free_port,
     long_analyze_body,
     processes_with_env,
     run_job,
-    service_env,
-    start,
     submit,
     upload_mlp,
     wait_for_job,
-    wait_ready,
 )
+
+from llfc_cli.embedded import free_port
 
 SMALL = [64, 16, 10]
 

@@ -9,11 +9,6 @@ they are skipped, with the reason, when those are missing.
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+from servers import serve
 
 try:
     from selenium import webdriver
@@ -34,7 +30,6 @@ except ImportError:
 else:
     HAVE_SELENIUM = True
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = (
@@ -67,67 +62,19 @@ class ServedApp:
     key: str
 
 
-def _llfc(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "llfc_cli", *args],
-        cwd=REPOSITORY_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
     """`llfc serve` on a free port with a fresh data folder and auth on, and one owner's key."""
     data_dir = tmp_path_factory.mktemp("web-data")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LLFC_")}
-    env.update(LLFC_DATA_DIR=str(data_dir), LLFC_AUTH="on", LLFC_DEVICE="cpu")
-    env.update(LLFC_WORKER_STOP_GRACE_SECONDS="2", PYTHONUNBUFFERED="1")
-    assert _llfc("migrate", env=env).returncode == 0
-    created = _llfc("keys", "create", "--owner", "web", env=env)
-    assert created.returncode == 0, created.stderr
-    key = created.stdout.strip().splitlines()[-1]
-    port = _free_port()
-    log_path = data_dir / "serve.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "llfc_cli", "serve", "--port", str(port)],
-            cwd=REPOSITORY_ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while not _ready(base_url):
-            assert process.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.25)
-        yield ServedApp(base_url, key)
-    finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def _ready(base_url: str) -> bool:
-    try:
-        return httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200
-    except httpx.TransportError:
-        return False
+    with serve(
+        data_dir,
+        ["web"],
+        data_dir / "serve.log",
+        LLFC_AUTH="on",
+        LLFC_DEVICE="cpu",
+        LLFC_WORKER_STOP_GRACE_SECONDS="2",
+    ) as running:
+        yield ServedApp(running.base_url, running.keys["web"])
 
 
 def _run_job(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
