@@ -14,7 +14,7 @@ first layer's, the classifier's or a BatchNorm vector's, is computed once); when
 positions of its one other permutation moved, as in every sweep after the first few, it gets a
 low-rank update over those positions instead of a new product. When none of C_p's inputs
 changed since P_p was last solved, the assignment would come out the same, so the step is
-skipped. A's side of every product is prepared once.
+skipped. Both sides of every product are laid out axis-first once.
 """
 
 from __future__ import annotations
@@ -40,8 +40,9 @@ RELATIVE_TOLERANCE = 1e-7
 UPDATE_FRACTION = 2
 
 
-def _axis_first(tensor: torch.Tensor, axis: int) -> torch.Tensor:
-    return tensor.movedim(axis, 0).reshape(tensor.shape[axis], -1)
+def _flattened(axis_first: torch.Tensor) -> torch.Tensor:
+    """A tensor whose axis 0 is the permuted one, as a matrix: one row per unit."""
+    return axis_first.reshape(axis_first.shape[0], -1)
 
 
 def weight_objective(
@@ -61,7 +62,12 @@ def weight_objective(
 
 
 class _CostTerms:
-    """The terms of every C_p, each brought up to date only as far as its inputs changed."""
+    """The terms of every C_p, each brought up to date only as far as its inputs changed.
+
+    Both sides of a term are stored axis-first and contiguous, so permuting its other axis is
+    one ``index_select`` whose result is already the flattened matrix, without a second copy to
+    move the axis.
+    """
 
     def __init__(
         self,
@@ -69,39 +75,41 @@ class _CostTerms:
         state_a: Mapping[str, torch.Tensor],
         state_b: Mapping[str, torch.Tensor],
     ) -> None:
-        self.spec = spec
         self.terms = {
             name: [(key, axis) for key, axis in axes if key not in spec.statistics_keys]
             for name, axes in spec.perm_to_axes.items()
         }
-        keys = {key for terms in self.terms.values() for key, _ in terms}
-        self.state_a = {key: state_a[key].float() for key in keys}
-        self.state_b = {key: state_b[key].float() for key in keys}
+        every_term = [term for terms in self.terms.values() for term in terms]
         self.a_side = {
-            (key, axis): _axis_first(self.state_a[key], axis)
-            for terms in self.terms.values()
-            for key, axis in terms
+            (key, axis): state_a[key].float().movedim(axis, 0).contiguous()
+            for key, axis in every_term
         }
+        self.b_side = {
+            (key, axis): state_b[key].float().movedim(axis, 0).contiguous()
+            for key, axis in every_term
+        }
+        # term -> (dimension of its axis-first tensors, permutation) for every other permuted axis
         self.depends_on = {
             (key, axis): [
-                (other_axis, other)
+                (other_axis + (other_axis < axis), other)
                 for other_axis, other in enumerate(spec.axes_to_perm[key])
                 if other_axis != axis and other is not None
             ]
-            for terms in self.terms.values()
-            for key, axis in terms
+            for key, axis in every_term
+        }
+        # name -> the permutations C_name depends on
+        self.dependencies = {
+            name: sorted({other for term in terms for _, other in self.depends_on[term]})
+            for name, terms in self.terms.items()
         }
         # term -> (the permutations it was computed for, its value)
         self.kept: dict[tuple[str, int], tuple[list[torch.Tensor], torch.Tensor]] = {}
 
-    def dependencies(self, name: str) -> list[str]:
-        """The permutations C_name depends on."""
-        return sorted({other for term in self.terms[name] for _, other in self.depends_on[term]})
-
     def _fresh(self, term: tuple[str, int], perm: Permutation) -> torch.Tensor:
-        key, axis = term
-        b_side = permuted_tensor(self.spec, perm, key, self.state_b, except_axis=axis)
-        return self.a_side[term] @ _axis_first(b_side, axis).T
+        b_side = self.b_side[term]
+        for dim, other in self.depends_on[term]:
+            b_side = b_side.index_select(dim, perm[other].to(b_side.device))
+        return _flattened(self.a_side[term]) @ _flattened(b_side).T
 
     def _updated(
         self, term: tuple[str, int], value: torch.Tensor, old: torch.Tensor, new: torch.Tensor
@@ -112,26 +120,20 @@ class _CostTerms:
         With T[i, k] = sum_j A[i, j] B[k, old[j]], moving positions J gives
         T + A[:, J] (B[:, new[J]] - B[:, old[J]])^T, at |J| / n of the product's cost.
         """
-        key, axis = term
-        ((other_axis, _),) = self.depends_on[term]
+        ((dim, _),) = self.depends_on[term]
         moved = torch.nonzero(old != new).flatten()
         if moved.numel() > old.numel() // UPDATE_FRACTION:
             return None
         # Permutations live on the CPU; the weights may not.
         moved_to, moved_from = new[moved].to(value.device), old[moved].to(value.device)
-        a_part = self.state_a[key].index_select(other_axis, moved.to(value.device))
-        b_tensor = self.state_b[key]
-        b_part = b_tensor.index_select(other_axis, moved_to) - b_tensor.index_select(
-            other_axis, moved_from
-        )
-        return value.addmm_(_axis_first(a_part, axis), _axis_first(b_part, axis).T)
+        a_part = self.a_side[term].index_select(dim, moved.to(value.device))
+        b_side = self.b_side[term]
+        b_part = b_side.index_select(dim, moved_to) - b_side.index_select(dim, moved_from)
+        return value.addmm_(_flattened(a_part), _flattened(b_part).T)
 
     def cost(self, name: str, perm: Permutation) -> np.ndarray:
-        """C_name for the current ``perm``."""
-        size = perm[name].numel()
-        device = next(iter(self.a_side.values())).device
-        # Summed in float64, the solvers' type, so no float32 copy is converted afterwards.
-        cost = torch.zeros(size, size, dtype=torch.float64, device=device)
+        """C_name for the current ``perm``, summed in float64 (the solvers' type)."""
+        cost: np.ndarray | None = None
         for term in self.terms[name]:
             used = [perm[other] for _, other in self.depends_on[term]]
             kept = self.kept.get(term)
@@ -145,8 +147,15 @@ class _CostTerms:
                     updated = self._updated(term, kept[1], kept[0][0], used[0])
                 value = updated if updated is not None else self._fresh(term, perm)
             self.kept[term] = (used, value)
-            cost += value
-        return cost.cpu().numpy()
+            # numpy adds float32 into float64 several times faster than torch does on the CPU.
+            if cost is None:
+                cost = value.cpu().numpy().astype(np.float64)
+            else:
+                np.add(cost, value.cpu().numpy(), out=cost)
+        if cost is None:  # the permutation acts on BatchNorm statistics only
+            size = perm[name].numel()
+            return np.zeros((size, size))
+        return cost
 
 
 def weight_matching(
@@ -176,7 +185,7 @@ def weight_matching(
         improved = False
         for index in torch.randperm(len(names), generator=generator).tolist():
             name = names[index]
-            seen = tuple(versions[other] for other in terms.dependencies(name))
+            seen = tuple(versions[other] for other in terms.dependencies[name])
             if solved_with.get(name) == seen:
                 continue
             cost = terms.cost(name, perm)
