@@ -105,3 +105,26 @@ def test_activation_matching_reads_the_data_in_batches() -> None:
     assert small_batches.permutation == one_batch.permutation
     assert small_batches.objective_after == pytest.approx(one_batch.objective_after, rel=1e-6)
     assert isinstance(data, ArrayDataset)
+
+
+def test_activation_matching_pairs_dead_units_by_their_pre_activations() -> None:
+    """Units that are zero on every example correlate with nothing; their pre-activations
+    still tell which dead unit of B is which of A, so a known shuffle is recovered exactly."""
+    arch_json = ARCHS["mlp"]
+    arch = parse_arch(arch_json)
+    state_a = _random_state(arch_json, seed=3)
+    dead = torch.arange(0, 48, 3)
+    state_a["0.bias"][dead] = -1e3  # far below any weighted input: never active
+    spec = arch.permutation_spec()
+    shuffle = random_permutation(spec, state_a, seed=11)
+    state_b = apply_permutation(spec, shuffle, state_a)
+    data = digits("test")
+    model_a = load_model(arch, state_a, CPU)
+    with torch.inference_mode():
+        hidden = torch.relu(model_a[0](data.x.flatten(1)))
+    assert (hidden.amax(0)[dead] == 0).all()
+
+    result = match_models(arch, state_a, state_b, "activation", data, device=CPU)
+
+    expected = invert_permutation(shuffle)
+    assert result.permutation == {name: idx.tolist() for name, idx in expected.items()}
