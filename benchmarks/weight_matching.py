@@ -3,16 +3,18 @@
 Weight matching alternates products (each permutation's cost matrix) and linear assignments; the
 assignments alone are the floor, so the baseline of each run is the time its solver calls took
 (target: total <= 1.5x that). Each width runs with scipy's ``linear_sum_assignment`` and with
-``lap.lapjv`` (when the ``lap`` package is installed) on the same pair, reporting seconds, sweeps,
-solver calls, the solver's share and whether both found the same permutation.
+``lap.lapjv`` on the same pair, reporting seconds, sweeps, solver calls, the solver's share and
+whether both found the same permutation (then both solved the very same cost matrices).
 
-- ``mlp``: MLP 784-w-w-w-10 for w = 512, 1024, 2048, 4096 (8192 is left out of the full run: one
-  sweep needs ~14 TFLOP of products, minutes per sweep on two cores);
+- ``mlp``: MLP 784-w-w-w-10 for w = 512, 1024, 2048, 4096, or the widths ``--mlp-widths`` names.
+  8192 is left out of the full run: at 4096 a run takes ~3 minutes per solver on two cores, and
+  each doubling costs ~5x in the solver and 8x in the products, so 8192 would take ~15 minutes
+  per solver;
 - ``resnet``: ResNet-20 at width x1, x2, x4, x8, x16 (CIFAR-shaped).
 
 Pairs are two random initialisations (seeded), as the analyses of untrained checkpoints see.
 
-    python benchmarks/weight_matching.py [--size tiny|full] [--only mlp,resnet]
+    python benchmarks/weight_matching.py [--size tiny|full] [--only mlp,resnet] [--mlp-widths 8192]
 """
 
 from __future__ import annotations
@@ -34,25 +36,22 @@ from llfc_core.matching.assignment import (
 )
 from llfc_core.matching.weight import weight_matching
 
+
+def _mlp(width: int) -> dict[str, Any]:
+    return {"name": "mlp", "widths": [784, width, width, width, 10]}
+
+
 SIZES: dict[str, dict[str, list[dict[str, Any]]]] = {
     "full": {
-        "mlp": [{"name": "mlp", "widths": [784, w, w, w, 10]} for w in (512, 1024, 2048, 4096)],
+        "mlp": [_mlp(width) for width in (512, 1024, 2048, 4096)],
         "resnet": [{"name": "resnet", "depth": 20, "width": w} for w in (1, 2, 4, 8, 16)],
     },
     "tiny": {
-        "mlp": [{"name": "mlp", "widths": [784, w, w, w, 10]} for w in (32, 64)],
+        "mlp": [_mlp(width) for width in (32, 64)],
         "resnet": [{"name": "resnet", "depth": 8, "width": w} for w in (1, 2)],
     },
 }
 TARGET_RATIO = 1.5
-
-
-def _lap_available() -> bool:
-    try:
-        import lap  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 class _TimedSolver:
@@ -93,28 +92,23 @@ def _run(
     }, perm
 
 
-def _solvers() -> dict[str, AssignmentSolver]:
-    solvers: dict[str, AssignmentSolver] = {"scipy": scipy_assignment}
-    if _lap_available():
-        solvers["lap"] = lap_assignment
-    return solvers
+SOLVERS: dict[str, AssignmentSolver] = {"scipy": scipy_assignment, "lap": lap_assignment}
 
 
 def _warm_up() -> None:
     """One small matching per solver first, so no measured run pays for imports and first calls."""
-    for solver in _solvers().values():
+    for solver in SOLVERS.values():
         _run(SIZES["tiny"]["mlp"][0], solver)
 
 
 def _measure(size: str, name: str, arch_json: dict[str, Any]) -> dict[str, Any]:
-    solvers = _solvers()
     runs, perms = {}, {}
-    for solver_name, solver in solvers.items():
+    for solver_name, solver in SOLVERS.items():
         runs[solver_name], perms[solver_name] = _run(arch_json, solver)
     for run in runs.values():
         parameters = run.pop("parameters")
     default = "lap" if maximise_assignment is lap_assignment else "scipy"
-    record: dict[str, Any] = {
+    return {
         "benchmark": "weight_matching",
         "size": size,
         "model": name,
@@ -124,27 +118,27 @@ def _measure(size: str, name: str, arch_json: dict[str, Any]) -> dict[str, Any]:
         "default_solver": default,
         **runs,
         "target_total_over_solver": TARGET_RATIO,
-    }
-    if "lap" in runs:
-        record["lap_speedup_over_scipy"] = round(
-            runs["scipy"]["seconds"] / runs["lap"]["seconds"], 2
-        )
-        record["same_permutation"] = all(
+        "lap_speedup_over_scipy": round(runs["scipy"]["seconds"] / runs["lap"]["seconds"], 2),
+        "same_permutation": all(
             torch.equal(perms["scipy"][key], perms["lap"][key]) for key in perms["scipy"]
-        )
-    else:
-        record["note"] = "the lap package is not installed: scipy only"
-    return record
+        ),
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", choices=sorted(SIZES), default="full")
     parser.add_argument("--only", default="mlp,resnet", help="comma-separated models")
+    parser.add_argument(
+        "--mlp-widths", help="comma-separated hidden widths of the MLPs, instead of the size's"
+    )
     args = parser.parse_args()
+    models = {name: SIZES[args.size][name] for name in args.only.split(",")}
+    if args.mlp_widths and "mlp" in models:
+        models["mlp"] = [_mlp(int(width)) for width in args.mlp_widths.split(",")]
     _warm_up()
-    for name in args.only.split(","):
-        for arch_json in SIZES[args.size][name]:
+    for name, arch_jsons in models.items():
+        for arch_json in arch_jsons:
             emit(_measure(args.size, name, arch_json))
 
 
