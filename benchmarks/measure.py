@@ -3,7 +3,9 @@
 Peak memory is the resident set of a fresh process (``VmHWM`` in ``/proc/self/status``): Python
 tracers do not see PyTorch's allocations, the kernel does. A worker resets the counter
 (``/proc/self/clear_refs``) once its imports, inputs and a warm-up are done, so the peak it
-reports above that idle level is the memory the measured call itself needed.
+reports above that idle level is the memory the measured call itself needed. On a GPU, the
+peak of PyTorch's allocator on that device is reported as well, and timings wait for the
+device to finish.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 MATMUL_SIZE = 2048
 MATMUL_TRIALS = 10
+CPU = torch.device("cpu")
 
 
 def emit(record: dict[str, Any]) -> None:
@@ -54,19 +57,34 @@ def peak_rss_kib() -> int:
     return _status_kib("VmHWM:")
 
 
-def measure_call(call: Callable[[], Any]) -> dict[str, Any]:
-    """Run ``call`` once after resetting the peak counter: seconds, peak and idle RSS in MiB."""
+def synchronize(device: torch.device) -> None:
+    """Wait until ``device`` has finished the work queued on it (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def measure_call(call: Callable[[], Any], device: torch.device = CPU) -> dict[str, Any]:
+    """Run ``call`` once after resetting the peak counters: seconds, peak and idle RSS in MiB,
+    and on a GPU the peak of the device memory PyTorch allocated."""
+    on_gpu = device.type == "cuda"
+    if on_gpu:
+        synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     idle_kib = reset_peak_rss()
     started = time.perf_counter()
     call()
+    synchronize(device)
     seconds = time.perf_counter() - started
     peak_kib = peak_rss_kib()
-    return {
+    measured = {
         "seconds": seconds,
         "peak_rss_mib": peak_kib / 1024,
         "idle_rss_mib": idle_kib / 1024,
         "rss_growth_mib": (peak_kib - idle_kib) / 1024,
     }
+    if on_gpu:
+        measured["peak_device_memory_mib"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return measured
 
 
 def count_flops(call: Callable[[], Any]) -> int:
@@ -76,21 +94,26 @@ def count_flops(call: Callable[[], Any]) -> int:
     return int(counter.get_total_flops())
 
 
-def matmul_peak_flops(size: int = MATMUL_SIZE, trials: int = MATMUL_TRIALS) -> float:
-    """This machine's dense float32 matmul rate (FLOP/s): the best of a few square products.
+def matmul_peak_flops(
+    size: int = MATMUL_SIZE, trials: int = MATMUL_TRIALS, device: torch.device = CPU
+) -> float:
+    """The dense float32 matmul rate of ``device`` (FLOP/s): the best of a few square products.
 
     The best rather than the mean, because other processes share the cores; it is the rate the
-    hardware and BLAS can reach with torch's current thread count.
+    hardware and BLAS can reach with torch's current thread count (on a GPU, with PyTorch's
+    default float32 precision, i.e. without TF32 unless enabled).
     """
-    left = torch.randn(size, size)
-    right = torch.randn(size, size)
-    product = torch.empty(size, size)
+    left = torch.randn(size, size, device=device)
+    right = torch.randn(size, size, device=device)
+    product = torch.empty(size, size, device=device)
     for _ in range(2):
         torch.mm(left, right, out=product)
     best = float("inf")
     for _ in range(trials):
+        synchronize(device)
         started = time.perf_counter()
         torch.mm(left, right, out=product)
+        synchronize(device)
         best = min(best, time.perf_counter() - started)
     return 2 * size**3 / best
 

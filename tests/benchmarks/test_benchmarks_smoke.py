@@ -43,6 +43,21 @@ def test_analysis_throughput_reports_every_model_and_agrees_with_the_baseline() 
         # The engine skips work the baseline repeats, so it executes fewer FLOPs.
         assert record["ours"]["gflop"] < record["baseline"]["gflop"]
         assert record["matmul_peak_gflop_per_s"] > 0
+        _check_gpu_block(record["gpu"])
+
+
+def _check_gpu_block(gpu: dict[str, Any] | None) -> None:
+    """A GPU block when a GPU is present (the same checks, plus agreement with the CPU)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        assert gpu is None
+        return
+    assert gpu is not None
+    assert gpu["max_abs_difference_from_cpu"] < 1e-3, gpu
+    for side in ("ours", "baseline"):
+        assert gpu[side]["seconds"] > 0
+        assert gpu[side]["peak_device_memory_mib"] > 0
 
 
 @pytest.mark.slow
