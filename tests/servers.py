@@ -10,10 +10,12 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator, Mapping
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from llfc_cli.embedded import free_port, wait_until_ready
 
@@ -97,6 +99,18 @@ def wait_ready(
         wait_until_ready(base_url, process.popen, timeout, path)
     except RuntimeError as error:
         raise AssertionError(f"{error}\n{process.log()[-5000:]}") from None
+
+
+def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"Timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
 
 
 @dataclass

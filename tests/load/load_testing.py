@@ -1,4 +1,4 @@
-"""Shared by the load tests: where the stack's stores live and what the running stack holds.
+"""Shared by the load tests: the size of the load and what the running stack holds.
 
 Test modules import from here, not from ``conftest`` (with several test folders on one command
 line, pytest keeps only one module named ``conftest`` importable).
@@ -15,19 +15,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
 from servers import Process
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-DATABASE = "llfc_load"
-DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
-REDIS_URL = "redis://127.0.0.1:6379/10"
 NUM_CLIENTS = 20
 NUM_WORKERS = 2
 
 
 @dataclass
 class LoadStack:
-    """The running API's URL, one API key per client (each of its own owner), the processes."""
+    """The running API's URL, its database's URL, one API key per client (each of its own owner),
+    the processes."""
 
     base_url: str
+    database_url: str
     keys: list[str]
     api: Process
     workers: list[Process]

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from load_testing import DATABASE_URL, NUM_CLIENTS, LoadStack
+from load_testing import NUM_CLIENTS, LoadStack
 from service_testing import FINISHED, client, upload_mlp
 from sqlalchemy import create_engine, text
 
@@ -135,15 +135,15 @@ def test_200_concurrent_jobs_all_finish_once_and_polling_stays_fast(
         assert job["attempts"] == 1, job
         assert job["result"]["alpha"] == submitted[job_id]
         assert len(job["artifacts"]) == 1, job
-    _assert_each_result_written_once(set(submitted))
+    _assert_each_result_written_once(load_stack.database_url, set(submitted))
     assert all(count > 0 for count in split), f"a worker took no job: {split}"
     assert percentile(polls, 0.99) < POLL_P99_BOUND_S
 
 
-def _assert_each_result_written_once(job_ids: set[str]) -> None:
+def _assert_each_result_written_once(database_url: str, job_ids: set[str]) -> None:
     """In the database: every job succeeded on its first attempt, with one artifact row and one
     checkpoint it produced, and no other jobs exist."""
-    engine = create_engine(DATABASE_URL)
+    engine = create_engine(database_url)
     try:
         with engine.connect() as connection:
             jobs = connection.execute(text("SELECT id, status, attempts FROM jobs")).all()

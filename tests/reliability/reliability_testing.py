@@ -1,31 +1,21 @@
-"""Helpers of the reliability tests: a private Redis, a private PostgreSQL database, a production
-stack (`llfc api` + `llfc worker` processes) with short leases, and a look into the job rows."""
+"""Helpers of the reliability tests: a production stack (`llfc api` + `llfc worker` processes)
+with short leases on the run's own Redis and PostgreSQL database, and a look into the job rows."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
-import secrets
 import signal
-import socket
-import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
-from servers import Process, service_env, start
+from servers import Process, start, wait_until
 from service_testing import client, submit, upload_mlp
-from sqlalchemy import Engine, create_engine, text
-
-from llfc_cli.embedded import free_port
-
-POSTGRES_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-DATABASE_NAME = "llfc_reliability"
-DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE_NAME}"
+from sqlalchemy import Engine, text
+from stores import RedisServer
 
 HEARTBEAT_S = 0.5
 LEASE_S = 5.0
@@ -48,86 +38,6 @@ FAST_RECOVERY = {
 """Leases, republishing and Redis' redelivery in seconds instead of minutes."""
 
 SMALL = [64, 16, 10]
-
-
-def port_open(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
-    """Poll ``condition`` until it returns something truthy; fail naming ``what``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"Timed out after {timeout}s waiting for {what}")
-        time.sleep(every)
-
-
-class RedisServer:
-    """A private ``redis-server`` on a free port, without persistence: a restart loses every
-    message, as a broker that crashed without its append-only file would."""
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        log = (self.folder / "redis.log").open("ab")
-        self.process = subprocess.Popen(
-            [
-                "redis-server",
-                "--port",
-                str(self.port),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.folder),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        log.close()
-        wait_until(lambda: port_open(self.port), 20, "redis-server to listen")
-
-    def kill(self) -> None:
-        """SIGKILL: whatever it held in memory is gone."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-        self.process = None
-
-    def messages_waiting(self, queue: str = "llfc") -> int:
-        import redis
-
-        return int(redis.Redis(port=self.port).llen(queue))
-
-
-def fresh_database() -> str:
-    """Drop and create the database ``llfc_reliability``; returns its URL."""
-    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE_NAME} WITH (FORCE)"))
-            connection.execute(text(f"CREATE DATABASE {DATABASE_NAME}"))
-    finally:
-        admin.dispose()
-    return DATABASE_URL
 
 
 @dataclass
@@ -195,19 +105,6 @@ class Stack:
             return None
 
         return int(wait_until(claimed, timeout, f"attempt {attempt} of {job_id} to run"))
-
-
-def production_env(data_dir: Path, database_url: str, broker_url: str) -> dict[str, str]:
-    return service_env(
-        data_dir,
-        LLFC_DATABASE_URL=database_url,
-        LLFC_BROKER_URL=broker_url,
-        LLFC_AUTH="on",
-        LLFC_SECRET_KEY=secrets.token_urlsafe(32),
-        LLFC_DEVICE="cpu",
-        LLFC_WORKER_CONCURRENCY="2",
-        **FAST_RECOVERY,
-    )
 
 
 def kill_group(process: Process) -> None:

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import os
 
-from reliability_testing import Stack, interpolate_body, submitted, train_body, wait_until
+from reliability_testing import Stack, interpolate_body, submitted, train_body
+from servers import wait_until
 from service_testing import wait_for_job
 
 ENDLESS_EPOCHS = 300

@@ -10,8 +10,7 @@ import socket
 import time
 from pathlib import Path
 
-from reliability_testing import wait_until
-from servers import llfc, service_env, start, wait_ready
+from servers import llfc, service_env, start, wait_ready, wait_until
 from service_testing import client, mlp_arch, mlp_state, safetensors_file, upload_checkpoint
 
 from llfc_cli.embedded import free_port

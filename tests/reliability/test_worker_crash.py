@@ -19,8 +19,8 @@ from reliability_testing import (
     Stack,
     submitted,
     train_body,
-    wait_until,
 )
+from servers import wait_until
 from service_testing import wait_for_job
 
 SHORT_EPOCHS = 5

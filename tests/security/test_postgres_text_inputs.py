@@ -1,37 +1,32 @@
 """Text PostgreSQL cannot hold: a NUL byte in an id, a cursor, a filter, a body or a name.
 
 SQLite stores such text; PostgreSQL fails the whole query, which the service turned into a 500
-before ids, cursors and filters were checked at the edge. Runs `llfc api` on a database of its
-own, `llfc_security`.
+before ids, cursors and filters were checked at the edge. Runs `llfc api` on the run's own
+PostgreSQL database and Redis (tests/stores.py).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import secrets
 import signal
-import socket
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from security_testing import assert_problem
-from servers import llfc, service_env, start, wait_ready
+from servers import llfc, start, wait_ready
 from service_testing import client, mlp_arch, mlp_state, torch_file, upload_checkpoint
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
+from stores import production_stores
 
 from llfc_cli.embedded import free_port
 from service.security import create_api_key
 
 pytestmark = pytest.mark.postgres
 
-ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
-DATABASE = "llfc_security"
-DATABASE_URL = f"postgresql+psycopg://postgres@127.0.0.1:5432/{DATABASE}"
-REDIS_URL = "redis://127.0.0.1:6379/12"
 SMALL = [64, 16, 10]
 NUL_CURSOR = (
     base64.urlsafe_b64encode(json.dumps(["2024-01-01T00:00:00+00:00", "job_\x00"]).encode())
@@ -40,58 +35,28 @@ NUL_CURSOR = (
 )
 
 
-def _reachable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _set_database(create: bool) -> None:
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as connection:
-            connection.execute(text(f"DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)"))
-            if create:
-                connection.execute(text(f"CREATE DATABASE {DATABASE}"))
-    finally:
-        admin.dispose()
-
-
 @pytest.fixture(scope="module")
 def postgres_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
     """`llfc api` on PostgreSQL with auth on, and a client holding a valid key."""
-    if not (_reachable(5432) and _reachable(6379)):
-        pytest.skip("PostgreSQL and Redis are not running on 127.0.0.1 (scripts/services)")
-    _set_database(create=True)
     data_dir: Path = tmp_path_factory.mktemp("postgres-text")
-    secret_key = secrets.token_urlsafe(32)
-    env = service_env(
-        data_dir,
-        LLFC_DATABASE_URL=DATABASE_URL,
-        LLFC_BROKER_URL=REDIS_URL,
-        LLFC_AUTH="on",
-        LLFC_SECRET_KEY=secret_key,
-        LLFC_DEVICE="cpu",
-    )
-    migrated = llfc("migrate", env=env)
-    assert migrated.returncode == 0, migrated.stderr
-    engine = create_engine(DATABASE_URL)
-    with Session(engine) as session:
-        key = create_api_key(session, "nul", secret_key)
-        session.commit()
-    engine.dispose()
-    port = free_port()
-    api = start(["api", "--port", str(port)], env, data_dir / "api.log")
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", api, path="/healthz")
-        with client(f"http://127.0.0.1:{port}", key) as http:
-            yield http
-        assert "Traceback" not in api.log(), api.log()[-5000:]
-    finally:
-        api.stop(signal.SIGTERM)
-        _set_database(create=False)
+    with production_stores("security", data_dir) as stores:
+        env = stores.env(data_dir)
+        migrated = llfc("migrate", env=env)
+        assert migrated.returncode == 0, migrated.stderr
+        engine = create_engine(stores.database_url)
+        with Session(engine) as session:
+            key = create_api_key(session, "nul", stores.secret_key)
+            session.commit()
+        engine.dispose()
+        port = free_port()
+        api = start(["api", "--port", str(port)], env, data_dir / "api.log")
+        try:
+            wait_ready(f"http://127.0.0.1:{port}", api, path="/healthz")
+            with client(f"http://127.0.0.1:{port}", key) as http:
+                yield http
+            assert "Traceback" not in api.log(), api.log()[-5000:]
+        finally:
+            api.stop(signal.SIGTERM)
 
 
 @pytest.mark.parametrize(

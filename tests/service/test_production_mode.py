@@ -1,11 +1,9 @@
 """The production shape: PostgreSQL, Redis, `llfc migrate`, `llfc api` and `llfc worker` as
-separate processes, auth on. Needs PostgreSQL (database `test`) and Redis on 127.0.0.1."""
+separate processes, auth on, on the run's own database and Redis (tests/stores.py)."""
 
 from __future__ import annotations
 
-import secrets
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,73 +11,40 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import redis
-from servers import REPOSITORY_ROOT, Process, create_key, llfc, service_env, start, wait_ready
+from servers import REPOSITORY_ROOT, Process, create_key, llfc, start, wait_ready
 from service_testing import client, mlp_arch, run_job, submit, upload_mlp, wait_for_job
-from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import create_engine, inspect
+from stores import ProductionStores, production_stores
 
 from llfc_cli.embedded import free_port
 
 pytestmark = pytest.mark.postgres
 
-DATABASE_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-REDIS_URL = "redis://127.0.0.1:6379/9"
 TABLES = {"owners", "api_keys", "checkpoints", "datasets", "jobs", "job_artifacts", "layer_metrics"}
 SMALL = [64, 16, 10]
 
 
-def _reachable(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _reset_stores() -> None:
-    """An empty public schema in `test` and an empty Redis database 9."""
-    engine = create_engine(DATABASE_URL)
-    try:
-        with engine.begin() as connection:
-            connection.execute(text("DROP SCHEMA public CASCADE"))
-            connection.execute(text("CREATE SCHEMA public"))
-    finally:
-        engine.dispose()
-    redis.Redis.from_url(REDIS_URL).flushdb()
-
-
 @pytest.fixture(scope="module")
-def clean_stores() -> Iterator[None]:
-    if not (_reachable(5432) and _reachable(6379)):
-        pytest.skip("PostgreSQL and Redis are not running on 127.0.0.1 (scripts/services)")
-    _reset_stores()
-    yield
-    _reset_stores()
+def stores(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProductionStores]:
+    """An empty database and Redis of this module's own, used by its tests one after the other."""
+    with production_stores("production", tmp_path_factory.mktemp("redis")) as stores:
+        yield stores
 
 
-def production_env(data_dir: Path) -> dict[str, str]:
-    return service_env(
-        data_dir,
-        LLFC_DATABASE_URL=DATABASE_URL,
-        LLFC_BROKER_URL=REDIS_URL,
-        LLFC_AUTH="on",
-        LLFC_SECRET_KEY=secrets.token_urlsafe(32),
-        LLFC_DEVICE="cpu",
-    )
-
-
-def _tables() -> set[str]:
-    engine = create_engine(DATABASE_URL)
+def _tables(database_url: str) -> set[str]:
+    engine = create_engine(database_url)
     try:
         return set(inspect(engine).get_table_names())
     finally:
         engine.dispose()
 
 
-def test_alembic_upgrade_downgrade_and_upgrade_again(clean_stores: None, tmp_path: Path) -> None:
-    env = production_env(tmp_path)
+def test_alembic_upgrade_downgrade_and_upgrade_again(
+    stores: ProductionStores, tmp_path: Path
+) -> None:
+    env = stores.env(tmp_path)
     assert llfc("migrate", env=env).returncode == 0
-    assert _tables() >= TABLES
+    assert _tables(stores.database_url) >= TABLES
     downgraded = subprocess.run(
         [sys.executable, "-m", "alembic", "-c", "alembic.ini", "downgrade", "base"],
         cwd=REPOSITORY_ROOT,
@@ -89,16 +54,16 @@ def test_alembic_upgrade_downgrade_and_upgrade_again(clean_stores: None, tmp_pat
         timeout=120,
     )
     assert downgraded.returncode == 0, downgraded.stderr
-    assert _tables() <= {"alembic_version"}
+    assert _tables(stores.database_url) <= {"alembic_version"}
     again = llfc("migrate", env=env)
     assert again.returncode == 0, again.stderr
-    assert _tables() >= TABLES
+    assert _tables(stores.database_url) >= TABLES
 
 
 def test_the_default_secret_is_refused_with_auth_on_and_postgres(
-    clean_stores: None, tmp_path: Path
+    stores: ProductionStores, tmp_path: Path
 ) -> None:
-    env = production_env(tmp_path)
+    env = stores.env(tmp_path)
     del env["LLFC_SECRET_KEY"]
     refused = llfc("api", "--port", str(free_port()), env=env, timeout=60)
     assert refused.returncode != 0
@@ -116,10 +81,10 @@ class Production:
 
 @pytest.fixture(scope="module")
 def production(
-    clean_stores: None, tmp_path_factory: pytest.TempPathFactory
+    stores: ProductionStores, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Production]:
     data_dir = tmp_path_factory.mktemp("production")
-    env = production_env(data_dir)
+    env = stores.env(data_dir)
     migrated = llfc("migrate", env=env)
     assert migrated.returncode == 0, migrated.stderr
     keys = {owner: create_key(owner, env) for owner in ("alice", "bob")}
