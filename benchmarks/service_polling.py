@@ -17,11 +17,12 @@ Load generator: ``wrk`` (C, one thread, a Lua script for the Bearer header and a
 when it is on the PATH, else an asyncio client in this process with raw keep-alive HTTP/1.1
 connections. Each side is warmed up, then measured; a record per database reports requests/s,
 latency percentiles, the ratio to the baseline, whether every answer was 200, and the server's
-CPU time per request (user + system, ``/proc/<pid>/stat``), which the machine's other load
-changes far less than requests/s or p99.
+CPU time per request (user + system of the server's processes, ``/proc/<pid>/stat``), which the
+machine's other load changes far less than requests/s or p99. ``--api-workers N`` runs ours
+with ``LLFC_API_WORKERS=N`` and the baseline with as many uvicorn processes.
 
     python benchmarks/service_polling.py [--size tiny|full] [--modes postgres,sqlite]
-        [--load-generator auto|wrk|python]
+        [--load-generator auto|wrk|python] [--api-workers N]
 """
 
 from __future__ import annotations
@@ -82,12 +83,15 @@ end
 # --- The baseline server ------------------------------------------------------------------------
 
 
-def serve_baseline(port: int, job_path: Path) -> None:
-    """A FastAPI app whose ``GET /v1/jobs/{job_id}`` returns the job read from ``job_path``."""
-    import uvicorn
+BASELINE_JOB_VARIABLE = "LLFC_BENCH_BASELINE_JOB"
+
+
+def baseline_app() -> Any:
+    """A FastAPI app whose ``GET /v1/jobs/{job_id}`` returns the job JSON of the file named by
+    ``$LLFC_BENCH_BASELINE_JOB`` (an app factory, so uvicorn can start it in every worker)."""
     from fastapi import FastAPI
 
-    job = json.loads(job_path.read_text())
+    job = json.loads(Path(os.environ[BASELINE_JOB_VARIABLE]).read_text())
     app = FastAPI()
 
     @app.get("/v1/jobs/{job_id}")
@@ -98,7 +102,23 @@ def serve_baseline(port: int, job_path: Path) -> None:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    return app
+
+
+def serve_baseline(port: int, job_path: Path, workers: int) -> None:
+    """Serve :func:`baseline_app` with uvicorn, in ``workers`` processes like ours."""
+    import uvicorn
+
+    os.environ[BASELINE_JOB_VARIABLE] = str(job_path)
+    uvicorn.run(
+        "service_polling:baseline_app",
+        factory=True,
+        app_dir=str(Path(__file__).parent),
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        workers=workers,
+    )
 
 
 # --- Load generators ----------------------------------------------------------------------------
@@ -241,7 +261,7 @@ def measure(
     measured = {**machine_load(), **load(generator, url, key, durations["measure"], script_dir)}
     busy = cpu_seconds(server.pid) - busy_before
     # CPU time per answer does not depend on how busy the machine was: with one Python
-    # process (one GIL), 1,000 / cpu_ms_per_request bounds requests/s on any number of cores.
+    # process per core (one GIL each), 1,000 / cpu_ms_per_request bounds requests/s per core.
     measured["server_cpu_ms_per_request"] = round(busy / max(measured["requests"], 1) * 1e3, 3)
     return measured
 
@@ -276,9 +296,15 @@ def _queued_job(base_url: str, key: str) -> dict[str, Any]:
     return job
 
 
-def start_api(servers: ServerGroup, mode: str, work_dir: Path) -> tuple[Server, str]:
+def start_api(
+    servers: ServerGroup, mode: str, work_dir: Path, api_workers: int
+) -> tuple[Server, str]:
     """Migrate, create a key and start ``llfc api`` for ``mode``; returns the server and key."""
-    settings = {"LLFC_AUTH": "on", "LLFC_SECRET_KEY": BENCH_SECRET_KEY}
+    settings = {
+        "LLFC_AUTH": "on",
+        "LLFC_SECRET_KEY": BENCH_SECRET_KEY,
+        "LLFC_API_WORKERS": str(api_workers),
+    }
     if mode == "postgres":
         reset_postgres(POSTGRES_URL)
         settings["LLFC_DATABASE_URL"] = POSTGRES_URL
@@ -291,20 +317,30 @@ def start_api(servers: ServerGroup, mode: str, work_dir: Path) -> tuple[Server, 
     return server, key
 
 
-def run(size: str, modes: list[str], generator: str, work_dir: Path) -> list[dict[str, Any]]:
+def run(
+    size: str, modes: list[str], generator: str, work_dir: Path, api_workers: int
+) -> list[dict[str, Any]]:
     durations = DURATIONS_S[size]
     records = []
     with server_group(work_dir) as servers:
         baseline: Server | None = None
         for mode in modes:
-            api, key = start_api(servers, mode, work_dir)
+            api, key = start_api(servers, mode, work_dir, api_workers)
             job = _queued_job(str(api.base_url), key)
             path = f"/v1/jobs/{job['id']}"
             if baseline is None:
                 job_path = work_dir / "job.json"
                 job_path.write_text(json.dumps(job))
                 port = free_port()
-                command = [sys.executable, __file__, "--baseline-server", str(port), str(job_path)]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--baseline-server",
+                    str(port),
+                    str(job_path),
+                    "--api-workers",
+                    str(api_workers),
+                ]
                 baseline = servers.start("baseline", command, os.environ, port)
                 baseline.wait_ready()
             ours = measure(api, generator, f"{api.base_url}{path}", key, durations, work_dir)
@@ -319,14 +355,16 @@ def run(size: str, modes: list[str], generator: str, work_dir: Path) -> list[dic
                     "size": size,
                     "mode": mode,
                     "server": f"llfc api, auth on, {mode}",
+                    "api_workers": api_workers,
                     "job_status": job["status"],
                     "connections": CONNECTIONS,
                     "seconds": durations["measure"],
                     "load_generator": generator,
                     "ours": ours,
                     "baseline": {
-                        "what": "a trivial FastAPI app (uvicorn, same settings) whose sync GET "
-                        "/v1/jobs/{id} returns the same job JSON as a constant",
+                        "what": "a trivial FastAPI app (uvicorn, same settings and number of "
+                        "processes) whose sync GET /v1/jobs/{id} returns the same job JSON as a "
+                        "constant",
                         **baseline_result,
                     },
                     "ratio_requests_per_s": round(
@@ -347,10 +385,17 @@ def main() -> None:
     parser.add_argument("--size", choices=sorted(DURATIONS_S), default="full")
     parser.add_argument("--modes", default=",".join(MODES), help="comma-separated subset")
     parser.add_argument("--load-generator", choices=("auto", "wrk", "python"), default="auto")
+    parser.add_argument(
+        "--api-workers",
+        type=int,
+        default=1,
+        help="API processes (LLFC_API_WORKERS), the baseline's too",
+    )
     parser.add_argument("--baseline-server", nargs=2, metavar=("PORT", "JOB_JSON"))
     args = parser.parse_args()
     if args.baseline_server:
-        serve_baseline(int(args.baseline_server[0]), Path(args.baseline_server[1]))
+        port, job_path = args.baseline_server
+        serve_baseline(int(port), Path(job_path), args.api_workers)
         return
     modes = args.modes.split(",")
     unknown = set(modes) - set(MODES)
@@ -362,7 +407,7 @@ def main() -> None:
     if generator == "auto":
         generator = "wrk" if shutil.which("wrk") else "python"
     with tempfile.TemporaryDirectory(prefix="llfc-polling-bench-") as work_dir:
-        for record in run(args.size, modes, generator, Path(work_dir)):
+        for record in run(args.size, modes, generator, Path(work_dir), args.api_workers):
             emit(record)
 
 

@@ -130,13 +130,35 @@ def proc_status_kib(pid: int, *field_names: str) -> dict[str, int]:
     return values
 
 
-def cpu_seconds(pid: int) -> float:
-    """User plus system CPU time process ``pid`` has used so far (all its threads)."""
+def _stat_fields(pid: int) -> list[str]:
+    """The fields of ``/proc/<pid>/stat`` after the command name (field 3 on)."""
     with open(f"/proc/{pid}/stat") as stat:
         # The command name in parentheses may hold spaces; the fields after it are fixed.
-        fields = stat.read().rpartition(")")[2].split()
-    utime, stime = int(fields[11]), int(fields[12])
-    return (utime + stime) / os.sysconf("SC_CLK_TCK")
+        return stat.read().rpartition(")")[2].split()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User plus system CPU time process ``pid`` and its live descendants have used so far (all
+    their threads): an API with several worker processes counts as a whole."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                children.setdefault(int(_stat_fields(int(entry.name))[1]), []).append(
+                    int(entry.name)
+                )
+            except (FileNotFoundError, ProcessLookupError):
+                continue  # ended meanwhile
+    total, pending = 0, [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = _stat_fields(current)
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        total += int(fields[11]) + int(fields[12])
+        pending += children.get(current, [])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def reset_peak_rss(pid: int) -> None:

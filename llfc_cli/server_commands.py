@@ -55,11 +55,16 @@ def configure_logging(settings: Settings) -> None:
 def run_api(host: str, port: int, settings: Settings) -> None:
     """Serve the API with uvicorn until SIGINT or SIGTERM, then return normally.
 
+    ``LLFC_API_WORKERS`` processes share the port (uvicorn's supervisor starts them and replaces
+    one that dies); their request counters are summed at every scrape (``service/shared_metrics``).
     The maintenance sweep (``service/maintenance.py``: lost jobs taken back, undelivered ones
-    published again, abandoned partial uploads removed) runs alongside, first at once.
+    published again, abandoned partial uploads removed) runs alongside, first at once, in this
+    process only.
     """
     import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
+    from service import shared_metrics
     from service.maintenance import MaintenanceLoop
 
     def note_stop(signum: int, _frame: FrameType | None) -> None:
@@ -75,11 +80,16 @@ def run_api(host: str, port: int, settings: Settings) -> None:
         port=port,
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
+        workers=settings.api_workers,
     )
+    shared_metrics.clear(settings.metrics_dir)
     maintenance = MaintenanceLoop(settings)
     maintenance.start()
     try:
-        uvicorn.Server(config).run()
+        if settings.api_workers > 1:
+            Multiprocess(config, sockets=[config.bind_socket()]).run()
+        else:
+            uvicorn.Server(config).run()
     finally:
         maintenance.stop()
 

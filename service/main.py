@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 
 from service.api.body_limit import JsonBodyLimitMiddleware
 from service.api.problems import install_problem_handlers
 from service.api.routes import checkpoints, datasets, health, jobs, plots, web
 from service.core.config import get_settings
-from service.metrics import MetricsMiddleware
+from service.metrics import METRICS, MetricsMiddleware
+from service.shared_metrics import publishing
 from service.storage import BlobStore
 
 DESCRIPTION = """
@@ -23,7 +27,14 @@ details. With auth on, send `Authorization: Bearer <api key>`.
 def create_app() -> FastAPI:
     settings = get_settings()
     BlobStore(settings.blob_dir).ensure()
-    app = FastAPI(title="LLFC Align", version="1.0.0", description=DESCRIPTION)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        # Other API processes of this host report this one's request counts from the file.
+        with publishing(settings.metrics_dir, METRICS):
+            yield
+
+    app = FastAPI(title="LLFC Align", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
     install_problem_handlers(app)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(JsonBodyLimitMiddleware)

@@ -1,8 +1,8 @@
 """Prometheus metrics in the text exposition format, without a client library.
 
-Request counts and latencies and upload bytes are counted in this process; job counts, queue
-depth and job durations are read from the database at scrape time, so every API process reports
-the same job numbers.
+Request counts and latencies and upload bytes are counted in each API process and summed over
+the host's API processes at scrape time (``service/shared_metrics.py``); job counts, queue depth
+and job durations are read from the database, so every API process reports the same numbers.
 """
 
 from __future__ import annotations
@@ -10,7 +10,8 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
@@ -49,7 +50,11 @@ def _histogram_lines(
 
 
 class Metrics:
-    """This process's request and upload counters (thread-safe)."""
+    """This process's request and upload counters (thread-safe).
+
+    :meth:`snapshot` gives them as JSON-ready data; :func:`request_lines` renders the sum of
+    several processes' snapshots (``service/shared_metrics.py`` brings them together).
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
@@ -58,6 +63,12 @@ class Metrics:
         self._latency_sum: dict[tuple[str, str], float] = defaultdict(float)
         self._latency_count: dict[tuple[str, str], int] = defaultdict(int)
         self._upload_bytes = 0
+        self._changes = 0
+
+    @property
+    def changes(self) -> int:
+        """How many observations were made so far (to tell whether a snapshot is outdated)."""
+        return self._changes
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route)
@@ -69,39 +80,70 @@ class Metrics:
                     buckets[index] += 1
             self._latency_sum[key] += seconds
             self._latency_count[key] += 1
+            self._changes += 1
 
     def count_upload_bytes(self, size: int) -> None:
         with self._lock:
             self._upload_bytes += size
+            self._changes += 1
 
-    def request_lines(self) -> list[str]:
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as JSON-ready data."""
         with self._lock:
-            lines = [
-                "# HELP llfc_http_requests_total HTTP requests by method, route and status.",
-                "# TYPE llfc_http_requests_total counter",
-            ]
-            for (method, route, status), count in sorted(self._requests.items()):
-                labels = _labels(method=method, route=route, status=status)
-                lines.append(f"llfc_http_requests_total{labels} {count}")
-            lines += [
-                "# HELP llfc_http_request_duration_seconds HTTP request latency.",
-                "# TYPE llfc_http_request_duration_seconds histogram",
-            ]
-            for (method, route), buckets in sorted(self._latency_buckets.items()):
-                lines += _histogram_lines(
-                    "llfc_http_request_duration_seconds",
-                    {"method": method, "route": route},
-                    LATENCY_BUCKETS,
-                    buckets,
-                    self._latency_sum[(method, route)],
-                    self._latency_count[(method, route)],
-                )
-            lines += [
-                "# HELP llfc_upload_bytes_total Bytes received in checkpoint and dataset uploads.",
-                "# TYPE llfc_upload_bytes_total counter",
-                f"llfc_upload_bytes_total {self._upload_bytes}",
-            ]
-        return lines
+            return {
+                "requests": [[*key, count] for key, count in self._requests.items()],
+                "latency": [
+                    [*key, buckets, self._latency_sum[key], self._latency_count[key]]
+                    for key, buckets in self._latency_buckets.items()
+                ],
+                "upload_bytes": self._upload_bytes,
+            }
+
+
+def request_lines(snapshots: Iterable[Mapping[str, Any]]) -> list[str]:
+    """Request counts, latencies and upload bytes summed over processes' snapshots."""
+    requests: dict[tuple[str, str, str], int] = defaultdict(int)
+    latency_buckets: dict[tuple[str, str], list[int]] = {}
+    latency_sum: dict[tuple[str, str], float] = defaultdict(float)
+    latency_count: dict[tuple[str, str], int] = defaultdict(int)
+    upload_bytes = 0
+    for snapshot in snapshots:
+        for method, route, status, count in snapshot["requests"]:
+            requests[(method, route, status)] += count
+        for method, route, buckets, total, count in snapshot["latency"]:
+            key = (method, route)
+            summed = latency_buckets.setdefault(key, [0] * len(LATENCY_BUCKETS))
+            latency_buckets[key] = [a + b for a, b in zip(summed, buckets, strict=True)]
+            latency_sum[key] += total
+            latency_count[key] += count
+        upload_bytes += snapshot["upload_bytes"]
+    lines = [
+        "# HELP llfc_http_requests_total HTTP requests by method, route and status.",
+        "# TYPE llfc_http_requests_total counter",
+    ]
+    for (method, route, status), count in sorted(requests.items()):
+        lines.append(
+            f"llfc_http_requests_total{_labels(method=method, route=route, status=status)} {count}"
+        )
+    lines += [
+        "# HELP llfc_http_request_duration_seconds HTTP request latency.",
+        "# TYPE llfc_http_request_duration_seconds histogram",
+    ]
+    for (method, route), buckets in sorted(latency_buckets.items()):
+        lines += _histogram_lines(
+            "llfc_http_request_duration_seconds",
+            {"method": method, "route": route},
+            LATENCY_BUCKETS,
+            buckets,
+            latency_sum[(method, route)],
+            latency_count[(method, route)],
+        )
+    lines += [
+        "# HELP llfc_upload_bytes_total Bytes received in checkpoint and dataset uploads.",
+        "# TYPE llfc_upload_bytes_total counter",
+        f"llfc_upload_bytes_total {upload_bytes}",
+    ]
+    return lines
 
 
 METRICS = Metrics()

@@ -7,6 +7,7 @@ mode points ``LLFC_DATABASE_URL`` at PostgreSQL and ``LLFC_BROKER_URL`` at Redis
 
 from __future__ import annotations
 
+import socket
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -121,6 +122,13 @@ class Settings(BaseSettings):
         ge=1,
         description="Bytes of checkpoints and datasets one owner may keep; more get 507.",
     )
+    api_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Processes serving the HTTP API on one port ('llfc api' and 'llfc serve'); "
+        "each uses at most one core.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
     @model_validator(mode="after")
@@ -179,6 +187,12 @@ class Settings(BaseSettings):
     @property
     def blob_dir(self) -> Path:
         return (self.data_dir / "blobs").resolve()
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where this host's API processes leave their request counters for each other
+        (``service/shared_metrics.py``); per host, since hosts may share the data folder."""
+        return (self.data_dir / "metrics" / socket.gethostname()).resolve()
 
     @property
     def resolved_datasets_root(self) -> Path:

@@ -8,11 +8,12 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
-from service.api.deps import SessionDep, StoreDep
+from service.api.deps import SessionDep, SettingsDep, StoreDep
 from service.api.problems import problem_response, problem_responses
 from service.db.migrate import current_revision, head_revision
 from service.db.session import get_engine
-from service.metrics import METRICS, job_lines, render
+from service.metrics import METRICS, job_lines, render, request_lines
+from service.shared_metrics import collect
 from worker.celery_app import celery_app
 
 logger = logging.getLogger(__name__)
@@ -71,9 +72,9 @@ def readyz(store: StoreDep) -> JSONResponse:
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics(session: SessionDep) -> PlainTextResponse:
-    """Prometheus text: requests by route and status with latencies, jobs by kind and status,
-    queue depth, job durations, upload bytes."""
-    body = render([METRICS.request_lines(), job_lines(session)])
+def metrics(session: SessionDep, settings: SettingsDep) -> PlainTextResponse:
+    """Prometheus text: requests by route and status with latencies (summed over this host's API
+    processes), jobs by kind and status, queue depth, job durations, upload bytes."""
+    body = render([request_lines(collect(settings.metrics_dir, METRICS)), job_lines(session)])
     session.commit()
     return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")
