@@ -128,3 +128,27 @@ def test_activation_matching_pairs_dead_units_by_their_pre_activations() -> None
 
     expected = invert_permutation(shuffle)
     assert result.permutation == {name: idx.tolist() for name, idx in expected.items()}
+
+
+def test_activation_statistics_keep_correlations_of_units_with_a_large_mean() -> None:
+    """The streamed float32 moments match a float64 computation over all observations even when
+    a unit's mean is 1,000 times its spread (unshifted float32 sums would lose its variance)."""
+    from llfc_core.features import Scratch
+    from llfc_core.matching.activation import _Moments
+
+    generator = torch.Generator().manual_seed(5)
+    shared = torch.randn(4096, 6, generator=generator, dtype=torch.float64)
+    units_a = 1000.0 + shared + 0.5 * torch.randn(4096, 6, generator=generator, dtype=torch.float64)
+    units_b = -300.0 + shared[:, [2, 0, 1, 5, 3, 4]]
+    moments = _Moments.shifted_by_first_of(units_a[:1].float(), units_b[:1].float())
+    scratch = Scratch()
+    for rows in torch.arange(4096).split(256):
+        moments.add(units_a[rows].float(), units_b[rows].float(), scratch)
+
+    centred_a = units_a - units_a.mean(0)
+    centred_b = units_b - units_b.mean(0)
+    expected = (centred_a.T @ centred_b) / torch.outer(centred_a.norm(dim=0), centred_b.norm(dim=0))
+    assert torch.allclose(moments.correlation(), expected, atol=1e-5)
+    columns = torch.tensor([1, 2, 0, 4, 5, 3])
+    distance = (units_a.float().double() - units_b.float().double()[:, columns]).pow(2).sum()
+    assert moments.squared_distance(columns) == pytest.approx(float(distance), rel=1e-6)
