@@ -22,19 +22,21 @@ from service.jobs import public_job
 from service.schemas import JobPublic
 from service.security import LOCAL_OWNER_NAME, hash_api_key, key_problem
 
-_autocommit_engines: dict[int, Engine] = {}
+# Keyed by the engine itself, not its id(): a disposed engine's id can be reused by a new one.
+# One entry per engine the process opens (one, outside tests).
+_reading_engines: dict[Engine, Engine] = {}
 
 
 def _reading_engine(engine: Engine) -> Engine:
     """``engine`` for lone reads: autocommit on PostgreSQL (no BEGIN/COMMIT round trips); on
     SQLite a read-only transaction, whose BEGIN and COMMIT cost no round trip anyway."""
-    reading = _autocommit_engines.get(id(engine))
+    reading = _reading_engines.get(engine)
     if reading is None:
         if engine.dialect.name == "sqlite":
             reading = engine.execution_options(**{READ_ONLY_OPTION: True})
         else:
             reading = engine.execution_options(isolation_level="AUTOCOMMIT")
-        _autocommit_engines[id(engine)] = reading
+        _reading_engines[engine] = reading
     return reading
 
 
