@@ -112,9 +112,8 @@ def make_sessionmaker(engine: Engine, *, read_only: bool = False) -> sessionmake
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session that commits on success and rolls back on error (for the worker and the CLI)."""
-    session = make_sessionmaker(get_engine())()
+def _committed(session: Session) -> Iterator[Session]:
+    """``session``, committed on success, rolled back on error, closed in every case."""
     try:
         yield session
         session.commit()
@@ -123,6 +122,13 @@ def session_scope() -> Iterator[Session]:
         raise
     finally:
         session.close()
+
+
+@contextmanager
+def session_scope() -> Iterator[Session]:
+    """A session that commits on success and rolls back on error (for the worker and the CLI)."""
+    with _committed(make_sessionmaker(get_engine())()) as session:
+        yield session
 
 
 @contextmanager
@@ -135,15 +141,8 @@ def short_lived_session() -> Iterator[Session]:
     """
     engine = make_engine(get_settings().resolved_database_url, pooled=False)
     try:
-        session = make_sessionmaker(engine)()
-        try:
+        with _committed(make_sessionmaker(engine)()) as session:
             yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
     finally:
         engine.dispose()
 
