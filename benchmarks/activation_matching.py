@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from measure import emit
+from measure import ENGINE_WORKLOADS, emit
 from torch import nn
 
 from llfc_core.archs import parse_arch
@@ -29,18 +29,6 @@ from llfc_core.data import ArrayDataset, SyntheticDataset
 from llfc_core.matching.activation import activation_matching
 from llfc_core.models import load_model
 
-WORKLOADS: dict[str, dict[str, dict[str, Any]]] = {
-    "full": {
-        "mlp": {"arch": {"name": "mlp", "widths": [784, 512, 512, 512, 10]}, "examples": 10_000},
-        "vgg": {"arch": {"name": "vgg", "depth": 16}, "examples": 1_000},
-        "resnet": {"arch": {"name": "resnet", "depth": 20, "width": 4}, "examples": 500},
-    },
-    "tiny": {
-        "mlp": {"arch": {"name": "mlp", "widths": [784, 64, 64, 64, 10]}, "examples": 300},
-        "vgg": {"arch": {"name": "vgg", "depth": 11, "width": 0.0625}, "examples": 40},
-        "resnet": {"arch": {"name": "resnet", "depth": 8, "width": 1}, "examples": 40},
-    },
-}
 REPEATS = 3
 BATCH_SIZE = 256
 TARGET_RATIO = 1.5
@@ -70,7 +58,7 @@ def _plain_forward(models: list[nn.Module], data: ArrayDataset) -> None:
 
 
 def _measure(size: str, name: str) -> dict[str, Any]:
-    workload = WORKLOADS[size][name]
+    workload = ENGINE_WORKLOADS[size][name]
     arch = parse_arch(workload["arch"])
     torch.manual_seed(0)
     state_a = arch.build().state_dict()
@@ -112,7 +100,7 @@ def _measure(size: str, name: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(WORKLOADS), default="full")
+    parser.add_argument("--size", choices=sorted(ENGINE_WORKLOADS), default="full")
     parser.add_argument("--only", default="mlp,vgg,resnet", help="comma-separated models")
     args = parser.parse_args()
     for name in args.only.split(","):

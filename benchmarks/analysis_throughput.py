@@ -36,29 +36,22 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from measure import count_flops, emit, matmul_peak_flops, measure_call, run_worker
+from measure import (
+    ENGINE_WORKLOADS,
+    count_flops,
+    emit,
+    matmul_peak_flops,
+    measure_call,
+    run_worker,
+)
 from paper_baseline import baseline_measure_pair, max_difference
 
 from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.archs import parse_arch
 from llfc_core.data import ArrayDataset, SyntheticDataset
 
-WORKLOADS: dict[str, dict[str, dict[str, Any]]] = {
-    "full": {
-        "mlp": {
-            "arch": {"name": "mlp", "widths": [784, 512, 512, 512, 10]},
-            "examples": 10_000,
-            "repeats": 3,
-        },
-        "vgg": {"arch": {"name": "vgg", "depth": 16}, "examples": 1_000},
-        "resnet": {"arch": {"name": "resnet", "depth": 20, "width": 4}, "examples": 500},
-    },
-    "tiny": {
-        "mlp": {"arch": {"name": "mlp", "widths": [784, 64, 64, 64, 10]}, "examples": 300},
-        "vgg": {"arch": {"name": "vgg", "depth": 11, "width": 0.0625}, "examples": 40},
-        "resnet": {"arch": {"name": "resnet", "depth": 8, "width": 1}, "examples": 40},
-    },
-}
+FULL_SIZE_REPEATS = {"mlp": 3}
+"""Best of this many runs at full size: the MLP takes about a second, where other load weighs."""
 NOTES = {
     "vgg": "the issue's workload has 2,000 examples; full size uses 1,000 (run time, memory)",
     "resnet": "the issue's workload has 2,000 examples; full size uses 500 (run time)",
@@ -149,7 +142,9 @@ def _gpu_block(
 def _measure(
     size: str, name: str, peak: float, examples: int | None, gpu: torch.device | None
 ) -> dict[str, Any]:
-    workload = dict(WORKLOADS[size][name])
+    workload = dict(ENGINE_WORKLOADS[size][name])
+    if size == "full":
+        workload["repeats"] = FULL_SIZE_REPEATS.get(name, 1)
     if examples is not None:
         workload["examples"] = examples
     sides = _run_sides(workload, CPU)
@@ -190,7 +185,7 @@ def _gpu_device(devices: str) -> torch.device | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", choices=sorted(WORKLOADS), default="full")
+    parser.add_argument("--size", choices=sorted(ENGINE_WORKLOADS), default="full")
     parser.add_argument("--only", default="mlp,vgg,resnet", help="comma-separated models")
     parser.add_argument("--examples", type=int, help="number of examples for every model run")
     parser.add_argument(

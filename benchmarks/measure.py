@@ -22,6 +22,21 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+ENGINE_WORKLOADS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {
+        "mlp": {"arch": {"name": "mlp", "widths": [784, 512, 512, 512, 10]}, "examples": 10_000},
+        "vgg": {"arch": {"name": "vgg", "depth": 16}, "examples": 1_000},
+        "resnet": {"arch": {"name": "resnet", "depth": 20, "width": 4}, "examples": 500},
+    },
+    "tiny": {
+        "mlp": {"arch": {"name": "mlp", "widths": [784, 64, 64, 64, 10]}, "examples": 300},
+        "vgg": {"arch": {"name": "vgg", "depth": 11, "width": 0.0625}, "examples": 40},
+        "resnet": {"arch": {"name": "resnet", "depth": 8, "width": 1}, "examples": 40},
+    },
+}
+"""The models the analysis and activation-matching benchmarks measure, and over how many
+examples, per size (``full``: the performance issue's models; ``tiny``: the smoke tests')."""
+
 MATMUL_SIZE = 2048
 MATMUL_TRIALS = 10
 CPU = torch.device("cpu")
