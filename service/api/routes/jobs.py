@@ -52,9 +52,11 @@ IdempotencyKey = Annotated[
 ]
 
 
-def _polling_headers(response: Response, job: Job, retry_after_seconds: int) -> None:
-    response.headers["Location"] = f"/v1/jobs/{job.id}"
-    if not is_finished(job):
+def _polling_headers(
+    response: Response, job_id: str, finished: bool, retry_after_seconds: int
+) -> None:
+    response.headers["Location"] = f"/v1/jobs/{job_id}"
+    if not finished:
         response.headers["Retry-After"] = str(retry_after_seconds)
 
 
@@ -81,7 +83,7 @@ def create_job(
         publish_job(job.id, job.kind)
     else:
         response.headers["Idempotent-Replayed"] = "true"
-    _polling_headers(response, job, settings.retry_after_seconds)
+    _polling_headers(response, job.id, is_finished(job), settings.retry_after_seconds)
     return job_public(session, job)
 
 
@@ -114,9 +116,7 @@ async def read_job(
     settings = get_settings()
     key = credentials.credentials if credentials is not None else None
     public, finished = await run_in_threadpool(read_polled_job, get_engine(), settings, job_id, key)
-    response.headers["Location"] = f"/v1/jobs/{job_id}"
-    if not finished:
-        response.headers["Retry-After"] = str(settings.retry_after_seconds)
+    _polling_headers(response, job_id, finished, settings.retry_after_seconds)
     return public
 
 
@@ -142,7 +142,7 @@ def cancel(
     job = cancel_job(session, get_owned_job(session, owner.id, job_id))
     if job.status == "running":
         response.status_code = 202
-    _polling_headers(response, job, settings.retry_after_seconds)
+    _polling_headers(response, job.id, is_finished(job), settings.retry_after_seconds)
     return job_public(session, job)
 
 
