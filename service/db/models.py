@@ -6,6 +6,8 @@ classes must match them (``tests/service/test_migrations.py`` compares the two).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -33,6 +35,16 @@ JOB_KINDS = ("match", "interpolate", "analyze", "train")
 JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("queued", "running")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+def arch_key(arch: Any) -> str:
+    """sha256 of the canonical JSON of an arch object: equal archs give equal keys."""
+    canonical = json.dumps(arch, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _arch_key_of_row(context: Any) -> str:
+    return arch_key(context.get_current_parameters()["arch"])
 
 
 def utcnow() -> datetime:
@@ -112,12 +124,13 @@ class Checkpoint(Base):
     """A validated state dict, stored as safetensors in the blob store.
 
     ``sha256`` and ``size_bytes`` describe the bytes the owner uploaded (so re-uploading the same
-    file finds the same row); ``blob_sha256`` names the stored safetensors blob.
+    file finds the same row); ``blob_sha256`` names the stored safetensors blob. ``arch_key`` is
+    the sha256 of the canonical arch JSON: the same bytes fitting two archs are two checkpoints.
     """
 
     __tablename__ = "checkpoints"
     __table_args__ = (
-        UniqueConstraint("owner_id", "sha256", name="uq_checkpoints_owner_sha256"),
+        UniqueConstraint("owner_id", "sha256", "arch_key", name="uq_checkpoints_owner_sha256_arch"),
         Index("ix_checkpoints_owner_created", "owner_id", "created_at", "id"),
     )
 
@@ -128,14 +141,33 @@ class Checkpoint(Base):
     blob_sha256: Mapped[str] = mapped_column(String(64), index=True)
     format: Mapped[str] = mapped_column(String(20))
     arch: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    arch_key: Mapped[str] = mapped_column(String(64), default=_arch_key_of_row)
     num_params: Mapped[int] = mapped_column(BigInteger)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     source_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
+class Blob(Base):
+    """A file of the blob store that rows refer to (by ``sha256``).
+
+    Adding the first reference (with the file's rename into place) and dropping the last (with
+    its unlink) both lock this row, so they cannot interleave across owners.
+    """
+
+    __tablename__ = "blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
 class Dataset(Base):
-    """An uploaded ``.npz`` or ``.safetensors`` file of arrays ``x`` and ``y``, stored as is."""
+    """An uploaded ``.npz`` or ``.safetensors`` file of arrays ``x`` and ``y``.
+
+    ``sha256`` and ``size_bytes`` describe the upload; ``blob_sha256`` names its normalised copy
+    (float32 ``x``, int64 ``y``) that workers memory-map, and ``stored_bytes`` is what the owner's
+    storage quota is charged for it. Rows from before normalised copies have neither.
+    """
 
     __tablename__ = "datasets"
     __table_args__ = (
@@ -152,6 +184,8 @@ class Dataset(Base):
     input_shape: Mapped[list[int]] = mapped_column(JSONType)
     num_classes: Mapped[int] = mapped_column(Integer)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
+    blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    stored_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
@@ -164,8 +198,13 @@ class Job(Base):
     taken back (``service/leases.py``). ``published_at`` is when the job's message was last
     sent again by the republisher (the first publish is at ``created_at``).
 
-    ``model_a_id``, ``model_b_id`` and ``dataset_ref`` are kept as plain text (no foreign key) so
-    a job still says what it ran on after those inputs are deleted.
+    ``reserved_bytes`` is the worst-case size of the job's outputs, counted against the owner's
+    storage quota while the job is queued or running. ``train_dataset_ref`` is the data for
+    BatchNorm re-estimation and activation matching, when the job names one apart from its
+    evaluation data.
+
+    ``model_a_id``, ``model_b_id``, ``dataset_ref`` and ``train_dataset_ref`` are kept as plain
+    text (no foreign key) so a job still says what it ran on after those inputs are deleted.
     """
 
     __tablename__ = "jobs"
@@ -197,6 +236,8 @@ class Job(Base):
     model_a_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     model_b_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     dataset_ref: Mapped[str | None] = mapped_column(String(60), nullable=True)
+    train_dataset_ref: Mapped[str | None] = mapped_column(String(60), nullable=True)
+    reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
