@@ -1,7 +1,13 @@
 # LLFC Align service image: one image for the API, the GPU worker and the migrate step
-# (docker-compose.yml picks the command). The base brings Python and a CUDA build of PyTorch;
-# the package is installed on top of it without replacing that torch.
-FROM pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# (docker-compose.yml picks the command).
+#
+# A slim Python base plus PyPI's torch and torchvision wheels, pinned as a pair: their Linux
+# x86_64 builds are CUDA builds that bring the CUDA runtime as nvidia-* wheels, so the host
+# needs only the NVIDIA driver. torch must be at least 2.10 (older torch.load can be made to run
+# code or corrupt memory by an uploaded file; see llfc_core/checkpoints.py), and 2.13.0 is what
+# dev and CI run (scripts/install). Pinning here, rather than taking a pytorch/pytorch image,
+# keeps the exact torch the tests ran and a torchvision built for it.
+FROM python:3.11-slim
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -15,13 +21,10 @@ RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin llfc \
 WORKDIR /app
 COPY . /app
 
-# Pin torch to the version already in the image, so that resolving the package's `torch>=2.4`
-# can never swap the CUDA build for another wheel. Editable, so that `llfc migrate` finds
-# migrations/ beside the package sources.
-RUN python -c "import importlib.metadata as m; print('torch==' + m.version('torch'))" \
-        > /tmp/torch-from-base-image.txt \
-    && pip install --constraint /tmp/torch-from-base-image.txt --editable . \
-    && rm /tmp/torch-from-base-image.txt
+# torch first, pinned, so resolving the package's `torch>=2.10` keeps it. Editable, so that
+# `llfc migrate` finds migrations/ beside the package sources.
+RUN pip install "torch===2.13.0" "torchvision==0.28.0" \
+    && pip install --editable .
 
 USER llfc
 EXPOSE 8000

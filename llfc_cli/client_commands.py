@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import click
 
-from llfc_client import ApiError, Client, Job, LLFCClientError
+from llfc_client import ApiError, Client, Dataset, Job, LLFCClientError
 from llfc_client.client import DEFAULT_URL
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -94,6 +94,9 @@ def _json_option(text: str, what: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as error:
         raise click.BadParameter(f"{what} is not valid JSON: {error}") from error
+    except (RecursionError, ValueError) as error:
+        # Nesting past the recursion limit, or an integer past Python's digit limit.
+        raise click.BadParameter(f"{what} is JSON too deep or too long to read.") from error
 
 
 # --- Formatting --------------------------------------------------------------------------------
@@ -213,11 +216,18 @@ def analysis_rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str, str, 
     ``error_barrier``, ``cos_ab`` per layer, ``cos_alpha``/``scale_c`` per layer and alpha,
     ``weak_additivity`` (Condition I) per ReLU layer and alpha, ``commutativity`` (Condition II)
     per weighted layer, the lemma's ``epsilon``/``max_error_on_path``/``holds``, and the
-    endpoints' loss and error as pair ``endpoints``, layer ``a``/``b``.
+    endpoints' ``loss`` and ``error`` (as the barriers measure them), ``loss_as_uploaded``,
+    ``error_as_uploaded`` and ``batch_norm_reestimated`` as pair ``endpoints``, layer ``a``/``b``.
     """
-    for side, values in (result.get("endpoints") or {}).items():
-        for metric, value in values.items():
-            yield "endpoints", metric, side, "", value
+    for side, endpoint in (result.get("endpoints") or {}).items():
+        yield "endpoints", "loss", side, "", endpoint.get("loss")
+        yield "endpoints", "error", side, "", endpoint.get("error")
+        as_uploaded = endpoint.get("as_uploaded")
+        if as_uploaded is not None:  # absent from the results of services before it was added
+            yield "endpoints", "loss_as_uploaded", side, "", as_uploaded.get("loss")
+            yield "endpoints", "error_as_uploaded", side, "", as_uploaded.get("error")
+            reestimated = endpoint.get("batch_norm_reestimated")
+            yield "endpoints", "batch_norm_reestimated", side, "", reestimated
     for pair_name, pair in result["pairs"].items():
         lmc = pair["lmc"]
         for metric in ("loss", "error"):
@@ -245,13 +255,35 @@ def analysis_rows(result: dict[str, Any]) -> Iterator[tuple[str, str, str, str, 
             yield pair_name, key, "", "", value
 
 
+def endpoints_table(endpoints: dict[str, dict[str, Any]]) -> str:
+    """A's and B's loss and error, labelled: where BatchNorm statistics were re-estimated on the
+    job's data (what the barriers are measured against), also as uploaded."""
+    sides = list(endpoints)
+    reestimated = any(endpoint.get("batch_norm_reestimated") for endpoint in endpoints.values())
+    labelled = all("as_uploaded" in endpoint for endpoint in endpoints.values())
+    measured = ", BatchNorm re-estimated" if reestimated else ""
+    rows = [
+        [f"loss{measured}", *(format_number(endpoints[side].get("loss")) for side in sides)],
+        [f"error{measured}", *(format_percent(endpoints[side].get("error")) for side in sides)],
+    ]
+    if reestimated:
+        uploaded = [endpoints[side].get("as_uploaded") or {} for side in sides]
+        rows += [
+            ["loss as uploaded", *(format_number(numbers.get("loss")) for numbers in uploaded)],
+            ["error as uploaded", *(format_percent(numbers.get("error")) for numbers in uploaded)],
+        ]
+    title = "Endpoints, as uploaded" if labelled and not reestimated else "Endpoints"
+    return format_table([title, *(side.upper() for side in sides)], rows)
+
+
 def analysis_table(result: dict[str, Any]) -> str:
     """The analyze result as text tables in the spirit of the paper's Fig. 3.
 
-    Barriers and the Lemma per pair (naive against matched); then, per pair and layer, the A–B
-    baseline E[1 - cos(f(A), f(B))] against the LLFC distance E[1 - cos(f(θ_α), αf(A) + (1-α)f(B))]
-    at each LLFC alpha (LLFC holds where the latter is far below the former), Condition I (weak
-    additivity of ReLU) per alpha, and Condition II (commutativity) per weighted layer.
+    The endpoints (:func:`endpoints_table`); barriers and the Lemma per pair (naive against
+    matched); then, per pair and layer, the A–B baseline E[1 - cos(f(A), f(B))] against the LLFC
+    distance E[1 - cos(f(θ_α), αf(A) + (1-α)f(B))] at each LLFC alpha (LLFC holds where the latter
+    is far below the former), Condition I (weak additivity of ReLU) per alpha, and Condition II
+    (commutativity) per weighted layer.
     """
     pairs: dict[str, dict[str, Any]] = result["pairs"]
     labels = {name: _pair_label(name, result) for name in pairs}
@@ -259,14 +291,7 @@ def analysis_table(result: dict[str, Any]) -> str:
 
     endpoints = result.get("endpoints") or {}
     if endpoints:
-        blocks.append(
-            "Endpoints: "
-            + "; ".join(
-                f"{side.upper()} loss {format_number(values.get('loss'))}, "
-                f"error {format_percent(values.get('error'))}"
-                for side, values in endpoints.items()
-            )
-        )
+        blocks.append(endpoints_table(endpoints))
 
     lemmas = [pair.get("lemma") or {} for pair in pairs.values()]
     summary_rows = [
@@ -458,18 +483,25 @@ def upload_dataset(client: Client, file: Path, name: str | None) -> None:
 @click.command("datasets", cls=ClientCommand)
 @with_client
 def datasets(client: Client) -> None:
-    """List the built-in and uploaded datasets (upload one with 'llfc upload-dataset')."""
+    """List the built-in and uploaded datasets (upload one with 'llfc upload-dataset'); a built-in
+    whose files are not on the service shows 'not installed' for its examples."""
     rows = [
         [
             dataset.id,
             dataset.name,
-            "by split" if dataset.num_examples is None else str(dataset.num_examples),
+            _examples_column(dataset),
             "x".join(map(str, dataset.input_shape)),
             str(dataset.num_classes),
         ]
         for dataset in client.iter_datasets()
     ]
     click.echo(format_table(["id", "name", "examples", "input", "classes"], rows))
+
+
+def _examples_column(dataset: Dataset) -> str:
+    if not dataset.installed:
+        return "not installed"
+    return "by split" if dataset.num_examples is None else str(dataset.num_examples)
 
 
 def _parse_param(text: str) -> tuple[str, Any]:
@@ -480,6 +512,11 @@ def _parse_param(text: str) -> tuple[str, Any]:
         return key.strip(), json.loads(value)
     except json.JSONDecodeError:
         return key.strip(), value
+    except (RecursionError, ValueError) as error:
+        # Nesting past the recursion limit, or an integer past Python's digit limit.
+        raise click.BadParameter(
+            f"The value of {key.strip()!r} is JSON too deep or too long to read."
+        ) from error
 
 
 def build_params(

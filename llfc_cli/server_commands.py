@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING
 import click
 from pydantic import ValidationError
 
+from llfc_cli.store import StoreCommand, check_database_url, prepare_database
+
 if TYPE_CHECKING:
     from service.core.config import Settings
 
@@ -65,6 +67,7 @@ def run_api(host: str, port: int, settings: Settings) -> None:
     from uvicorn.supervisors import Multiprocess
 
     from service import shared_metrics
+    from service.api.slow_clients import GuardedHttpProtocol
     from service.maintenance import MaintenanceLoop
 
     def note_stop(signum: int, _frame: FrameType | None) -> None:
@@ -81,6 +84,10 @@ def run_api(host: str, port: int, settings: Settings) -> None:
         log_level=settings.log_level,
         timeout_graceful_shutdown=10,
         workers=settings.api_workers,
+        # Slow clients: header and body read timeouts (GuardedHttpProtocol) and a cap on open
+        # connections, past which requests get 503.
+        http=GuardedHttpProtocol,
+        limit_concurrency=settings.max_connections,
     )
     shared_metrics.clear(settings.metrics_dir)
     maintenance = MaintenanceLoop(settings)
@@ -176,7 +183,7 @@ class WorkerSupervisor:
         logger.info("Worker stopped")
 
 
-@click.command()
+@click.command(cls=StoreCommand)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 def serve(host: str, port: int) -> None:
@@ -191,6 +198,7 @@ def serve(host: str, port: int) -> None:
     from service.db.session import session_scope
     from service.queue import publish_queued, purge_broker_queue, requeue_interrupted
 
+    check_database_url(settings.resolved_database_url)
     migrate.upgrade()
     with session_scope() as session:
         interrupted = requeue_interrupted(session, settings)
@@ -214,21 +222,23 @@ def serve(host: str, port: int) -> None:
     logger.info("Stopped")
 
 
-@click.command()
+@click.command(cls=StoreCommand)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
 def api(host: str, port: int) -> None:
     """Run the HTTP API only (production: workers run separately; migrate first)."""
     settings = load_settings()
     configure_logging(settings)
+    prepare_database(settings)
     run_api(host, port, settings)
 
 
-@click.command()
+@click.command(cls=StoreCommand)
 def worker() -> None:
     """Run a Celery worker: prefork, LLFC_WORKER_CONCURRENCY children (one per GPU)."""
     settings = load_settings()
     configure_logging(settings)
+    prepare_database(settings)
     from worker.celery_app import QUEUE, celery_app
 
     celery_app.worker_main(
@@ -245,7 +255,7 @@ def worker() -> None:
     )
 
 
-@click.command()
+@click.command(cls=StoreCommand)
 @click.option("--revision", default="head", show_default=True, help="Alembic revision.")
 @click.option(
     "--wait",
@@ -261,15 +271,17 @@ def migrate(revision: str, wait_s: float) -> None:
     configure_logging(settings)
     from service.db import migrate as migrations
 
+    check_database_url(settings.resolved_database_url)
     migrations.upgrade(revision, wait_s=wait_s)
     click.echo(f"The database is at revision {revision}.")
 
 
-@click.command()
+@click.command(cls=StoreCommand)
 def requeue() -> None:
     """Publish every queued job again (after a broker outage); duplicates are harmless."""
     settings = load_settings()
     configure_logging(settings)
+    prepare_database(settings)
     from service.db.session import session_scope
     from service.queue import publish_queued
 
@@ -283,11 +295,12 @@ def keys() -> None:
     """Create, list and revoke API keys."""
 
 
-@keys.command("create")
+@keys.command("create", cls=StoreCommand)
 @click.option("--owner", required=True, help="The owner's name; created if new.")
 def create_key(owner: str) -> None:
     """Create an API key for OWNER and print it, alone on the last line; only its hash is kept."""
     settings = load_settings()
+    prepare_database(settings)
     from service.db.session import session_scope
     from service.security import create_api_key
 
@@ -299,10 +312,10 @@ def create_key(owner: str) -> None:
     click.echo(key)
 
 
-@keys.command("list")
+@keys.command("list", cls=StoreCommand)
 def list_keys() -> None:
     """List keys by owner and prefix (the keys themselves are not stored)."""
-    load_settings()
+    prepare_database(load_settings())
     from sqlalchemy import select
 
     from service.db.models import ApiKey, Owner
@@ -319,11 +332,11 @@ def list_keys() -> None:
             click.echo(f"{owner}\t{prefix}...\t{created_at:%Y-%m-%d %H:%M}\t{state}")
 
 
-@keys.command("revoke")
+@keys.command("revoke", cls=StoreCommand)
 @click.argument("prefix")
 def revoke_key(prefix: str) -> None:
     """Revoke the active key(s) starting with PREFIX (as shown by `llfc keys list`)."""
-    load_settings()
+    prepare_database(load_settings())
     from sqlalchemy import update
 
     from service.db.models import ApiKey, utcnow

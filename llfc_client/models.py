@@ -63,6 +63,8 @@ class Dataset:
     sha256: str | None
     builtin: bool = False
     description: str | None = None
+    installed: bool = True
+    """False for a built-in whose files are not on the service (jobs naming it are refused)."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -76,6 +78,7 @@ class Dataset:
             sha256=body.get("sha256"),
             builtin=bool(body.get("builtin", body["id"].startswith("builtin:"))),
             description=body.get("description"),
+            installed=bool(body.get("installed", True)),
             raw=body,
         )
 

@@ -5,11 +5,17 @@ Two formats are read, told apart by their content, never by the file name:
 * safetensors: an 8-byte little-endian header length ``n``, ``n`` bytes of JSON describing each
   tensor (dtype, shape, byte range), then the raw data. The header is checked against the file
   size before anything is allocated.
-* PyTorch (``torch.save``): a zip archive (``PK``) or the legacy pickle stream (``\\x80``), read
-  with ``torch.load(weights_only=True)`` only. There is no fallback to full unpickling, so a file
-  that needs arbitrary code to load is refused instead of run. Accepted contents are a flat
-  mapping ``name -> tensor``, or a dict whose one ``state_dict`` or ``model`` entry is such a
-  mapping (training checkpoints that also hold the epoch or optimizer state).
+* PyTorch (``torch.save``): a zip archive (``PK``), read with ``torch.load(weights_only=True)``
+  only, and only on a torch of at least ``SAFE_TORCH_LOAD_VERSION`` (older ones can be made to
+  run code or corrupt memory by a crafted file). There is no fallback to full unpickling, so a
+  file that needs arbitrary code to load is refused instead of run. Before torch parses anything,
+  the archive's directory is checked (:func:`check_torch_zip`): only the members ``torch.save``
+  writes, all stored uncompressed and inside the file, and (given the arch) no more tensor data
+  than the arch can hold, so no TorchScript archive reaches torch and no zip bomb is inflated.
+  Accepted contents are a flat mapping ``name -> tensor``, or a dict whose one ``state_dict`` or
+  ``model`` entry is such a mapping (training checkpoints that also hold the epoch or optimizer
+  state). The legacy pickle stream (``\\x80``, before PyTorch 1.6) is refused: its loader
+  allocates each storage at the size the file declares before reading it.
 
 In both formats a ``module.`` prefix on every key (``nn.DataParallel``) is removed.
 
@@ -27,16 +33,19 @@ import json
 import math
 import os
 import pickle
+import re
 import warnings
+import zipfile
 from collections.abc import Mapping
 from io import RawIOBase
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, BinaryIO, Literal
 
 import safetensors
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save, save_file
+from torch.torch_version import TorchVersion
 
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import CheckpointFormatError, CheckpointMismatchError
@@ -54,13 +63,53 @@ STORED_FORM_SCAN_BYTES = 16 * 1024 * 1024
 _STORED_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
 """The safetensors dtype a tensor of the model's dtype is stored as."""
 
+SAFE_TORCH_LOAD_VERSION = "2.10"
+"""The oldest torch whose ``torch.load(weights_only=True)`` is trusted with a stranger's file:
+before 2.6 a TorchScript archive reached ``torch.jit.load`` (CVE-2025-32434), before 2.10 the
+weights-only unpickler could corrupt memory (CVE-2026-24747)."""
+TORCH_ZIP_MAX_MEMBERS = 10_000
+"""More members than any state dict of the supported archs (with optimizer state) needs."""
+_TORCH_ZIP_MAX_DIRECTORY_BYTES_PER_MEMBER = 1024
+"""Bound on one central-directory entry (46 bytes plus name and extra fields) when checking the
+directory's declared size before ``zipfile`` reads it whole."""
+TORCH_DATA_BYTES_PER_ELEMENT = 8 * 3
+"""Tensor data a torch checkpoint may hold per element of its arch: float64 (8 bytes), for the
+weights and, in a training checkpoint, an optimizer's two moments of the same shapes (Adam)."""
+TORCH_DATA_SLACK_BYTES = 64 * 1024
+"""Allowed beyond that for the small tensors of a training checkpoint (step counts, epoch...)."""
+_TORCH_SAVE_MEMBERS = frozenset(
+    {
+        "data.pkl",
+        "byteorder",
+        "version",
+        ".data/version",
+        ".format_version",
+        ".storage_alignment",
+        ".data/serialization_id",
+    }
+)
+"""What ``torch.save`` writes inside the archive's one top folder beside ``data/<n>`` (storage
+``n``'s bytes); ``version`` is ``.data/version`` in some writers' versions. TorchScript's
+``code/``, ``constants.pkl``, ``.debug_pkl`` and ``extra/`` are none of them."""
+_STORAGE_MEMBER = re.compile(r"data/[0-9]+")
+_ZIP_END = b"PK\x05\x06"
+_ZIP64_END_LOCATOR = b"PK\x06\x07"
+_ZIP64_END = b"PK\x06\x06"
+_ZIP_LOCAL_HEADER = b"PK\x03\x04"
 
-def read_checkpoint(path: Path) -> tuple[StateDict, CheckpointFormat]:
+
+def read_checkpoint(
+    path: Path, arch: Architecture | None = None
+) -> tuple[StateDict, CheckpointFormat]:
     """The state dict stored at ``path`` and the format it was stored in.
+
+    Given ``arch``, a torch archive holding more tensor data than the arch can use (see
+    ``TORCH_DATA_BYTES_PER_ELEMENT``) is refused before torch allocates any of it.
 
     Raises :class:`CheckpointFormatError` for anything that is not a readable safetensors file or
     a weights-only PyTorch state dict: corrupt or truncated bytes, values that are not tensors,
-    pickles that would run code.
+    pickles that would run code, archives with members ``torch.save`` does not write, torch files
+    on a torch older than ``SAFE_TORCH_LOAD_VERSION``.
     """
     try:
         size = path.stat().st_size
@@ -72,8 +121,17 @@ def read_checkpoint(path: Path) -> tuple[StateDict, CheckpointFormat]:
     # stream never has "{" at byte 8, so this test cannot mistake one format for the other.
     if len(head) == 9 and head[8:9] == b"{":
         return load_safetensors(path), "safetensors"
-    if head.startswith((b"PK", b"\x80")):
+    if head.startswith((b"PK", b"\x80")) and not torch_load_is_safe():
+        raise CheckpointFormatError(unsafe_torch_load_sentence())
+    if head.startswith(b"PK"):
+        check_torch_zip(path, arch)
         return _load_torch(path), "torch"
+    if head.startswith(b"\x80"):
+        raise CheckpointFormatError(
+            "The checkpoint is in PyTorch's legacy (pre-1.6) format, which is not read: its "
+            "loader allocates whatever sizes the file declares. Re-save it with torch.save from "
+            "PyTorch 1.6 or later, or as safetensors."
+        )
     raise CheckpointFormatError(
         f"The checkpoint ({size} bytes) is neither a safetensors file nor a PyTorch state dict "
         "saved with torch.save."
@@ -218,7 +276,7 @@ def _stored_form_header(
                 pass
             file.seek(8)
             header = json.loads(file.read(header_length))
-    except (OSError, ValueError, safetensors.SafetensorError):
+    except (OSError, ValueError, RecursionError, safetensors.SafetensorError):
         return None
     if not isinstance(header, dict):
         return None
@@ -314,7 +372,12 @@ def _check_safetensors_header(path: Path) -> None:
         raise CheckpointFormatError(f"The checkpoint file could not be read: {error}.") from error
     try:
         header = json.loads(header_text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+    except RecursionError as error:
+        raise CheckpointFormatError(
+            "The safetensors header is nested too deeply to read; a safetensors header is an "
+            "object of tensor entries, each one level deep."
+        ) from error
+    except ValueError as error:
         raise CheckpointFormatError(
             "The safetensors header is not valid JSON; the file is corrupt."
         ) from error
@@ -338,6 +401,166 @@ def _check_safetensors_header(path: Path) -> None:
                 f"The safetensors file is truncated: tensor {name!r} ends at data byte "
                 f"{offsets[1]:,} but the file holds only {data_size:,} data bytes."
             )
+
+
+def torch_load_is_safe() -> bool:
+    """Whether the installed torch is at least ``SAFE_TORCH_LOAD_VERSION`` (read at each call)."""
+    return TorchVersion(torch.__version__) >= SAFE_TORCH_LOAD_VERSION
+
+
+def unsafe_torch_load_sentence() -> str:
+    """Why torch files are refused on this installation, for the uploader and the operator."""
+    return (
+        f"This server runs PyTorch {torch.__version__}, whose torch.load is not safe for files "
+        f"from others (it needs {SAFE_TORCH_LOAD_VERSION} or later), so it accepts only "
+        "safetensors checkpoints; convert the file with safetensors.torch.save_file, or ask the "
+        "operator to upgrade PyTorch."
+    )
+
+
+def check_torch_zip(path: Path, arch: Architecture | None = None) -> None:
+    """Refuse a zip archive that is not what ``torch.save`` writes, before torch parses it.
+
+    Checked, from the archive's directories only (nothing is decompressed or unpickled): the
+    number of members and the directory's size, before ``zipfile`` reads it; member names (one
+    top folder holding only ``_TORCH_SAVE_MEMBERS`` and ``data/<n>``); every member stored
+    uncompressed (``torch.save`` never compresses, so a compressed member can only be a zip
+    bomb or not a torch file), unencrypted, and lying inside the file with its declared size;
+    and, given ``arch``, the storages' total size against what the arch's tensors can take.
+
+    Raises :class:`CheckpointFormatError` with the first problem found.
+    """
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            _check_zip_directory_size(file, size)
+            with zipfile.ZipFile(file) as archive:
+                members = archive.infolist()
+                if len(members) > TORCH_ZIP_MAX_MEMBERS:
+                    raise _too_many_members(len(members))
+                _check_member_names([member.filename for member in members])
+                storage_bytes = sum(_checked_member(file, size, member) for member in members)
+    except OSError as error:
+        raise CheckpointFormatError(f"The checkpoint file could not be read: {error}.") from error
+    except (zipfile.BadZipFile, ValueError, EOFError) as error:
+        raise CheckpointFormatError(
+            f"The PyTorch checkpoint is not a readable zip archive ({_first_line(error)}); it is "
+            "corrupt or truncated."
+        ) from error
+    if storage_bytes > size:
+        raise CheckpointFormatError(
+            f"The PyTorch checkpoint's tensor data declares {storage_bytes:,} bytes but the file "
+            f"holds only {size:,}; it is corrupt."
+        )
+    if arch is not None:
+        elements = sum(math.prod(shape) for shape in arch.expected_shapes().values())
+        allowed = elements * TORCH_DATA_BYTES_PER_ELEMENT + TORCH_DATA_SLACK_BYTES
+        if storage_bytes > allowed:
+            raise CheckpointFormatError(
+                f"The PyTorch checkpoint holds {storage_bytes:,} bytes of tensor data, more than "
+                f"the {arch.name} arch's {elements:,} values can use ({allowed:,} bytes even as "
+                "float64 with optimizer state); check that 'arch' describes this file."
+            )
+
+
+def _check_zip_directory_size(file: BinaryIO, size: int) -> None:
+    """Refuse an archive whose end records declare absurdly many members or directory bytes.
+
+    ``zipfile`` reads the central directory whole and makes an object per entry; an upload can
+    declare millions. Read here from the end-of-directory record (and its zip64 form, which
+    torch writes and which readers prefer) before anything else parses the archive.
+    """
+    tail_length = min(size, 22 + 0xFFFF)
+    file.seek(size - tail_length)
+    tail = file.read(tail_length)
+    end = tail.rfind(_ZIP_END)
+    if end < 0 or end + 22 > len(tail):
+        raise CheckpointFormatError(
+            "The PyTorch checkpoint has no zip directory at its end; it is corrupt or truncated."
+        )
+    member_counts = [int.from_bytes(tail[end + 10 : end + 12], "little")]
+    directory_sizes = [int.from_bytes(tail[end + 12 : end + 16], "little")]
+    locator = end - 20
+    if locator >= 0 and tail[locator : locator + 4] == _ZIP64_END_LOCATOR:
+        file.seek(int.from_bytes(tail[locator + 8 : locator + 16], "little"))
+        record = file.read(56)
+        if len(record) == 56 and record[:4] == _ZIP64_END:
+            member_counts.append(int.from_bytes(record[32:40], "little"))
+            directory_sizes.append(int.from_bytes(record[40:48], "little"))
+    if max(member_counts) > TORCH_ZIP_MAX_MEMBERS:
+        raise _too_many_members(max(member_counts))
+    if max(directory_sizes) > TORCH_ZIP_MAX_MEMBERS * _TORCH_ZIP_MAX_DIRECTORY_BYTES_PER_MEMBER:
+        raise CheckpointFormatError(
+            f"The PyTorch checkpoint's zip directory declares {max(directory_sizes):,} bytes, "
+            "far more than torch.save writes; it is not a PyTorch state dict."
+        )
+
+
+def _too_many_members(count: int) -> CheckpointFormatError:
+    return CheckpointFormatError(
+        f"The PyTorch checkpoint's zip archive has {count:,} members, more than the "
+        f"{TORCH_ZIP_MAX_MEMBERS:,} a state dict saved with torch.save can need."
+    )
+
+
+def _checked_member(file: BinaryIO, size: int, member: zipfile.ZipInfo) -> int:
+    """The bytes member ``member`` holds if it is a tensor storage (``data/<n>``), else 0,
+    after refusing it unless stored uncompressed and unencrypted inside the file."""
+    if member.compress_type != zipfile.ZIP_STORED or member.file_size != member.compress_size:
+        raise CheckpointFormatError(
+            f"The PyTorch checkpoint's member {member.filename!r} is compressed, which "
+            "torch.save never does; save the state dict again with torch.save, without "
+            "re-packing the archive."
+        )
+    if member.flag_bits & 0x1:
+        raise CheckpointFormatError(
+            f"The PyTorch checkpoint's member {member.filename!r} is encrypted."
+        )
+    # The local header may differ from the directory (torch pads its extra field for
+    # alignment); torch's reader takes the data offset from it, so check where the data ends.
+    file.seek(member.header_offset)
+    local = file.read(30)
+    if len(local) < 30 or local[:4] != _ZIP_LOCAL_HEADER:
+        raise CheckpointFormatError(
+            f"The PyTorch checkpoint's member {member.filename!r} has no local header where "
+            "the zip directory says; it is corrupt."
+        )
+    method = int.from_bytes(local[8:10], "little")
+    name_length = int.from_bytes(local[26:28], "little")
+    extra_length = int.from_bytes(local[28:30], "little")
+    data_end = member.header_offset + 30 + name_length + extra_length + member.file_size
+    if method != zipfile.ZIP_STORED or data_end > size:
+        raise CheckpointFormatError(
+            f"The PyTorch checkpoint's member {member.filename!r} declares {member.file_size:,} "
+            f"bytes that are not in the {size:,}-byte file (or are compressed); it is corrupt."
+        )
+    return member.file_size if _STORAGE_MEMBER.fullmatch(_inside_top_folder(member.filename)) else 0
+
+
+def _inside_top_folder(name: str) -> str:
+    return name.partition("/")[2]
+
+
+def _check_member_names(names: list[str]) -> None:
+    """One top folder (torch names it after the file) holding only what torch.save writes."""
+    top_folders = {name.partition("/")[0] for name in names}
+    foreign = [
+        name
+        for name in names
+        if _inside_top_folder(name) not in _TORCH_SAVE_MEMBERS
+        and not _STORAGE_MEMBER.fullmatch(_inside_top_folder(name))
+    ]
+    if foreign or len(top_folders) != 1:
+        raise CheckpointFormatError(
+            f"The zip archive holds {_names(foreign or sorted(top_folders))}, which torch.save "
+            "does not write (a TorchScript archive or a re-packed file); upload a state dict "
+            "saved with torch.save(model.state_dict(), path), or a safetensors file."
+        )
+    if not any(_inside_top_folder(name) == "data.pkl" for name in names):
+        raise CheckpointFormatError(
+            "The zip archive has no data.pkl, so it is not a PyTorch state dict saved with "
+            "torch.save."
+        )
 
 
 def _load_torch(path: Path) -> StateDict:

@@ -346,15 +346,107 @@ def fit_to_arch(arch: Architecture, dataset: Dataset) -> Dataset:
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 MAX_SAFETENSORS_HEADER = 100 * 2**20
 MAX_NPY_HEADER = 10_000
+DEFAULT_MAX_EXPANSION = 64
+"""How many times its size on disk an ``.npz`` may declare once decompressed. Real arrays
+deflate a few times (scikit-learn's digits as float64: 12.5x); zeros deflate about 1000x."""
+NPZ_MAX_MEMBERS = 100
+"""Members an ``.npz`` may have: numpy.savez writes one per array, and a dataset needs two."""
+ZIP_END = b"PK\x05\x06"
+ZIP64_END = b"PK\x06\x06"
+ZIP64_END_LOCATOR = b"PK\x06\x07"
+CHUNK_VALUES = 2**20
+"""Values read, converted and checked at once: a few MiB of memory whatever the file holds."""
+NORMALISED_DTYPES = {"x": "F32", "y": "I64"}
+"""The normalised copy's safetensors dtypes: what training reads, float32 examples and int64
+labels. ``y`` comes first in the data so both arrays start 8-byte aligned."""
+
+SAFETENSORS_KINDS = {
+    **dict.fromkeys(("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"), "f"),
+    **dict.fromkeys(("I64", "I32", "I16", "I8"), "i"),
+    **dict.fromkeys(("U64", "U32", "U16", "U8"), "u"),
+    "BOOL": "b",
+}
+"""numpy's kind letter of each safetensors dtype that could be numbers; others are refused."""
+
+_UNREADABLE = (
+    zipfile.BadZipFile,
+    zlib.error,
+    OSError,
+    EOFError,
+    ValueError,
+    RuntimeError,  # an encrypted zip member
+    NotImplementedError,  # an unsupported compression method or encryption
+    SafetensorError,
+    struct.error,
+)
 
 
-def read_arrays(path: Path, max_bytes: int = 2**31) -> ArrayDataset:
-    """Arrays ``x`` and ``y`` from an ``.npz`` or ``.safetensors`` file, told apart by content.
+class BinarySink(Protocol):
+    """Where a normalised copy is written, e.g. an open file or the store's incoming blob."""
 
-    Nothing is unpickled. Before reading, the sizes the file declares (the zip members'
-    uncompressed sizes, each array's shape) are checked against ``max_bytes`` and against
-    each other, so a small file cannot make the reader allocate more. ``x`` becomes float32 and
-    must be finite; ``y`` must be non-negative integers, one per example.
+    def write(self, chunk: bytes, /) -> object: ...
+
+
+@dataclass(frozen=True)
+class DeclaredArray:
+    """One array of an uploaded file as its header declares it; none of its data read yet.
+
+    ``kind`` is numpy's letter ('f', 'i', 'u', 'b', ...); ``numpy_dtype`` is how an ``.npz``
+    member's bytes are laid out (None in a safetensors file, which torch reads).
+    """
+
+    key: str
+    shape: tuple[int, ...]
+    dtype_name: str
+    kind: str
+    numpy_dtype: np.dtype | None = None
+
+    @property
+    def num_values(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def values_per_row(self) -> int:
+        return math.prod(self.shape[1:])
+
+
+@dataclass(frozen=True)
+class ArrayFile:
+    """An uploaded ``.npz`` or ``.safetensors`` file of arrays ``x`` and ``y``, checked from its
+    headers alone (see :func:`inspect_array_file`); its values are read only by
+    :func:`write_normalised` and :func:`read_arrays`, a chunk at a time."""
+
+    path: Path
+    format: str
+    x: DeclaredArray
+    y: DeclaredArray
+
+    @property
+    def num_examples(self) -> int:
+        return self.x.shape[0]
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return self.x.shape[1:]
+
+    @property
+    def normalised_bytes(self) -> int:
+        """The size of the normalised copy :func:`write_normalised` writes, to the byte."""
+        header = _normalised_header(self.num_examples, self.input_shape)
+        return 8 + len(header) + 8 * self.num_examples + 4 * self.x.num_values
+
+
+def inspect_array_file(
+    path: Path, max_bytes: int = 2**31, max_expansion: int = DEFAULT_MAX_EXPANSION
+) -> ArrayFile:
+    """What an ``.npz`` or ``.safetensors`` file declares, told apart by content, or a
+    :class:`DatasetError` saying why it cannot be used.
+
+    Only the zip directory and the array headers are read, never a value, so this costs no
+    memory whatever the file claims. Refused: a file over ``max_bytes``; an ``.npz`` whose
+    members declare more than ``max_bytes``, or more than ``max_expansion`` times the file's size,
+    once decompressed (a zip bomb); arrays whose shapes declare more data than the file holds;
+    dtypes and shapes training could not use.
     """
     try:
         size = path.stat().st_size
@@ -366,35 +458,132 @@ def read_arrays(path: Path, max_bytes: int = 2**31) -> ArrayDataset:
         raise DatasetError(
             f"The dataset file is {size:,} bytes, more than the limit of {max_bytes:,} bytes."
         )
-    if head[:4] in ZIP_MAGICS:
-        x, y = _read_npz(path, max_bytes)
-    elif _looks_like_safetensors(head, size):
-        x, y = _read_safetensors(path)
-    else:
-        raise DatasetError(
-            "The dataset file is neither an .npz archive nor a safetensors file; save it with "
-            "numpy.savez(path, x=x, y=y) or safetensors' save_file({'x': x, 'y': y}, path)."
-        )
-    return checked_arrays(x, y, path.stem)
+    try:
+        if head[:4] in ZIP_MAGICS:
+            x, y = _inspect_npz(path, size, max_bytes, max_expansion)
+            file_format = "npz"
+        elif _looks_like_safetensors(head, size):
+            x, y = _inspect_safetensors(path)
+            file_format = "safetensors"
+        else:
+            raise DatasetError(
+                "The dataset file is neither an .npz archive nor a safetensors file; save it "
+                "with numpy.savez(path, x=x, y=y) or safetensors' save_file({'x': x, 'y': y}, "
+                "path)."
+            )
+    except _UNREADABLE as error:
+        raise DatasetError(f"The dataset file is corrupt or unreadable ({error}).") from error
+    _check_declared(x, y)
+    return ArrayFile(path, file_format, x, y)
 
 
-def checked_arrays(x: np.ndarray, y: np.ndarray, name: str) -> ArrayDataset:
-    """An :class:`ArrayDataset` from numpy arrays, refusing what training could not use."""
-    if x.dtype.kind not in "iuf":
-        raise DatasetError(
-            f"The array 'x' has dtype {x.dtype}; it must hold real numbers (integers or floats)."
+def write_normalised(arrays: ArrayFile, sink: BinarySink) -> int:
+    """Write ``arrays`` as a safetensors file of float32 ``x`` and int64 ``y`` to ``sink``,
+    checking every value on the way (finite examples, labels that are class indices); returns
+    the number of classes (largest label + 1).
+
+    Memory holds one chunk of :data:`CHUNK_VALUES` values at a time, so converting costs the
+    same few MiB for any file. :func:`open_normalised` memory-maps the result.
+    """
+    header = _normalised_header(arrays.num_examples, arrays.input_shape)
+    sink.write(struct.pack("<Q", len(header)) + header)
+    largest_label = 0
+    for labels in _checked_labels(arrays):
+        largest_label = max(largest_label, int(labels.max()))
+        sink.write(labels.tobytes())
+    for values in _checked_values(arrays):
+        sink.write(values.tobytes())
+    return largest_label + 1
+
+
+def read_arrays(
+    path: Path, max_bytes: int = 2**31, max_expansion: int = DEFAULT_MAX_EXPANSION
+) -> ArrayDataset:
+    """Arrays ``x`` (as float32) and ``y`` (as int64) of an ``.npz`` or ``.safetensors`` file,
+    held in memory, after the checks of :func:`inspect_array_file` and :func:`write_normalised`.
+
+    Nothing is unpickled, and memory holds the converted arrays and one chunk, never a copy of
+    the file's own dtype.
+    """
+    arrays = inspect_array_file(path, max_bytes, max_expansion)
+    labels = np.empty(arrays.num_examples, dtype=np.int64)
+    values = np.empty(arrays.x.num_values, dtype=np.float32)
+    for target, chunks in ((labels, _checked_labels(arrays)), (values, _checked_values(arrays))):
+        start = 0
+        for chunk in chunks:
+            target[start : start + len(chunk)] = chunk
+            start += len(chunk)
+    x = torch.from_numpy(values.reshape(arrays.num_examples, *arrays.input_shape))
+    return ArrayDataset(x, torch.from_numpy(labels), path.stem)
+
+
+def open_normalised(
+    path: Path, max_examples: int | None = None, name: str = "arrays"
+) -> ArrayDataset:
+    """The first ``max_examples`` examples (all when None) of a file :func:`write_normalised`
+    wrote, without reading the rest: ``x`` is memory-mapped (pages are read when a batch touches
+    them) and only the kept labels are read."""
+    try:
+        with path.open("rb") as file:
+            (header_length,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(min(header_length, MAX_SAFETENSORS_HEADER)))
+        x_entry, y_entry = header["x"], header["y"]
+        if [x_entry["dtype"], y_entry["dtype"]] != list(NORMALISED_DTYPES.values()):
+            raise ValueError(f"dtypes {x_entry['dtype']} and {y_entry['dtype']}")
+        shape = tuple(int(size) for size in x_entry["shape"])
+        rows = shape[0] if max_examples is None else min(shape[0], max_examples)
+        data_start = 8 + header_length
+        x = np.memmap(
+            path,
+            dtype=np.float32,
+            mode="c",  # copy-on-write: writable for torch, never written back to the blob
+            offset=data_start + int(x_entry["data_offsets"][0]),
+            shape=(rows, *shape[1:]),
         )
-    if x.ndim < 2:
+        y = np.fromfile(
+            path, dtype="<i8", count=rows, offset=data_start + int(y_entry["data_offsets"][0])
+        )
+    except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
+        raise DatasetError(
+            f"The stored copy of the dataset '{name}' is unreadable ({error}); upload it again."
+        ) from error
+    return ArrayDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), name)
+
+
+def _normalised_header(num_examples: int, input_shape: tuple[int, ...]) -> bytes:
+    """The safetensors header of a normalised copy, padded with spaces to 8 bytes."""
+    label_bytes = 8 * num_examples
+    value_bytes = 4 * num_examples * math.prod(input_shape)
+    entries = {
+        "y": {"dtype": "I64", "shape": [num_examples], "data_offsets": [0, label_bytes]},
+        "x": {
+            "dtype": "F32",
+            "shape": [num_examples, *input_shape],
+            "data_offsets": [label_bytes, label_bytes + value_bytes],
+        },
+    }
+    text = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
+    return text + b" " * (-(8 + len(text)) % 8)
+
+
+def _check_declared(x: DeclaredArray, y: DeclaredArray) -> None:
+    """Refuse, from the headers alone, dtypes and shapes that training could not use."""
+    if x.kind not in ("i", "u", "f"):
+        raise DatasetError(
+            f"The array 'x' has dtype {x.dtype_name}; it must hold real numbers (integers or "
+            "floats)."
+        )
+    if len(x.shape) < 2:
         raise DatasetError(
             f"The array 'x' must be N x features (at least 2 dimensions), got shape {x.shape}."
         )
-    if y.dtype.kind == "f":
+    if y.kind == "f":
         raise DatasetError(
-            f"The array 'y' holds floats ({y.dtype}); labels must be integer class indices, "
+            f"The array 'y' holds floats ({y.dtype_name}); labels must be integer class indices, "
             "for example y.astype('int64')."
         )
-    if y.dtype.kind not in "iu":
-        raise DatasetError(f"The array 'y' has dtype {y.dtype}; labels must be integers.")
+    if y.kind not in ("i", "u"):
+        raise DatasetError(f"The array 'y' has dtype {y.dtype_name}; labels must be integers.")
     if y.shape != (x.shape[0],):
         raise DatasetError(
             f"The array 'y' must have shape (N,) with N = {x.shape[0]} examples as in 'x', "
@@ -402,73 +591,177 @@ def checked_arrays(x: np.ndarray, y: np.ndarray, name: str) -> ArrayDataset:
         )
     if x.shape[0] == 0:
         raise DatasetError("The dataset holds no examples.")
-    if y.min() < 0:
-        raise DatasetError("The array 'y' has negative labels; labels are class indices 0, 1, ...")
-    if y.max() >= MAX_NUM_CLASSES:
-        raise DatasetError(
-            f"The array 'y' has label {y.max()}; labels are class indices below "
-            f"{MAX_NUM_CLASSES:,}."
-        )
-    with np.errstate(over="ignore"):
-        x32 = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(x32).all():
-        raise DatasetError(
-            "The array 'x' has NaN or infinite values (or values too large for float32)."
-        )
-    return ArrayDataset(torch.from_numpy(x32), torch.from_numpy(y.astype(np.int64)), name)
+    if x.values_per_row == 0:
+        raise DatasetError(f"The array 'x' has shape {x.shape}: its examples hold no values.")
 
 
-def _read_npz(path: Path, max_bytes: int) -> tuple[np.ndarray, np.ndarray]:
+def _checked_labels(arrays: ArrayFile) -> Iterator[np.ndarray]:
+    """``y`` as int64, a chunk at a time, each checked to hold class indices."""
+    for chunk in _chunks(arrays, arrays.y):
+        # Compared in the file's own dtype: a uint64 label past 2**63 must not wrap to negative.
+        if chunk.min() < 0:
+            raise DatasetError(
+                "The array 'y' has negative labels; labels are class indices 0, 1, ..."
+            )
+        if chunk.max() >= MAX_NUM_CLASSES:
+            raise DatasetError(
+                f"The array 'y' has label {chunk.max()}; labels are class indices below "
+                f"{MAX_NUM_CLASSES:,}."
+            )
+        yield chunk.astype(np.int64)
+
+
+def _checked_values(arrays: ArrayFile) -> Iterator[np.ndarray]:
+    """``x`` as float32 (flattened), a chunk at a time, each checked to be finite."""
+    for chunk in _chunks(arrays, arrays.x):
+        with np.errstate(over="ignore"):
+            values = chunk.astype(np.float32)
+        if not np.isfinite(values).all():
+            raise DatasetError(
+                "The array 'x' has NaN or infinite values (or values too large for float32)."
+            )
+        yield values
+
+
+def _chunks(arrays: ArrayFile, array: DeclaredArray) -> Iterator[np.ndarray]:
+    """The values of one array, flattened, about :data:`CHUNK_VALUES` at a time."""
     try:
-        with zipfile.ZipFile(path) as archive:
-            members = {member.filename: member for member in archive.infolist()}
-            declared = sum(member.file_size for member in members.values())
-            if declared > max_bytes:
+        if arrays.format == "npz":
+            yield from _npz_chunks(arrays.path, array)
+        else:
+            yield from _safetensors_chunks(arrays.path, array)
+    except _UNREADABLE as error:
+        raise DatasetError(f"The dataset file is corrupt or unreadable ({error}).") from error
+
+
+# .npz: read member by member with zipfile, never through numpy.load, which would pick a member
+# named 'x' over 'x.npy' and read arrays whose headers were never checked.
+
+
+def _inspect_npz(
+    path: Path, size: int, max_bytes: int, max_expansion: int
+) -> tuple[DeclaredArray, DeclaredArray]:
+    _check_member_count(path, size)
+    with zipfile.ZipFile(path) as archive:
+        names = [member.filename for member in archive.infolist()]
+        members = {member.filename: member for member in archive.infolist()}
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise DatasetError(
+                f"The .npz archive holds several members named {repeated[0]!r}, so which one is "
+                "the array is ambiguous; save the arrays again with numpy.savez(path, x=x, y=y)."
+            )
+        for key in ("x", "y"):
+            if key in members:
                 raise DatasetError(
-                    f"The .npz archive declares {declared:,} bytes once decompressed, more than "
-                    f"the limit of {max_bytes:,} bytes."
+                    f"The .npz archive has a member named {key!r}, which numpy.savez never "
+                    f"writes (its array '{key}' is '{key}.npy'); save the arrays again with "
+                    "numpy.savez(path, x=x, y=y)."
                 )
-            for key in ("x", "y"):
-                member = members.get(f"{key}.npy")
-                if member is None:
-                    held = ", ".join(sorted(name.removesuffix(".npy") for name in members))
-                    raise DatasetError(
-                        f"The .npz file has no array '{key}'; it holds: {held or 'nothing'}."
-                    )
-                with archive.open(member) as stream:
-                    _check_npy_header(stream, key, member.file_size)
-        with np.load(path, allow_pickle=False) as arrays:
-            return arrays["x"], arrays["y"]
-    except (
-        zipfile.BadZipFile,
-        zlib.error,
-        OSError,
-        EOFError,
-        ValueError,
-        RuntimeError,  # an encrypted member
-        NotImplementedError,  # an unsupported compression method or encryption
-    ) as error:
-        raise DatasetError(f"The .npz file is corrupt or unreadable ({error}).") from error
+        declared = sum(member.file_size for member in members.values())
+        if declared > max_bytes:
+            raise DatasetError(
+                f"The .npz archive declares {declared:,} bytes once decompressed, more than "
+                f"the limit of {max_bytes:,} bytes."
+            )
+        if declared > max_expansion * size:
+            raise DatasetError(
+                f"The .npz archive declares {declared:,} bytes once decompressed, more than "
+                f"{max_expansion} times its {size:,} bytes, which this service accepts; save it "
+                "uncompressed with numpy.savez (not savez_compressed) or as safetensors."
+            )
+        declared_arrays = []
+        for key in ("x", "y"):
+            member = members.get(f"{key}.npy")
+            if member is None:
+                held = ", ".join(sorted(name.removesuffix(".npy") for name in members))
+                raise DatasetError(
+                    f"The .npz file has no array '{key}'; it holds: {held or 'nothing'}."
+                )
+            with archive.open(member) as stream:
+                declared_arrays.append(_npy_header(stream, key, member.file_size))
+    x, y = declared_arrays
+    return x, y
 
 
-def _check_npy_header(stream: IO[bytes], key: str, stored_bytes: int) -> None:
-    """Refuse object arrays and shapes whose data could not fit in the member's declared size."""
-    version = np.lib.format.read_magic(stream)
-    if version == (1, 0):
-        shape, _, dtype = np.lib.format.read_array_header_1_0(stream, MAX_NPY_HEADER)
-    elif version == (2, 0):
-        shape, _, dtype = np.lib.format.read_array_header_2_0(stream, MAX_NPY_HEADER)
-    else:
-        raise DatasetError(f"The array '{key}' uses .npy format version {version}, not 1 or 2.")
+def _check_member_count(path: Path, size: int) -> None:
+    """Refuse an archive whose end records declare more than :data:`NPZ_MAX_MEMBERS` members,
+    before ``zipfile`` reads its directory whole (an object per member: a 17 MB archive of 200,000
+    empty members costs it 106 MiB)."""
+    with path.open("rb") as file:
+        tail_length = min(size, 22 + 0xFFFF)
+        file.seek(size - tail_length)
+        tail = file.read(tail_length)
+        end = tail.rfind(ZIP_END)
+        if end < 0 or end + 22 > len(tail):
+            raise DatasetError("The .npz archive has no zip directory at its end; it is truncated.")
+        counts = [int.from_bytes(tail[end + 10 : end + 12], "little")]
+        locator = end - 20
+        if locator >= 0 and tail[locator : locator + 4] == ZIP64_END_LOCATOR:
+            file.seek(int.from_bytes(tail[locator + 8 : locator + 16], "little"))
+            record = file.read(56)
+            if len(record) == 56 and record[:4] == ZIP64_END:
+                counts.append(int.from_bytes(record[32:40], "little"))
+    if max(counts) > NPZ_MAX_MEMBERS:
+        raise DatasetError(
+            f"The .npz archive declares {max(counts):,} members; a dataset needs 'x.npy' and "
+            f"'y.npy', and at most {NPZ_MAX_MEMBERS} are read. Save it with "
+            "numpy.savez(path, x=x, y=y)."
+        )
+
+
+def _npy_header(stream: IO[bytes], key: str, stored_bytes: int) -> DeclaredArray:
+    """Read an ``.npy`` header; refuse object arrays, layouts that cannot be read a chunk at a
+    time, and shapes whose data could not fit in the member's declared size."""
+    shape, fortran_order, dtype = _read_npy_header(stream, key)
     if dtype.hasobject:
         raise DatasetError(
             f"The array '{key}' holds Python objects; only numeric arrays are accepted "
             "(nothing is unpickled)."
         )
+    if any(size < 0 for size in shape):
+        raise DatasetError(f"The array '{key}' declares a negative size in shape {shape}.")
     if math.prod(shape) * dtype.itemsize > stored_bytes:
         raise DatasetError(
             f"The array '{key}' declares shape {shape} of {dtype}, more data than the file holds."
         )
+    if fortran_order and sum(size > 1 for size in shape) > 1:
+        raise DatasetError(
+            f"The array '{key}' is stored in Fortran (column-major) order; save "
+            f"numpy.ascontiguousarray({key}) instead."
+        )
+    return DeclaredArray(key, tuple(shape), str(dtype), dtype.kind, dtype)
+
+
+def _read_npy_header(stream: IO[bytes], key: str) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, Fortran order, dtype) from an ``.npy`` header; leaves ``stream`` at the data."""
+    version = np.lib.format.read_magic(stream)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(stream, MAX_NPY_HEADER)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(stream, MAX_NPY_HEADER)
+    raise DatasetError(f"The array '{key}' uses .npy format version {version}, not 1 or 2.")
+
+
+def _npz_chunks(path: Path, array: DeclaredArray) -> Iterator[np.ndarray]:
+    assert array.numpy_dtype is not None
+    itemsize = array.numpy_dtype.itemsize
+    with zipfile.ZipFile(path) as archive, archive.open(f"{array.key}.npy") as stream:
+        _read_npy_header(stream, array.key)
+        remaining = array.num_values
+        while remaining:
+            count = min(CHUNK_VALUES, remaining)
+            data = stream.read(count * itemsize)
+            if len(data) != count * itemsize:
+                raise DatasetError(
+                    f"The array '{array.key}' is truncated: shape {array.shape} needs "
+                    f"{array.num_values * itemsize:,} bytes."
+                )
+            yield np.frombuffer(data, dtype=array.numpy_dtype)
+            remaining -= count
+
+
+# .safetensors: the library checks that the declared shapes fit the file; rows are read by slices.
 
 
 def _looks_like_safetensors(head: bytes, size: int) -> bool:
@@ -479,31 +772,38 @@ def _looks_like_safetensors(head: bytes, size: int) -> bool:
     return header_length <= min(size - 8, MAX_SAFETENSORS_HEADER) and head[8:9] == b"{"
 
 
-def _read_safetensors(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with safe_open(str(path), framework="pt") as file:
-            keys = set(file.keys())
-            for key in ("x", "y"):
-                if key not in keys:
-                    held = ", ".join(sorted(keys)) or "nothing"
-                    raise DatasetError(
-                        f"The safetensors file has no tensor '{key}'; it holds: {held}."
-                    )
-            x, y = file.get_tensor("x"), file.get_tensor("y")
-    except (SafetensorError, OSError, ValueError, RuntimeError, json.JSONDecodeError) as error:
-        raise DatasetError(f"The safetensors file is corrupt or unreadable ({error}).") from error
-    return _tensor_to_numpy(x), _tensor_to_numpy(y)
+def _inspect_safetensors(path: Path) -> tuple[DeclaredArray, DeclaredArray]:
+    declared_arrays = []
+    with safe_open(str(path), framework="pt") as file:
+        keys = set(file.keys())
+        for key in ("x", "y"):
+            if key not in keys:
+                held = ", ".join(sorted(keys)) or "nothing"
+                raise DatasetError(f"The safetensors file has no tensor '{key}'; it holds: {held}.")
+            tensor = file.get_slice(key)
+            dtype_name = tensor.get_dtype()
+            shape = tuple(tensor.get_shape())
+            declared_arrays.append(
+                DeclaredArray(key, shape, dtype_name, SAFETENSORS_KINDS.get(dtype_name, ""))
+            )
+    x, y = declared_arrays
+    return x, y
 
 
-def _tensor_to_numpy(tensor: torch.Tensor) -> np.ndarray:
-    # numpy has no bfloat16 or float8: those widen to float32 (they are only ever 'x' values).
-    if tensor.is_floating_point() and tensor.dtype not in (
-        torch.float16,
-        torch.float32,
-        torch.float64,
-    ):
-        tensor = tensor.float()
-    return tensor.numpy()
+def _safetensors_chunks(path: Path, array: DeclaredArray) -> Iterator[np.ndarray]:
+    rows_per_chunk = max(1, CHUNK_VALUES // array.values_per_row)
+    with safe_open(str(path), framework="pt") as file:
+        rows = file.get_slice(array.key)
+        for start in range(0, array.shape[0], rows_per_chunk):
+            tensor = rows[start : start + rows_per_chunk]
+            # numpy has no bfloat16 or float8: those widen to float32 (they are only 'x' values).
+            if tensor.is_floating_point() and tensor.dtype not in (
+                torch.float16,
+                torch.float32,
+                torch.float64,
+            ):
+                tensor = tensor.float()
+            yield tensor.numpy().reshape(-1)
 
 
 # --- Built-in datasets -----------------------------------------------------------------------
@@ -518,6 +818,8 @@ class BuiltinDataset:
     num_classes: int
     needs_local_files: bool
     description: str
+    installing: str = ""
+    """For one read from local files: what an operator places in the datasets folder."""
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
@@ -536,6 +838,9 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         True,
         "MNIST handwritten digits, 1x28x28 in [0, 1], read from the idx files "
         "(train-images-idx3-ubyte[.gz], ...) in the configured data folder.",
+        "place the four MNIST idx files (train-images-idx3-ubyte, train-labels-idx1-ubyte, "
+        "t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte, each optionally .gz) in it or in its "
+        "mnist/ or MNIST/raw/ folder",
     ),
     "cifar10": BuiltinDataset(
         "cifar10",
@@ -544,8 +849,26 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         True,
         "CIFAR-10 images, 3x32x32 in [0, 1], read from the binary version "
         "(cifar-10-batches-bin/) in the configured data folder.",
+        "unpack cifar-10-binary.tar.gz (the binary version) in it, which gives "
+        "cifar-10-batches-bin/ with data_batch_1.bin ... data_batch_5.bin and test_batch.bin",
     ),
 }
+
+
+def builtin_installed(name: str, root: Path | None) -> bool:
+    """Whether every file of built-in ``name``, both splits, is in ``root`` (digits comes with
+    scikit-learn, so it always is)."""
+    if not BUILTIN_DATASETS[name].needs_local_files:
+        return True
+    if root is None:
+        return False
+    if name == "mnist":
+        return all(None not in _mnist_files(root, split) for split in ("train", "test"))
+    for split in ("train", "test"):
+        folder = _cifar_folder(root, split)
+        if folder is None or not all((folder / n).is_file() for n in _cifar_names(split)):
+            return False
+    return True
 
 
 def load_builtin(name: str, split: str = "train", root: Path | None = None) -> ArrayDataset:
@@ -595,12 +918,10 @@ def mnist(root: Path, split: str = "train") -> ArrayDataset:
     An idx file is a big-endian header (two zero bytes, a type code 0x08 for unsigned bytes,
     the number of dimensions, then each dimension as a u32) followed by the values.
     """
-    prefix = "train" if split == "train" else "t10k"
-    folders = [root, root / "MNIST" / "raw", root / "mnist"]
-    images_path = _find_file(folders, f"{prefix}-images-idx3-ubyte")
-    labels_path = _find_file(folders, f"{prefix}-labels-idx1-ubyte")
+    prefix = _mnist_prefix(split)
+    images_path, labels_path = _mnist_files(root, split)
     if images_path is None or labels_path is None:
-        looked = ", ".join(str(folder) for folder in folders)
+        looked = ", ".join(str(folder) for folder in _mnist_folders(root))
         raise DatasetError(
             f"The MNIST {split} files ({prefix}-images-idx3-ubyte and "
             f"{prefix}-labels-idx1-ubyte, optionally .gz) were not found in {looked}; "
@@ -615,6 +936,23 @@ def mnist(root: Path, split: str = "train") -> ArrayDataset:
     if len(labels) != len(images):
         raise DatasetError(f"The MNIST files hold {len(images)} images but {len(labels)} labels.")
     return _image_dataset(images[:, None], labels, f"mnist-{split}", labels_path)
+
+
+def _mnist_prefix(split: str) -> str:
+    return "train" if split == "train" else "t10k"
+
+
+def _mnist_folders(root: Path) -> list[Path]:
+    return [root, root / "MNIST" / "raw", root / "mnist"]
+
+
+def _mnist_files(root: Path, split: str) -> tuple[Path | None, Path | None]:
+    """The images and labels files of an MNIST split, None where missing."""
+    folders, prefix = _mnist_folders(root), _mnist_prefix(split)
+    return (
+        _find_file(folders, f"{prefix}-images-idx3-ubyte"),
+        _find_file(folders, f"{prefix}-labels-idx1-ubyte"),
+    )
 
 
 def _find_file(folders: list[Path], name: str) -> Path | None:
@@ -662,15 +1000,10 @@ def cifar10(root: Path, split: str = "train") -> ArrayDataset:
     ``test_batch.bin``; both looked for in ``root/cifar-10-batches-bin``,
     ``root/cifar10/cifar-10-batches-bin`` and ``root``.
     """
-    names = (
-        [f"data_batch_{index}.bin" for index in range(1, 6)]
-        if split == "train"
-        else ["test_batch.bin"]
-    )
-    folders = [root / "cifar-10-batches-bin", root / "cifar10" / "cifar-10-batches-bin", root]
-    folder = next((f for f in folders if (f / names[0]).is_file()), None)
+    names = _cifar_names(split)
+    folder = _cifar_folder(root, split)
     if folder is None:
-        looked = ", ".join(str(f) for f in folders)
+        looked = ", ".join(str(f) for f in _cifar_folders(root))
         raise DatasetError(
             f"The CIFAR-10 {split} file {names[0]} was not found in {looked}; nothing is "
             "downloaded, so unpack cifar-10-binary.tar.gz there first."
@@ -679,6 +1012,22 @@ def cifar10(root: Path, split: str = "train") -> ArrayDataset:
     images = np.concatenate([record[:, 1:] for record in records]).reshape(-1, 3, 32, 32)
     labels = np.concatenate([record[:, 0] for record in records])
     return _image_dataset(images, labels, f"cifar10-{split}", folder)
+
+
+def _cifar_names(split: str) -> list[str]:
+    if split == "train":
+        return [f"data_batch_{index}.bin" for index in range(1, 6)]
+    return ["test_batch.bin"]
+
+
+def _cifar_folders(root: Path) -> list[Path]:
+    return [root / "cifar-10-batches-bin", root / "cifar10" / "cifar-10-batches-bin", root]
+
+
+def _cifar_folder(root: Path, split: str) -> Path | None:
+    """The first folder holding the split's first file, None when none does."""
+    first = _cifar_names(split)[0]
+    return next((f for f in _cifar_folders(root) if (f / first).is_file()), None)
 
 
 def _read_cifar_file(path: Path) -> np.ndarray:

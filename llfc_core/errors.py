@@ -56,3 +56,7 @@ class CancelledError(LLFCError):
 
     def __init__(self, message: str = "The job was cancelled.") -> None:
         super().__init__(message)
+
+
+class JobTooLargeError(LLFCError):
+    """A job whose estimated peak memory passes what the service allows one job."""

@@ -4,14 +4,19 @@ Every stored checkpoint went through ``llfc_core.checkpoints.validate_state_dict
 arch and is kept as a float32 safetensors blob, whatever format it arrived in. An upload that
 already is exactly that blob (``llfc_core.checkpoints.is_stored_form``: the arch's tensors as
 F32/I64 safetensors, all finite) is kept as it arrived, checked in chunks rather than loaded.
+
+A checkpoint is identified by its owner, its uploaded bytes and its arch: the same bytes fitting
+two archs are two checkpoints sharing one blob. Validation runs with no database transaction
+open (in embedded mode an open writing transaction holds SQLite's one write lock); the quota
+check, the blob reference and the insert then take one short transaction.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import unicodedata
 from collections.abc import Mapping
-from pathlib import PurePath
+from pathlib import Path, PurePath
 from typing import Any
 
 import torch
@@ -25,17 +30,30 @@ from llfc_core.checkpoints import (
     is_stored_form,
     read_checkpoint,
     save_safetensors,
+    torch_load_is_safe,
+    unsafe_torch_load_sentence,
     validate_state_dict,
 )
 from llfc_core.errors import ArchitectureError
-from service.api.problems import ProblemError, not_found
+from service.api.problems import not_found
+from service.blob_refs import keep_blob, keep_blob_file
 from service.core.config import Settings
-from service.db.models import Checkpoint, Job, new_id, utcnow
+from service.db.models import Checkpoint, Job, arch_key, new_id, utcnow
 from service.deletion import delete_with_blob, refuse_if_used
+from service.json_input import JsonInputError, parse_json
 from service.quotas import check_stored_bytes
-from service.storage import BlobStore, IncomingBlob
+from service.storage import BlobStore, IncomingBlob, hash_file
 
 MAX_NAME_LENGTH = 200
+
+logger = logging.getLogger(__name__)
+
+
+def warn_if_torch_files_are_refused() -> None:
+    """Log, once at start, that this torch is too old to read ``.pt`` uploads safely (they are
+    then refused; safetensors uploads are still accepted)."""
+    if not torch_load_is_safe():
+        logger.warning("PyTorch checkpoint uploads are refused. %s", unsafe_torch_load_sentence())
 
 
 def display_name(requested: str | None, filename: str | None, fallback: str) -> str:
@@ -64,11 +82,9 @@ def parse_arch_text(arch_text: str | None, settings: Settings) -> Architecture:
             'The upload needs an \'arch\' field: JSON such as {"name": "mlp", "widths": [64, 10]}.'
         )
     try:
-        spec: Any = json.loads(arch_text)
-    except json.JSONDecodeError as error:
-        raise ArchitectureError(
-            f"The 'arch' field is not valid JSON ({error.msg} at character {error.pos})."
-        ) from error
+        spec: Any = parse_json(arch_text)
+    except JsonInputError as error:
+        raise ArchitectureError(f"The 'arch' field {error}.") from error
     return parse_arch(spec, max_params=settings.max_params)
 
 
@@ -80,20 +96,17 @@ def get_owned_checkpoint(session: Session, owner_id: str, checkpoint_id: str) ->
     return checkpoint
 
 
-def _same_bytes_as(
+def _same_bytes_and_arch(
     session: Session, owner_id: str, sha256: str, arch: Architecture
 ) -> Checkpoint | None:
-    existing = session.scalar(
-        select(Checkpoint).where(Checkpoint.owner_id == owner_id, Checkpoint.sha256 == sha256)
-    )
-    if existing is not None and existing.arch != arch.to_json():
-        raise ProblemError(
-            409,
-            f"These bytes are already stored as checkpoint {existing.id} with the arch "
-            f"{json.dumps(existing.arch)}; one file has one arch.",
-            type_slug="conflict",
+    """The owner's checkpoint of these uploaded bytes under this arch, if there is one."""
+    return session.scalar(
+        select(Checkpoint).where(
+            Checkpoint.owner_id == owner_id,
+            Checkpoint.sha256 == sha256,
+            Checkpoint.arch_key == arch_key(arch.to_json()),
         )
-    return existing
+    )
 
 
 def ingest_checkpoint(
@@ -110,26 +123,32 @@ def ingest_checkpoint(
 
     An upload in the stored form becomes the blob itself (blob sha256 = upload sha256); any
     other file is loaded, cleaned and re-written. The same bytes uploaded again by the same owner
-    give back the existing checkpoint.
+    with the same arch give back the existing checkpoint; with another arch they are validated
+    against it like any upload (422 when they do not fit).
     """
     with incoming:
         sha256 = incoming.finish()
         arch = parse_arch_text(arch_text, settings)
-        existing = _same_bytes_as(session, owner_id, sha256, arch)
+        existing = _same_bytes_and_arch(session, owner_id, sha256, arch)
+        # From here to the insert no transaction is open: validation may take seconds.
         session.commit()
         if existing is not None:
             return existing, False
-        check_stored_bytes(session, settings, owner_id, incoming.size, "this upload")
         file_format: CheckpointFormat
         if is_stored_form(arch, incoming.path):
             # Already the float32 safetensors file we would write: keep the uploaded bytes.
             file_format = "safetensors"
-            store.commit(incoming.path, sha256)
-            blob_sha256 = sha256
+            blob_source, blob_sha256 = incoming.path, sha256
         else:
-            state, file_format = read_checkpoint(incoming.path)
-            cleaned = validate_state_dict(arch, state)
-            blob_sha256 = _store_state(store, cleaned)
+            state, file_format = read_checkpoint(incoming.path, arch)
+            blob_source = _write_state(store, validate_state_dict(arch, state))
+            blob_sha256, _size = hash_file(blob_source)
+        try:
+            check_stored_bytes(session, settings, owner_id, incoming.size, "this upload")
+            keep_blob(session, store, blob_source, blob_sha256)
+        finally:
+            # Moved into the store unless refused; never left in incoming/.
+            blob_source.unlink(missing_ok=True)
         checkpoint = Checkpoint(
             id=new_id("ckpt"),
             owner_id=owner_id,
@@ -145,24 +164,27 @@ def ingest_checkpoint(
         return _insert_or_existing(session, checkpoint, arch), True
 
 
-def _store_state(store: BlobStore, state: Mapping[str, torch.Tensor]) -> str:
+def _write_state(store: BlobStore, state: Mapping[str, torch.Tensor]) -> Path:
+    """``state`` written as safetensors to a new temporary file of the store (the caller keeps
+    or removes it)."""
     temporary = store.temporary_path(".safetensors")
     try:
         save_safetensors(state, temporary)
-        sha256, _size = store.put_file(temporary)
-    finally:
+    except BaseException:
         temporary.unlink(missing_ok=True)
-    return sha256
+        raise
+    return temporary
 
 
 def _insert_or_existing(session: Session, checkpoint: Checkpoint, arch: Architecture) -> Checkpoint:
-    """Insert, or return the row a concurrent upload of the same bytes inserted first."""
+    """Insert, or return the row a concurrent upload of the same bytes and arch inserted first."""
     session.add(checkpoint)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
-        existing = _same_bytes_as(session, checkpoint.owner_id, checkpoint.sha256, arch)
+        existing = _same_bytes_and_arch(session, checkpoint.owner_id, checkpoint.sha256, arch)
+        session.commit()
         if existing is None:
             raise
         return existing
@@ -180,13 +202,15 @@ def store_artifact(
 ) -> Checkpoint:
     """Keep a state dict a job produced as a checkpoint of the job's owner (not committed).
 
-    Its ``sha256`` is that of the stored safetensors bytes; identical outputs share one row.
+    Its ``sha256`` is that of the stored safetensors bytes; identical outputs of one arch share
+    one row.
     """
-    cleaned = validate_state_dict(arch, state)
-    blob_sha256 = _store_state(store, cleaned)
-    existing = session.scalar(
-        select(Checkpoint).where(Checkpoint.owner_id == owner_id, Checkpoint.sha256 == blob_sha256)
-    )
+    written = _write_state(store, validate_state_dict(arch, state))
+    try:
+        blob_sha256, _size = keep_blob_file(session, store, written)
+    finally:
+        written.unlink(missing_ok=True)
+    existing = _same_bytes_and_arch(session, owner_id, blob_sha256, arch)
     if existing is not None:
         return existing
     checkpoint = Checkpoint(

@@ -4,10 +4,11 @@ its blob deleted with the last row that names it (identical bytes are stored onc
 
 from __future__ import annotations
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from service.api.problems import ProblemError
+from service.blob_refs import release_blob
 from service.db.models import ACTIVE_STATUSES, Base, Job
 from service.storage import BlobStore
 
@@ -32,15 +33,15 @@ def refuse_if_used(
 
 
 def delete_with_blob(
-    session: Session, store: BlobStore, row: Base, blob_column: InstrumentedAttribute[str]
+    session: Session,
+    store: BlobStore,
+    row: Base,
+    *blob_columns: InstrumentedAttribute[str] | InstrumentedAttribute[str | None],
 ) -> None:
-    """Delete ``row``, then the blob its ``blob_column`` names unless another row still names it."""
-    blob_sha256: str = getattr(row, blob_column.key)
+    """Delete ``row`` and commit, then release each blob its ``blob_columns`` name (the file
+    goes with the last row naming it; see :func:`service.blob_refs.release_blob`)."""
+    named = {getattr(row, column.key) for column in blob_columns} - {None}
     session.delete(row)
-    session.commit()
-    remaining = session.scalar(
-        select(func.count()).select_from(type(row)).where(blob_column == blob_sha256)
-    )
-    session.commit()
-    if not remaining:
-        store.delete(blob_sha256)
+    session.flush()
+    for blob_sha256 in sorted(named):
+        release_blob(session, store, blob_sha256)

@@ -25,25 +25,33 @@ from llfc_core.analysis import AnalysisConfig
 from llfc_core.archs import Architecture, parse_arch
 from llfc_core.data import ArrayDataset, fit_to_arch
 from llfc_core.errors import DatasetError, IncompatiblePairError, InvalidParameterError
+from llfc_core.footprint import (
+    MemoryEstimate,
+    analysis_memory,
+    interpolation_memory,
+    match_memory,
+    stored_checkpoint_bytes,
+    training_memory,
+)
 from llfc_core.interpolation import check_alpha
 from llfc_core.training import TrainConfig
 from service.api.problems import ProblemError, not_found
 from service.core.config import Settings
-from service.datasets import dataset_shape
+from service.datasets import dataset_shape, is_builtin
 from service.db.models import FINISHED_STATUSES, Checkpoint, Job, JobArtifact, new_id, utcnow
 from service.db.session import rows_changed
 from service.quotas import check_queued_jobs, check_stored_bytes
 from service.schemas import ArtifactPublic, JobCreate, JobPublic, Progress
 
 DATA_KEYS = ("split", "max_examples")
+TRAIN_DATASET_KEY = "train_dataset"
+"""The pair jobs' param naming the data for BatchNorm re-estimation and activation matching."""
 MAX_BATCH_SIZE = 65_536
 MAX_SEED = 2**31 - 1
 MATCH_METHODS = ("weight", "activation")
 TRAIN_CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig))
 TRAIN_KEYS = ("arch", "dataset", "num_modes", *TRAIN_CONFIG_KEYS)
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
-ARTIFACT_KINDS = ("match", "interpolate", "train")
-"""Kinds whose result includes new checkpoints of the owner (so they count against storage)."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +64,7 @@ class JobPlan:
     model_a_id: str | None
     model_b_id: str | None
     dataset_ref: str | None
+    train_dataset_ref: str | None = None
 
 
 # --- Parameter checks ----------------------------------------------------------------------
@@ -80,8 +89,14 @@ def int_param(params: Mapping[str, Any], key: str, default: int, low: int, high:
 
 
 def _data_params(
-    params: Mapping[str, Any], settings: Settings, default_split: str
+    params: Mapping[str, Any], settings: Settings, default_split: str, dataset_ref: str | None
 ) -> dict[str, Any]:
+    if "split" in params and dataset_ref is not None and not is_builtin(dataset_ref):
+        raise InvalidParameterError(
+            "The parameter 'split' applies only to built-in datasets; an uploaded dataset is "
+            "used whole. Upload its train and test parts as two datasets and name the one to "
+            "use instead."
+        )
     split = params.get("split", default_split)
     if split not in ("train", "test"):
         raise InvalidParameterError(
@@ -122,9 +137,15 @@ def _model_pair(
 
 
 def _fitting_dataset(
-    session: Session, owner_id: str, ref: str | None, arch: Architecture, purpose: str
+    session: Session,
+    settings: Settings,
+    owner_id: str,
+    ref: str | None,
+    arch: Architecture,
+    purpose: str,
 ) -> str:
-    """The dataset reference, after checking that its examples fit ``arch``.
+    """The dataset reference, after checking that it exists (a built-in: that it is installed)
+    and that its examples fit ``arch``.
 
     The check runs the engine's own ``fit_to_arch`` on one zero example of the dataset's shape
     with its largest label, so submission and execution apply the same rule without loading data.
@@ -134,7 +155,7 @@ def _fitting_dataset(
             f"This job needs a 'dataset' {purpose}: an uploaded dataset id or e.g. "
             "'builtin:digits'."
         )
-    shape = dataset_shape(session, owner_id, ref)
+    shape = dataset_shape(session, owner_id, ref, settings.resolved_datasets_root)
     probe = ArrayDataset(
         torch.zeros((1, *shape.input_shape)),
         torch.tensor([max(shape.num_classes - 1, 0)]),
@@ -144,46 +165,90 @@ def _fitting_dataset(
     return ref
 
 
+def _train_dataset(
+    session: Session,
+    settings: Settings,
+    owner_id: str,
+    params: Mapping[str, Any],
+    arch: Architecture,
+) -> dict[str, Any]:
+    """``{"train_dataset": ref}`` when a pair job names one (checked as its 'dataset' is), else
+    nothing."""
+    if params.get(TRAIN_DATASET_KEY) is None:
+        return {}
+    ref = params[TRAIN_DATASET_KEY]
+    if not isinstance(ref, str) or not ref:
+        raise InvalidParameterError(
+            f"The parameter 'train_dataset' must be a dataset id or e.g. 'builtin:digits', "
+            f"got {ref!r}."
+        )
+    return {TRAIN_DATASET_KEY: _fitting_dataset(session, settings, owner_id, ref, arch, "")}
+
+
 # --- Kinds ---------------------------------------------------------------------------------
 
 
 def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
-    _refuse_unknown("match", body.params, ("method", "seed", "batch_size", *DATA_KEYS))
+    _refuse_unknown(
+        "match", body.params, ("method", "seed", "batch_size", TRAIN_DATASET_KEY, *DATA_KEYS)
+    )
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
     method = body.params.get("method", "weight")
     if method not in MATCH_METHODS:
         raise InvalidParameterError(
             f"The parameter 'method' must be 'weight' or 'activation', got {method!r}."
         )
+    train_data = _train_dataset(session, settings, owner_id, body.params, arch)
     dataset_ref = None
-    if method == "activation" or body.dataset:
+    if (method == "activation" and not train_data) or body.dataset:
         purpose = "to compare activations on" if method == "activation" else ""
-        dataset_ref = _fitting_dataset(session, owner_id, body.dataset, arch, purpose)
+        dataset_ref = _fitting_dataset(session, settings, owner_id, body.dataset, arch, purpose)
     params = {
         "method": method,
         "seed": int_param(body.params, "seed", 0, 0, MAX_SEED),
         "batch_size": int_param(body.params, "batch_size", 256, 1, MAX_BATCH_SIZE),
-        **_data_params(body.params, settings, "train"),
+        **_data_params(body.params, settings, "train", dataset_ref),
+        **train_data,
     }
-    return JobPlan("match", params, model_a.arch, model_a.id, model_b.id, dataset_ref)
+    return JobPlan(
+        "match",
+        params,
+        model_a.arch,
+        model_a.id,
+        model_b.id,
+        dataset_ref,
+        train_data.get(TRAIN_DATASET_KEY),
+    )
 
 
 def _plan_interpolate(
     session: Session, owner_id: str, body: JobCreate, settings: Settings
 ) -> JobPlan:
-    _refuse_unknown("interpolate", body.params, ("alpha", "batch_size", *DATA_KEYS))
+    _refuse_unknown(
+        "interpolate", body.params, ("alpha", "batch_size", TRAIN_DATASET_KEY, *DATA_KEYS)
+    )
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
     alpha = check_alpha(body.params.get("alpha", 0.5))
+    train_data = _train_dataset(session, settings, owner_id, body.params, arch)
     dataset_ref = None
-    if arch.has_batch_norm or body.dataset:
+    if (arch.has_batch_norm and not train_data) or body.dataset:
         purpose = "to re-estimate BatchNorm statistics on" if arch.has_batch_norm else ""
-        dataset_ref = _fitting_dataset(session, owner_id, body.dataset, arch, purpose)
+        dataset_ref = _fitting_dataset(session, settings, owner_id, body.dataset, arch, purpose)
     params = {
         "alpha": alpha,
         "batch_size": int_param(body.params, "batch_size", 256, 1, MAX_BATCH_SIZE),
-        **_data_params(body.params, settings, "train"),
+        **_data_params(body.params, settings, "train", dataset_ref),
+        **train_data,
     }
-    return JobPlan("interpolate", params, model_a.arch, model_a.id, model_b.id, dataset_ref)
+    return JobPlan(
+        "interpolate",
+        params,
+        model_a.arch,
+        model_a.id,
+        model_b.id,
+        dataset_ref,
+        train_data.get(TRAIN_DATASET_KEY),
+    )
 
 
 def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
@@ -194,12 +259,22 @@ def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Se
             f"got {len(config.alphas)}."
         )
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
-    dataset_ref = _fitting_dataset(session, owner_id, body.dataset, arch, "to analyse on")
+    dataset_ref = _fitting_dataset(session, settings, owner_id, body.dataset, arch, "to analyse on")
+    train_data = _train_dataset(session, settings, owner_id, body.params, arch)
     params = {
         **analysis_params(config),
-        **_data_params(body.params, settings, "test"),
+        **_data_params(body.params, settings, "test", dataset_ref),
+        **train_data,
     }
-    return JobPlan("analyze", params, model_a.arch, model_a.id, model_b.id, dataset_ref)
+    return JobPlan(
+        "analyze",
+        params,
+        model_a.arch,
+        model_a.id,
+        model_b.id,
+        dataset_ref,
+        train_data.get(TRAIN_DATASET_KEY),
+    )
 
 
 def analysis_params(config: AnalysisConfig) -> dict[str, Any]:
@@ -223,7 +298,12 @@ def _plan_train(session: Session, owner_id: str, body: JobCreate, settings: Sett
             "Give the training data once, as 'dataset' or as 'params.dataset', not both."
         )
     dataset_ref = _fitting_dataset(
-        session, owner_id, body.dataset or body.params.get("dataset"), arch, "to train on"
+        session,
+        settings,
+        owner_id,
+        body.dataset or body.params.get("dataset"),
+        arch,
+        "to train on",
     )
     train_config = make_train_config(body.params)
     if train_config.epochs > settings.max_epochs:
@@ -236,7 +316,7 @@ def _plan_train(session: Session, owner_id: str, body: JobCreate, settings: Sett
         "dataset": dataset_ref,
         "num_modes": int_param(body.params, "num_modes", 2, 1, settings.max_modes),
         **train_params(train_config),
-        **_data_params(body.params, settings, "train"),
+        **_data_params(body.params, settings, "train", dataset_ref),
     }
     return JobPlan("train", params, arch.to_json(), None, None, dataset_ref)
 
@@ -259,6 +339,26 @@ PLANNERS: dict[str, Callable[[Session, str, JobCreate, Settings], JobPlan]] = {
 
 
 # --- Submission ------------------------------------------------------------------------------
+
+
+def job_memory(plan: JobPlan, arch: Architecture) -> MemoryEstimate:
+    """The engine's estimate of the job's peak memory."""
+    params = plan.params
+    if plan.kind == "match":
+        return match_memory(arch, params["method"], params["batch_size"])
+    if plan.kind == "interpolate":
+        return interpolation_memory(arch, params["batch_size"], plan.dataset_ref is not None)
+    if plan.kind == "analyze":
+        alphas = [*params["alphas"], *params["llfc_alphas"]]
+        return analysis_memory(arch, params["batch_size"], params["match"], alphas)
+    return training_memory(arch, params["batch_size"], params["num_modes"])
+
+
+def output_checkpoints(plan: JobPlan) -> int:
+    """How many checkpoints the job stores at most, which its storage reservation counts."""
+    if plan.kind == "train":
+        return int(plan.params["num_modes"])
+    return 1 if plan.kind in ("match", "interpolate") else 0
 
 
 def request_hash(body: JobCreate) -> str:
@@ -290,8 +390,10 @@ def submit_job(
     """Validate and commit a job; returns (job, created). Publishing is the caller's next step.
 
     With an Idempotency-Key, the same key and body return the job made the first time (even
-    when the owner's quotas are full now). A new job is refused past the owner's quotas:
-    429 for too many queued jobs, 507 for full storage if it would store checkpoints.
+    when the owner's quotas are full now). A new job is refused when the engine estimates
+    it needs more memory than ``LLFC_MAX_JOB_MEMORY_BYTES`` (422), and past the owner's
+    quotas: 429 for too many queued jobs, 507 when the checkpoints it may store do not fit
+    (they are reserved in ``reserved_bytes`` until the job ends).
     """
     body_hash = request_hash(body)
     if idempotency_key is not None:
@@ -306,10 +408,18 @@ def submit_job(
             session.commit()
             return existing, False
     plan = PLANNERS[body.kind](session, owner_id, body, settings)
+    assert plan.arch is not None  # every kind's planner names the arch
+    arch = parse_arch(plan.arch, max_params=settings.max_params)
+    job_memory(plan, arch).refuse_above(settings.max_job_memory_bytes)
     check_queued_jobs(session, settings, owner_id)
-    if plan.kind in ARTIFACT_KINDS:
+    reserved = output_checkpoints(plan) * stored_checkpoint_bytes(arch)
+    if reserved:
         check_stored_bytes(
-            session, settings, owner_id, 0, f"the checkpoints this {plan.kind} job makes"
+            session,
+            settings,
+            owner_id,
+            reserved,
+            f"the checkpoints this {plan.kind} job makes ({reserved:,} bytes at most)",
         )
     job = Job(
         id=new_id("job"),
@@ -327,7 +437,9 @@ def submit_job(
         model_a_id=plan.model_a_id,
         model_b_id=plan.model_b_id,
         dataset_ref=plan.dataset_ref,
+        train_dataset_ref=plan.train_dataset_ref,
         cancel_requested=False,
+        reserved_bytes=reserved,
     )
     session.add(job)
     try:

@@ -8,6 +8,8 @@ UPDATE that sets ``status='running'``, ``claimed_by='host:pid'``, a fresh ``hear
 * a second delivery of the job's message (Redis hands an unacknowledged message out again after
   its visibility timeout; the republisher may send one twice) finds the job running with a fresh
   heartbeat and does nothing, so a job never runs twice at once;
+* the worker's main process beats for the runs its pool children hold (``worker/leases.py``),
+  so a run whose computing thread holds the GIL for minutes keeps its lease;
 * a run whose process died stops beating; once its heartbeat is older than the lease
   (``LLFC_LEASE_SECONDS``), :func:`reap_lost_runs` (or the next claim) takes the job back:
   queued again, or failed with a sentence once it has had ``LLFC_MAX_ATTEMPTS`` runs;
@@ -26,12 +28,21 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session, aliased
 
 from service.core.config import Settings
-from service.db.models import Job, utcnow
+from service.db.models import Job, Owner, utcnow
 from service.db.session import rows_changed
+
+WAITING_FOR_SLOT_STAGE = "waiting: your other running jobs take every slot one owner gets"
+"""The stage of a queued job whose claim was refused by the per-owner running-job cap."""
+
+
+def lock_owner(session: Session, owner_id: str) -> None:
+    """Lock the owner's row until the caller's commit (PostgreSQL; SQLite serialises writers),
+    for a count of the owner's jobs that must stay true until the change it decides."""
+    session.execute(select(Owner.id).where(Owner.id == owner_id).with_for_update())
 
 
 def worker_token(pid: int | None = None) -> str:
@@ -73,9 +84,25 @@ def claim_job(
     """Take the lease of a queued job, or of a running one whose run is lost; commit.
 
     Returns the job as claimed (``attempts`` is this run's number), or None when the job is
-    not takeable: finished, cancelled, or running with a fresh heartbeat (a duplicate delivery).
+    not takeable: finished, cancelled, running with a fresh heartbeat (a duplicate delivery),
+    or its owner already runs ``LLFC_MAX_RUNNING_JOBS_PER_OWNER`` other jobs. In that last
+    case the job stays queued with the stage :data:`WAITING_FOR_SLOT_STAGE`, and is published
+    again when one of them ends (:func:`service.queue.publish_waiting_jobs`). The owner's row is
+    locked while counting, so concurrent claims cannot pass the cap.
     """
     now = now or utcnow()
+    owner_id = session.scalar(select(Job.owner_id).where(Job.id == job_id))
+    if owner_id is None:
+        session.commit()
+        return None
+    lock_owner(session, owner_id)
+    other = aliased(Job)
+    others_running = (
+        select(func.count())
+        .select_from(other)
+        .where(other.owner_id == owner_id, other.status == "running", other.id != job_id)
+        .scalar_subquery()
+    )
     takeable = or_(
         Job.status == "queued",
         and_(
@@ -88,7 +115,7 @@ def claim_job(
     claimed = rows_changed(
         session,
         update(Job)
-        .where(Job.id == job_id, takeable)
+        .where(Job.id == job_id, takeable, others_running < settings.max_running_jobs_per_owner)
         .values(
             status="running",
             claimed_by=token[:200],
@@ -100,9 +127,16 @@ def claim_job(
             error=None,
         ),
     )
-    session.commit()
     if not claimed:
+        # Still queued: the owner's other running jobs hold every slot.
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == "queued")
+            .values(progress_stage=WAITING_FOR_SLOT_STAGE)
+        )
+        session.commit()
         return None
+    session.commit()
     job = session.scalars(
         select(Job).where(Job.id == job_id).execution_options(populate_existing=True)
     ).one()
@@ -115,11 +149,18 @@ def holds_lease(job_id: str, attempt: int) -> Any:
     return and_(Job.id == job_id, Job.status == "running", Job.attempts == attempt)
 
 
-def beat(session: Session, job_id: str, attempt: int, now: datetime | None = None) -> bool:
-    """Refresh run ``attempt``'s heartbeat and commit; False if it no longer holds the lease."""
+def beat(session: Session, job_id: str, token: str, now: datetime | None = None) -> bool:
+    """Refresh the heartbeat of the run that worker process ``token`` holds; commit.
+
+    False if that process holds no run of the job (it has not claimed it yet, or the job was
+    taken back). Keyed by the claim's ``claimed_by``, not its attempt, so that the worker's
+    main process can beat for its pool children without asking them anything.
+    """
     changed = rows_changed(
         session,
-        update(Job).where(holds_lease(job_id, attempt)).values(heartbeat_at=now or utcnow()),
+        update(Job)
+        .where(Job.id == job_id, Job.status == "running", Job.claimed_by == token)
+        .values(heartbeat_at=now or utcnow()),
     )
     session.commit()
     return changed == 1

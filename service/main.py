@@ -7,9 +7,11 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from service.api.body_limit import JsonBodyLimitMiddleware
+from service.api.body_limit import BodyLimitMiddleware
 from service.api.problems import install_problem_handlers
 from service.api.routes import checkpoints, datasets, health, jobs, plots, web
+from service.api.security_headers import SecurityHeadersMiddleware
+from service.checkpoints import warn_if_torch_files_are_refused
 from service.core.config import get_settings
 from service.metrics import METRICS, MetricsMiddleware
 from service.shared_metrics import publishing
@@ -26,7 +28,9 @@ details. With auth on, send `Authorization: Bearer <api key>`.
 
 def create_app() -> FastAPI:
     settings = get_settings()
+    settings.create_data_dir()
     BlobStore(settings.blob_dir).ensure()
+    warn_if_torch_files_are_refused()
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -34,10 +38,22 @@ def create_app() -> FastAPI:
         with publishing(settings.metrics_dir, METRICS):
             yield
 
-    app = FastAPI(title="LLFC Align", version="1.0.0", description=DESCRIPTION, lifespan=lifespan)
+    # /docs is ours (service/api/routes/web.py): FastAPI's loads Swagger UI from a CDN through
+    # an inline script; ReDoc, the same way, is not offered.
+    app = FastAPI(
+        title="LLFC Align",
+        version="1.0.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
     install_problem_handlers(app)
     app.add_middleware(MetricsMiddleware)
-    app.add_middleware(JsonBodyLimitMiddleware)
+    app.add_middleware(
+        BodyLimitMiddleware, upload_paths=(checkpoints.router.prefix, datasets.router.prefix)
+    )
+    app.add_middleware(SecurityHeadersMiddleware)
     for module in (checkpoints, datasets, jobs, plots, health, web):
         app.include_router(module.router)
     return app

@@ -5,7 +5,8 @@ has a matched pair:
 
 - ``lmc``: loss and error of theta_alpha = alpha A + (1 - alpha) B against alpha, with the
   barriers in the legend and the straight line between the endpoints that a barrier is
-  measured from.
+  measured from; for a BatchNorm net, whose endpoints are measured with re-estimated
+  statistics, also A and B as uploaded, marked apart.
 - ``llfc``: per layer, the baseline E[1 - cos(f_l(A), f_l(B))] beside the LLFC distance
   E[1 - cos(f_l(theta_alpha), alpha f_l(A) + (1 - alpha) f_l(B))] at each LLFC alpha, in the
   spirit of the poster's Fig. 3: LLFC holds where the alpha bars sit far below the baseline.
@@ -37,6 +38,7 @@ DPI = 100
 LOG_SPAN = 30.0
 PAIR_COLOURS = {"naive": "#c0392b", "matched": "#1f5fa8"}
 BASELINE_COLOUR = "#8c8c8c"
+AS_UPLOADED_COLOUR = "#000000"
 ALPHA_COLOURS = ("#f3a953", "#e8663d", "#b8345a", "#7a2a7f", "#3d2a7f")
 FACTOR_COLOURS = {"commutativity": "#2c7fb8", "weights": "#a1dab4", "features": "#41b6c4"}
 # More layers than this put the naive and matched panels above each other instead of side by side.
@@ -232,13 +234,33 @@ def lmc_figure(result: Mapping[str, Any]) -> Figure:
                 label=f"{pair.label}: {metric} barrier {shown}",
             )
         if "a" in endpoints and "b" in endpoints:
+            reestimated = any(endpoints[side].get("batch_norm_reestimated") for side in "ab")
             axes.plot(
                 [0.0, 1.0],
                 [_number(endpoints["b"][metric]), _number(endpoints["a"][metric])],
                 linestyle=":",
                 color=BASELINE_COLOUR,
-                label="straight line between the endpoints (barrier reference)",
+                label="straight line between the endpoints"
+                + (", BatchNorm re-estimated" if reestimated else "")
+                + " (barrier reference)",
             )
+            if reestimated:
+                uploaded = {side: _number(endpoints[side]["as_uploaded"][metric]) for side in "ab"}
+                uploaded_text = {
+                    side: f"{value:.1%}" if metric == "error" else f"{value:.3g}"
+                    for side, value in uploaded.items()
+                }
+                axes.plot(
+                    [0.0, 1.0],
+                    [uploaded["b"], uploaded["a"]],
+                    linestyle="none",
+                    marker="s",
+                    markersize=7,
+                    markerfacecolor="none",
+                    color=AS_UPLOADED_COLOUR,
+                    label=f"A and B as uploaded (their own BatchNorm statistics): "
+                    f"A {uploaded_text['a']}, B {uploaded_text['b']}",
+                )
         axes.set_title(title)
         axes.set_xlabel(
             r"$\alpha$   ($\theta_\alpha = \alpha\,\theta_A + (1-\alpha)\,\theta_B$;"

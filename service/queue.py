@@ -2,9 +2,11 @@
 
 The database is the source of truth, the broker only a way to wake a worker: a message may be
 lost (a failed publish, a broker restarted without persistence, a worker killed with messages
-prefetched) or delivered twice. So a job still ``queued`` some time after its last publish is
-published again (:func:`republish_unclaimed`, run periodically by ``service/maintenance.py``),
-and the worker's atomic claim (``service/leases.py``) turns every duplicate into a no-op.
+prefetched) or delivered twice, and a job whose owner runs the most jobs allowed at once is
+left queued by its claim (published again when one of them ends, :func:`publish_waiting_jobs`).
+So a job still ``queued`` some time after its last publish is published again
+(:func:`republish_unclaimed`, run periodically by ``service/maintenance.py``), and the worker's
+atomic claim (``service/leases.py``) turns every duplicate into a no-op.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from service.core.config import Settings
 from service.db.models import Job, utcnow
-from service.leases import release_run
+from service.leases import WAITING_FOR_SLOT_STAGE, lock_owner, release_run
 from worker.celery_app import QUEUE, TASK_NAMES, celery_app
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,45 @@ def publish_and_mark(
         session.commit()
         sent += 1
     return sent
+
+
+def publish_waiting_jobs(session: Session, settings: Settings, ended_job_id: str) -> int:
+    """Publish the oldest jobs that a claim left waiting for a running-job slot, of the owner of
+    ``ended_job_id`` (a job that just ended), as many as slots are free; returns how many were
+    sent.
+
+    The owner's row is locked while counting (:func:`service.leases.lock_owner`), as the claim
+    does: a claim refused just before the end that freed its slot has marked its job waiting
+    by then, so no job waits for a wake-up that already passed.
+    """
+    owner_id = session.scalar(select(Job.owner_id).where(Job.id == ended_job_id))
+    if owner_id is None:
+        return 0
+    lock_owner(session, owner_id)
+    running = int(
+        session.scalar(
+            select(func.count())
+            .select_from(Job)
+            .where(Job.owner_id == owner_id, Job.status == "running")
+        )
+        or 0
+    )
+    free_slots = settings.max_running_jobs_per_owner - running
+    waiting = [
+        (job_id, kind)
+        for job_id, kind in session.execute(
+            select(Job.id, Job.kind)
+            .where(
+                Job.owner_id == owner_id,
+                Job.status == "queued",
+                Job.progress_stage == WAITING_FOR_SLOT_STAGE,
+            )
+            .order_by(Job.created_at)
+            .limit(max(free_slots, 0))
+        )
+    ]
+    session.commit()
+    return publish_and_mark(session, waiting) if waiting else 0
 
 
 def republish_unclaimed(session: Session, settings: Settings, now: datetime | None = None) -> int:

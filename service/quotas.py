@@ -3,10 +3,13 @@
 * Queued jobs: at most ``LLFC_MAX_QUEUED_JOBS_PER_OWNER`` waiting at once; one more is refused
   with 429 and a ``Retry-After`` hint. The owner's row is locked while counting (PostgreSQL;
   SQLite serialises writers anyway), so concurrent submissions cannot overshoot the cap.
-* Stored bytes: the owner's checkpoints and datasets (``size_bytes``: what was uploaded, or
-  what a job stored) may take at most ``LLFC_MAX_STORED_BYTES_PER_OWNER``; an upload that
-  would pass it, or a job that would store more checkpoints once it is reached, is refused
-  with 507. A job already running always keeps its outputs.
+* Stored bytes: the owner's checkpoints (``size_bytes``: what was uploaded, or what a job
+  stored) and datasets (``stored_bytes``: their normalised copy) may take at most
+  ``LLFC_MAX_STORED_BYTES_PER_OWNER``; an upload that would pass it, or a job that would store
+  more checkpoints once it is reached, is refused with 507. Each queued or running job that
+  stores checkpoints holds a reservation of its worst-case output (``jobs.reserved_bytes``),
+  counted with the stored bytes until the job ends, so the jobs accepted below the quota cannot
+  together store past it.
 """
 
 from __future__ import annotations
@@ -52,35 +55,57 @@ def check_queued_jobs(session: Session, settings: Settings, owner_id: str) -> No
 
 
 def stored_bytes(session: Session, owner_id: str) -> int:
-    """Bytes of the owner's checkpoints and datasets."""
+    """Bytes of the owner's checkpoints and datasets (a dataset's normalised copy, or its upload
+    for rows from before normalised copies)."""
+    charged = (
+        (Checkpoint.owner_id, Checkpoint.size_bytes),
+        (Dataset.owner_id, func.coalesce(Dataset.stored_bytes, Dataset.size_bytes)),
+    )
     total = 0
-    for model in (Checkpoint, Dataset):
+    for owner_column, size in charged:
         total += int(
-            session.scalar(
-                select(func.coalesce(func.sum(model.size_bytes), 0)).where(
-                    model.owner_id == owner_id
-                )
-            )
+            session.scalar(select(func.coalesce(func.sum(size), 0)).where(owner_column == owner_id))
             or 0
         )
     return total
 
 
+def reserved_bytes(session: Session, owner_id: str) -> int:
+    """Bytes the owner's queued and running jobs may still store (their reservations)."""
+    return int(
+        session.scalar(
+            select(func.coalesce(func.sum(Job.reserved_bytes), 0)).where(
+                Job.owner_id == owner_id, Job.status.in_(("queued", "running"))
+            )
+        )
+        or 0
+    )
+
+
 def check_stored_bytes(
     session: Session, settings: Settings, owner_id: str, new_bytes: int, what: str
 ) -> None:
-    """Refuse (507) storing ``new_bytes`` more for the owner past the quota.
+    """Refuse (507) storing ``new_bytes`` more for the owner past the quota, counting what the
+    owner's unfinished jobs have reserved.
 
     ``what`` names the refused thing in the sentence, e.g. "this upload".
     """
     used = stored_bytes(session, owner_id)
+    reserved = reserved_bytes(session, owner_id)
     limit = settings.max_stored_bytes_per_owner
-    if used + new_bytes > limit or (new_bytes == 0 and used >= limit):
+    taken = used + reserved
+    if taken + new_bytes > limit or (new_bytes == 0 and taken >= limit):
+        held = (
+            f" and your queued and running jobs reserve {reserved:,} bytes for their outputs"
+            if reserved
+            else ""
+        )
+        wait = " or wait for your jobs to end" if reserved else ""
         raise ProblemError(
             507,
-            f"Your checkpoints and datasets already take {used:,} bytes of the {limit:,} bytes "
-            f"this service keeps for one owner, so {what} cannot be stored; delete checkpoints "
-            "or datasets you no longer need, then try again.",
+            f"Your checkpoints and datasets already take {used:,} bytes{held} of the {limit:,} "
+            f"bytes this service keeps for one owner, so {what} cannot be stored; delete "
+            f"checkpoints or datasets you no longer need{wait}, then try again.",
             type_slug="storage-quota-exceeded",
-            extra={"stored_bytes": used, "limit": limit},
+            extra={"stored_bytes": used, "reserved_bytes": reserved, "limit": limit},
         )

@@ -5,7 +5,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
+
+from service.json_input import MAX_JSON_DEPTH, JsonInputError, check_depth
 
 JobKind = Literal["match", "interpolate", "analyze", "train"]
 JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -45,8 +48,17 @@ class DatasetPublic(BaseModel):
     builtin: bool = False
     format: str | None = None
     size_bytes: int | None = None
+    stored_bytes: int | None = Field(
+        default=None,
+        description="Bytes of the normalised copy the owner's storage quota is charged for.",
+    )
     created_at: datetime | None = None
     description: str | None = None
+    installed: bool = Field(
+        default=True,
+        description="False for a built-in whose files are not on this service; jobs naming it "
+        "are refused.",
+    )
 
 
 class DatasetsPublic(BaseModel):
@@ -72,6 +84,17 @@ class JobCreate(BaseModel):
         pattern=RESOURCE_ID_PATTERN,
     )
     params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("params")
+    @classmethod
+    def _params_within_json_depth(cls, params: dict[str, Any]) -> dict[str, Any]:
+        # A body read over HTTP is bounded by the JSON parser already; this bounds one built in
+        # Python, which would otherwise reach json.dumps in the idempotency hash at any depth.
+        try:
+            check_depth(params, MAX_JSON_DEPTH - 1)
+        except JsonInputError as error:
+            raise PydanticCustomError("json_too_deep", f"it {error}") from error
+        return params
 
 
 class Progress(BaseModel):

@@ -22,6 +22,17 @@ CHUNK_BYTES = 1024 * 1024
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
 
 
+def hash_file(path: Path) -> tuple[str, int]:
+    """The sha256 and size of a file the service wrote itself, after flushing it to disk (so
+    it reaches the store whole)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK_BYTES):
+            digest.update(chunk)
+        os.fsync(handle.fileno())
+    return digest.hexdigest(), path.stat().st_size
+
+
 class UploadTooLargeError(Exception):
     """More bytes arrived than the configured cap allows."""
 
@@ -103,19 +114,6 @@ class BlobStore:
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(temporary, target)
         return target
-
-    def put_file(self, temporary: Path) -> tuple[str, int]:
-        """Hash a file written by the service itself (converted checkpoints, artifacts) and
-        move it into the store; returns (sha256, size in bytes)."""
-        digest = hashlib.sha256()
-        with temporary.open("rb") as handle:
-            while chunk := handle.read(CHUNK_BYTES):
-                digest.update(chunk)
-            os.fsync(handle.fileno())
-        sha256 = digest.hexdigest()
-        size = temporary.stat().st_size
-        self.commit(temporary, sha256)
-        return sha256, size
 
     def temporary_path(self, suffix: str) -> Path:
         """A fresh, unused path inside the store for a file the service is about to write."""

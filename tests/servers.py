@@ -20,12 +20,19 @@ from typing import Any
 from llfc_cli.embedded import free_port, wait_until_ready
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
+TEST_SECRET_KEY = "llfc-test-secret-key-0123456789"
+"""The pepper of every test service: one is required whenever auth is on."""
+TEST_METRICS_TOKEN = "llfc-test-metrics-token"
+"""The scrape token of every test service: with auth on, GET /metrics needs it."""
 
 
 def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
-    """This process's environment without any LLFC_* variable, plus the given settings."""
+    """This process's environment without any LLFC_* variable, plus the test secret key and
+    scrape token and the given settings."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("LLFC_")}
     env["LLFC_DATA_DIR"] = str(data_dir)
+    env["LLFC_SECRET_KEY"] = TEST_SECRET_KEY
+    env["LLFC_METRICS_TOKEN"] = TEST_METRICS_TOKEN
     env["PYTHONUNBUFFERED"] = "1"
     env.update(settings)
     return env

@@ -2,19 +2,19 @@
 worker child process (it loads torch).
 
 The claim takes the job's lease (``service/leases.py``): a duplicate delivery of the message, or
-a job cancelled while queued, does nothing, and while the job runs a heartbeat thread keeps the
-lease fresh. Every write of the run is conditional on still holding the lease, so a run that
-lost it (its heartbeat went stale and the job was taken back) changes nothing and stops at its
-next progress report. Progress and the cancellation flag go through the database, throttled, so
-a long job neither floods it nor misses a cancel by more than a batch and a poll interval. A
-failure is stored as a sentence; its traceback goes to the logs only.
+a job cancelled while queued, does nothing, and while the job runs the worker's main process
+keeps the lease fresh (``worker/leases.py``: this process may hold the GIL for minutes). Every
+write of the run is conditional on still holding the lease, so a run that lost it (the job was
+taken back) changes nothing and stops at its next progress report. Progress and the
+cancellation flag go through the database, throttled, so a long job neither floods it nor
+misses a cancel by more than a batch and a poll interval. A failure is stored as a sentence; its
+traceback goes to the logs only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.archs import Architecture, parse_arch
 from llfc_core.checkpoints import load_safetensors
-from llfc_core.data import Dataset, fit_to_arch, load_builtin, read_arrays
+from llfc_core.data import Dataset, fit_to_arch, load_builtin, open_normalised, read_arrays
 from llfc_core.device import resolve_device
 from llfc_core.errors import CancelledError, DatasetError, LLFCError
 from llfc_core.interpolation import interpolate_checkpoint
@@ -37,12 +37,13 @@ from llfc_core.progress import Reporter
 from llfc_core.training import evaluate, train_modes
 from service.checkpoints import store_artifact
 from service.core.config import Settings, get_settings
-from service.datasets import BUILTIN_PREFIX
+from service.datasets import BUILTIN_PREFIX, is_builtin
 from service.db.models import Checkpoint, Job, JobArtifact, LayerMetric, utcnow
 from service.db.models import Dataset as DatasetRow
 from service.db.session import rows_changed, session_scope
 from service.jobs import make_train_config
-from service.leases import beat, claim_job, holds_lease, soft_time_limit_sentence, worker_token
+from service.leases import claim_job, holds_lease, soft_time_limit_sentence, worker_token
+from service.queue import publish_waiting_jobs
 from service.results import json_safe, layer_metric_rows
 from service.storage import BlobStore
 
@@ -90,29 +91,52 @@ class JobContext:
 
     def load_dataset(self, split: str | None = None) -> Dataset:
         """The job's dataset (a built-in's ``split``, an upload whole), limited and fitted."""
-        ref = self.job.dataset_ref
-        if ref is None:
+        if self.job.dataset_ref is None:
             raise DatasetError("This job has no dataset.")
-        split = split or self.job.params.get("split", "train")
-        if ref.startswith(BUILTIN_PREFIX):
-            dataset: Dataset = load_builtin(
+        return self._load(self.job.dataset_ref, split or self.job.params.get("split", "train"))
+
+    def load_train_dataset(self) -> Dataset | None:
+        """The job's ``train_dataset`` (a built-in's train split, an upload whole), limited and
+        fitted; None when the job names none."""
+        ref = self.job.train_dataset_ref
+        return None if ref is None else self._load(ref, "train")
+
+    def load_side_data(self) -> Dataset | None:
+        """The data for BatchNorm re-estimation and activation matching of a match or
+        interpolate job: its ``train_dataset``, else its dataset, else None."""
+        train_dataset = self.load_train_dataset()
+        if train_dataset is not None or self.job.dataset_ref is None:
+            return train_dataset
+        return self.load_dataset()
+
+    def _load(self, ref: str, split: str) -> Dataset:
+        requested = self.job.params.get("max_examples") or self.settings.max_examples
+        max_examples = min(requested, self.settings.max_examples)
+        if is_builtin(ref):
+            builtin = load_builtin(
                 ref[len(BUILTIN_PREFIX) :], split, root=self.settings.resolved_datasets_root
             )
+            return fit_to_arch(self.arch, builtin.limit(max_examples))
+        with session_scope() as session:
+            row = session.get(DatasetRow, ref)
+            if row is None:
+                raise DatasetError(f"The dataset {ref} was deleted before the job ran.")
+            upload_sha256, normalised_sha256 = row.sha256, row.blob_sha256
+        if normalised_sha256 is not None:
+            # Only the examples the job uses are read: the rest stay on disk, unmapped.
+            dataset = open_normalised(self.store.path_for(normalised_sha256), max_examples, ref)
         else:
-            with session_scope() as session:
-                row = session.get(DatasetRow, ref)
-                if row is None:
-                    raise DatasetError(f"The dataset {ref} was deleted before the job ran.")
-                sha256 = row.sha256
+            # A row from before normalised copies: its upload, read whole, then limited.
             dataset = read_arrays(
-                self.store.path_for(sha256), max_bytes=self.settings.max_upload_bytes
-            )
-        requested = self.job.params.get("max_examples") or self.settings.max_examples
-        return fit_to_arch(self.arch, dataset.limit(min(requested, self.settings.max_examples)))
+                self.store.path_for(upload_sha256),
+                self.settings.max_upload_bytes,
+                self.settings.max_dataset_expansion,
+            ).limit(max_examples)
+        return fit_to_arch(self.arch, dataset)
 
     @property
     def uses_builtin_dataset(self) -> bool:
-        return bool(self.job.dataset_ref and self.job.dataset_ref.startswith(BUILTIN_PREFIX))
+        return bool(self.job.dataset_ref and is_builtin(self.job.dataset_ref))
 
 
 Executor = Callable[[JobContext], Outcome]
@@ -123,7 +147,7 @@ Executor = Callable[[JobContext], Outcome]
 
 def run_match(context: JobContext) -> Outcome:
     params = context.job.params
-    dataset = context.load_dataset() if context.job.dataset_ref else None
+    dataset = context.load_side_data()
     matched = match_models(
         context.arch,
         context.load_model(context.job.model_a_id),
@@ -140,7 +164,7 @@ def run_match(context: JobContext) -> Outcome:
 
 def run_interpolate(context: JobContext) -> Outcome:
     params = context.job.params
-    bn_data = context.load_dataset() if context.job.dataset_ref else None
+    bn_data = context.load_side_data()
     mixed = interpolate_checkpoint(
         context.arch,
         context.load_model(context.job.model_a_id),
@@ -162,12 +186,14 @@ def run_analyze(context: JobContext) -> Outcome:
     params = context.job.params
     config = AnalysisConfig.from_params({key: params[key] for key in ANALYSIS_KEYS})
     dataset = context.load_dataset()
-    # Activation matching and BatchNorm re-estimation use training data; for a built-in that
-    # is its train split, an upload is used whole for everything.
+    # Activation matching and BatchNorm re-estimation use training data: the job's
+    # train_dataset, else a built-in's train split, else (an upload) the data itself.
     needs_train_data = config.match == "activation" or context.arch.has_batch_norm
     train_dataset = None
-    if needs_train_data and context.uses_builtin_dataset and params["split"] != "train":
-        train_dataset = context.load_dataset("train")
+    if needs_train_data:
+        train_dataset = context.load_train_dataset()
+        if train_dataset is None and context.uses_builtin_dataset and params["split"] != "train":
+            train_dataset = context.load_dataset("train")
     result = analyze_pair(
         context.arch,
         context.load_model(context.job.model_a_id),
@@ -214,42 +240,6 @@ def run_train(context: JobContext) -> Outcome:
 # --- The job's life in the database -----------------------------------------------------------
 
 
-class Heartbeat:
-    """A daemon thread that refreshes the run's heartbeat every ``interval_s`` until stopped.
-
-    It notes when the run no longer holds the lease (the job was taken back), which the run
-    reads at its next progress report. A failed write (database out of reach) is logged and
-    tried again; if it stays out of reach longer than the lease, the job is taken back.
-    """
-
-    def __init__(self, job_id: str, attempt: int, interval_s: float, lost: threading.Event) -> None:
-        self.job_id, self.attempt, self.interval_s = job_id, attempt, interval_s
-        self.lost = lost
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id}", daemon=True)
-
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.interval_s + 5.0)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                with session_scope() as session:
-                    held = beat(session, self.job_id, self.attempt)
-            except Exception:
-                logger.exception("Job %s: the heartbeat could not be written", self.job_id)
-                continue
-            if not held:
-                logger.warning("Job %s attempt %d lost its lease", self.job_id, self.attempt)
-                self.lost.set()
-                return
-
-
 class JobRun:
     """The database side of one run (one attempt) of a job."""
 
@@ -257,7 +247,7 @@ class JobRun:
         self.job_id = job_id
         self.settings = settings
         self.attempt = 0
-        self.lease_lost = threading.Event()
+        self.lease_lost = False
         self.timed_out = False
         self._claimed_at = 0.0
         self._last_progress_write = 0.0
@@ -308,7 +298,7 @@ class JobRun:
         if soft_limit and time.monotonic() - self._claimed_at > soft_limit:
             self.timed_out = True
             return True
-        if self.lease_lost.is_set():
+        if self.lease_lost:
             return True
         moment = time.monotonic()
         if self._cancel_seen or moment - self._last_cancel_poll < CANCEL_POLL_INTERVAL_S:
@@ -320,7 +310,7 @@ class JobRun:
             ).one_or_none()
         if row is None or row.status != "running" or row.attempts != self.attempt:
             logger.warning("Job %s attempt %d no longer holds its lease", self.job_id, self.attempt)
-            self.lease_lost.set()
+            self.lease_lost = True
             return True
         self._cancel_seen = bool(row.cancel_requested)
         return self._cancel_seen
@@ -388,42 +378,54 @@ def run_job(job_id: str, execute: Executor, redelivered: bool = False) -> None:
     job = run.claim()
     if job is None:
         logger.info(
-            "Job %s is not queued (a duplicate delivery%s, a run elsewhere holds it, or it was "
-            "cancelled); skipped",
+            "Job %s is not queued (a duplicate delivery%s, a run elsewhere holds it, it was "
+            "cancelled, or its owner runs the most jobs allowed at once); skipped",
             job_id,
             ", redelivered by the broker" if redelivered else "",
         )
         return
     store = BlobStore(settings.blob_dir)
     logger.info("Job %s (%s) started, attempt %d", job_id, job.kind, job.attempts)
-    with Heartbeat(job_id, run.attempt, settings.heartbeat_seconds, run.lease_lost):
-        try:
-            assert job.arch is not None
-            context = JobContext(
-                job=job,
-                arch=parse_arch(job.arch, max_params=settings.max_params),
-                settings=settings,
-                store=store,
-                reporter=Reporter(callback=run.on_progress, should_stop=run.should_stop),
-                device=resolve_device(settings.device),
-            )
-            outcome = execute(context)
-            run.succeed(job, outcome, store, context.arch)
-        except SoftTimeLimitExceeded:
+    try:
+        assert job.arch is not None
+        context = JobContext(
+            job=job,
+            arch=parse_arch(job.arch, max_params=settings.max_params),
+            settings=settings,
+            store=store,
+            reporter=Reporter(callback=run.on_progress, should_stop=run.should_stop),
+            device=resolve_device(settings.device),
+        )
+        outcome = execute(context)
+        run.succeed(job, outcome, store, context.arch)
+    except SoftTimeLimitExceeded:
+        logger.info("Job %s reached its soft time limit", job_id)
+        run.fail(soft_time_limit_sentence(settings.job_soft_time_limit_seconds))
+    except CancelledError:
+        if run.timed_out:
             logger.info("Job %s reached its soft time limit", job_id)
             run.fail(soft_time_limit_sentence(settings.job_soft_time_limit_seconds))
-        except CancelledError:
-            if run.timed_out:
-                logger.info("Job %s reached its soft time limit", job_id)
-                run.fail(soft_time_limit_sentence(settings.job_soft_time_limit_seconds))
-            else:
-                logger.info("Job %s cancelled or lost its lease", job_id)
-                run.cancelled()
-        except LLFCError as error:
-            logger.info("Job %s failed: %s", job_id, error.message)
-            run.fail(error.message)
-        except Exception:
-            logger.exception("Job %s failed with an internal error", job_id)
-            run.fail(INTERNAL_FAILURE)
         else:
-            logger.info("Job %s succeeded", job_id)
+            logger.info("Job %s cancelled or lost its lease", job_id)
+            run.cancelled()
+    except LLFCError as error:
+        logger.info("Job %s failed: %s", job_id, error.message)
+        run.fail(error.message)
+    except Exception:
+        logger.exception("Job %s failed with an internal error", job_id)
+        run.fail(INTERNAL_FAILURE)
+    else:
+        logger.info("Job %s succeeded", job_id)
+    wake_waiting_jobs(job_id, settings)
+
+
+def wake_waiting_jobs(ended_job_id: str, settings: Settings) -> None:
+    """Publish the jobs of the ended job's owner that wait for the running-job slot it freed.
+
+    A failure is only logged: the republisher sends them later.
+    """
+    try:
+        with session_scope() as session:
+            publish_waiting_jobs(session, settings, ended_job_id)
+    except Exception:
+        logger.exception("Could not publish the jobs waiting behind job %s", ended_job_id)

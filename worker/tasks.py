@@ -2,8 +2,8 @@
 
 The engine, and with it torch, is imported inside the task, that is in the prefork child: the
 Celery parent process never loads torch or touches CUDA. The parent's part is
-:class:`JobRequest`: it records in the job row the two ways a run can end without its own code
-reaching the end.
+:class:`JobRequest`: it beats for the jobs its children run, and records in the job row the two
+ways a run can end without its own code reaching the end.
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from service.leases import (
     release_claim_of,
     worker_token,
 )
+from service.queue import publish_waiting_jobs
 from worker.celery_app import TASK_NAMES, celery_app
+from worker.leases import lease_keeper
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +46,39 @@ class JobRequest(Request):
     Both only touch a job whose claim this message's child holds (``claimed_by``), never one
     that a duplicate delivery found running elsewhere. The main process opens a database
     connection for each and closes it at once, as it forks new children at any time.
+
+    From the moment a child accepts the message until its task ends, the main process beats
+    for the job under that child's claim (``worker/leases.py``): the child may hold the GIL for
+    longer than the lease.
     """
 
-    def _record(self, change: Callable[[Session, str, str], Any]) -> Any:
+    def _job_and_token(self) -> tuple[str, str] | None:
         if not self.worker_pid or not self.args:
             return None
-        job_id, token = str(self.args[0]), worker_token(self.worker_pid)
+        return str(self.args[0]), worker_token(self.worker_pid)
+
+    def on_accepted(self, pid: int, time_accepted: float) -> None:
+        super().on_accepted(pid, time_accepted)
+        held = self._job_and_token()
+        if held is not None:
+            lease_keeper.hold(*held)
+
+    def _stop_beating(self) -> None:
+        held = self._job_and_token()
+        if held is not None:
+            lease_keeper.release(*held)
+
+    def acknowledge(self) -> None:
+        # With acks_late, the message is acknowledged once its task returned: where a run that
+        # ends normally stops being beaten for (Celery's own on_success replaces ours).
+        self._stop_beating()
+        super().acknowledge()
+
+    def _record(self, change: Callable[[Session, str, str], Any]) -> Any:
+        held = self._job_and_token()
+        if held is None:
+            return None
+        job_id, token = held
         try:
             with short_lived_session() as session:
                 return change(session, job_id, token)
@@ -57,15 +86,24 @@ class JobRequest(Request):
             logger.exception("Could not record how job %s ended; the lease will expire", job_id)
             return None
 
+    def _publish_waiting_jobs(self) -> None:
+        """The run ended without its code reaching the end: publish the jobs of its owner that
+        wait for the running-job slot it freed."""
+        self._record(
+            lambda session, job_id, _token: publish_waiting_jobs(session, get_settings(), job_id)
+        )
+
     def _fail_at_hard_limit(self, limit_s: float) -> None:
         sentence = hard_time_limit_sentence(limit_s)
         if self._record(
             lambda session, job_id, token: fail_claim_of(session, job_id, token, sentence)
         ):
             logger.warning("Job %s killed at its hard time limit of %gs", self.args[0], limit_s)
+            self._publish_waiting_jobs()
 
     def on_timeout(self, soft: bool, timeout: float) -> None:
         if not soft:
+            self._stop_beating()
             self._fail_at_hard_limit(timeout)
         super().on_timeout(soft, timeout)
 
@@ -74,6 +112,7 @@ class JobRequest(Request):
     ) -> None:
         # The row first, then Celery, which may requeue the message: its next delivery must
         # find the job queued, not still running under a dead child's claim.
+        self._stop_beating()
         exception = exc_info.exception
         if isinstance(exception, ExceptionWithTraceback):
             exception = exception.exc
@@ -88,6 +127,8 @@ class JobRequest(Request):
                     session, job_id, token, get_settings(), reason
                 )
             )
+            if status in ("failed", "cancelled"):
+                self._publish_waiting_jobs()
             if status is not None:
                 logger.warning(
                     "Job %s: its worker process %s stopped (%r); the job is now %s",

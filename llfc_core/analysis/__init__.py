@@ -2,6 +2,10 @@
 
 ``analyze_pair`` measures B as given ("naive") and, when asked, B permuted onto A by weight or
 activation matching ("matched"), so one sees what a matching changes.
+
+The endpoints of a BatchNorm net are measured after re-estimating their statistics, like every
+point of the path, so the barriers compare like with like; each endpoint also carries its loss and
+error as uploaded (its own running statistics), since those are the numbers its owner knows.
 """
 
 from __future__ import annotations
@@ -21,9 +25,13 @@ from llfc_core.errors import DatasetError
 from llfc_core.matching import match_models
 from llfc_core.metrics import DISTANCE_NAMES
 from llfc_core.pair import check_same_layout
+from llfc_core.permutation import StateDict
 from llfc_core.progress import Reporter
+from llfc_core.training import evaluate
 
 MATCH_SHARE = 0.2
+AS_UPLOADED_SHARE = 0.1
+"""Of the progress, when BatchNorm statistics are re-estimated: evaluating A and B as uploaded."""
 
 
 def analyze_pair(
@@ -52,6 +60,8 @@ def analyze_pair(
     if dataset.num_examples == 0:
         raise DatasetError("The dataset holds no examples; an analysis needs at least one.")
     side_data = fit_to_arch(arch, train_dataset) if train_dataset is not None else dataset
+    reset_bn = arch.has_batch_norm if config.reset_bn is None else config.reset_bn
+    reestimated = bool(reset_bn and arch.has_batch_norm)
 
     result: dict[str, Any] = {"pairs": {}}
     matched_b = None
@@ -75,7 +85,8 @@ def analyze_pair(
         measure_start = MATCH_SHARE
 
     pairs = [("naive", state_b)] + ([("matched", matched_b)] if matched_b is not None else [])
-    share = (1.0 - measure_start) / len(pairs)
+    as_uploaded_share = AS_UPLOADED_SHARE if reestimated else 0.0
+    share = (1.0 - measure_start - as_uploaded_share) / len(pairs)
     for index, (pair_name, b_side) in enumerate(pairs):
         pair, endpoints = measure_pair(
             arch,
@@ -89,12 +100,21 @@ def analyze_pair(
         )
         result["pairs"][pair_name] = pair
         result.setdefault("endpoints", endpoints)
-    reset_bn = arch.has_batch_norm if config.reset_bn is None else config.reset_bn
+    _add_as_uploaded(
+        result["endpoints"],
+        arch,
+        {"a": state_a, "b": state_b},
+        dataset,
+        reestimated,
+        batch_size=config.batch_size,
+        device=device,
+        reporter=reporter.sub(1.0 - as_uploaded_share, as_uploaded_share),
+    )
     result["settings"] = {
         "match": config.match,
         "alphas": list(config.alphas),
         "llfc_alphas": [float(alpha_key(a)) for a in config.llfc_alphas],
-        "reset_bn": bool(reset_bn and arch.has_batch_norm),
+        "reset_bn": reestimated,
         "num_examples": dataset.num_examples,
         "batch_size": config.batch_size,
         "device": str(device),
@@ -102,6 +122,37 @@ def analyze_pair(
     result["distances"] = DISTANCE_NAMES
     reporter.report(1.0, "analysis finished")
     return result
+
+
+def _add_as_uploaded(
+    endpoints: dict[str, dict[str, Any]],
+    arch: Architecture,
+    states: Mapping[str, StateDict],
+    dataset: Dataset,
+    reestimated: bool,
+    *,
+    batch_size: int,
+    device: torch.device,
+    reporter: Reporter,
+) -> None:
+    """Label each measured endpoint with ``batch_norm_reestimated`` and add ``as_uploaded``:
+    the loss and error of the uploaded state itself, its own running statistics included."""
+    for index, (side, state) in enumerate(states.items()):
+        endpoint = endpoints[side]
+        if reestimated:
+            loss, error = evaluate(
+                arch,
+                state,
+                dataset,
+                device=device,
+                batch_size=batch_size,
+                reporter=reporter.sub(index / len(states), 1 / len(states)),
+            )
+        else:
+            # Nothing was re-estimated: the measured endpoints are the uploaded models.
+            loss, error = endpoint["loss"], endpoint["error"]
+        endpoint["batch_norm_reestimated"] = reestimated
+        endpoint["as_uploaded"] = {"loss": loss, "error": error}
 
 
 __all__ = ["AnalysisConfig", "analyze_pair"]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from llfc_core.errors import InvalidParameterError
 from llfc_core.interpolation import check_alpha
+from llfc_core.training import MAX_SEED
 
 DEFAULT_ALPHAS = tuple(i / 10 for i in range(11))
 DEFAULT_LLFC_ALPHAS = (0.25, 0.5, 0.75)
@@ -16,15 +17,25 @@ MAX_LLFC_ALPHAS = 21
 MAX_BATCH_SIZE = 65_536
 MATCH_CHOICES = ("none", "weight", "activation")
 # Job parameters that choose the data rather than the analysis; the caller applies them.
-DATA_SELECTION_KEYS = frozenset({"split", "max_examples"})
+DATA_SELECTION_KEYS = frozenset({"split", "max_examples", "train_dataset"})
 
 
 def _alphas(value: Any, name: str, limit: int) -> tuple[float, ...]:
-    if not isinstance(value, Sequence) or isinstance(value, str) or not value:
-        raise InvalidParameterError(f"'{name}' must be a non-empty list of numbers from 0 to 1.")
-    if len(value) > limit:
-        raise InvalidParameterError(f"'{name}' may hold at most {limit} values, got {len(value)}.")
-    return tuple(sorted({check_alpha(alpha) for alpha in value}))
+    # One number is refused rather than taken as a one-point list: a single alpha draws no
+    # curve, and '--param alphas=0.5' more likely meant a step than one point.
+    values = (
+        list(value)
+        if isinstance(value, Iterable) and not isinstance(value, str | bytes | Mapping)
+        else []
+    )
+    if not values:
+        raise InvalidParameterError(
+            f"'{name}' must be a non-empty list of numbers from 0 to 1, e.g. [0, 0.5, 1], "
+            f"got {value!r} (on the command line: --param '{name}=[0, 0.5, 1]')."
+        )
+    if len(values) > limit:
+        raise InvalidParameterError(f"'{name}' may hold at most {limit} values, got {len(values)}.")
+    return tuple(sorted({check_alpha(alpha) for alpha in values}))
 
 
 @dataclass(frozen=True)
@@ -42,9 +53,9 @@ class AnalysisConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "alphas", _alphas(list(self.alphas), "alphas", MAX_ALPHAS))
+        object.__setattr__(self, "alphas", _alphas(self.alphas, "alphas", MAX_ALPHAS))
         object.__setattr__(
-            self, "llfc_alphas", _alphas(list(self.llfc_alphas), "llfc_alphas", MAX_LLFC_ALPHAS)
+            self, "llfc_alphas", _alphas(self.llfc_alphas, "llfc_alphas", MAX_LLFC_ALPHAS)
         )
         if self.match not in MATCH_CHOICES:
             raise InvalidParameterError(
@@ -61,8 +72,14 @@ class AnalysisConfig:
             )
         if self.reset_bn is not None and not isinstance(self.reset_bn, bool):
             raise InvalidParameterError(f"'reset_bn' must be true or false, got {self.reset_bn!r}.")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise InvalidParameterError(f"'seed' must be an integer, got {self.seed!r}.")
+        if (
+            isinstance(self.seed, bool)
+            or not isinstance(self.seed, int)
+            or not 0 <= self.seed <= MAX_SEED
+        ):
+            raise InvalidParameterError(
+                f"'seed' must be an integer from 0 to {MAX_SEED}, got {self.seed!r}."
+            )
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AnalysisConfig:

@@ -31,6 +31,7 @@ ENGINE_ERROR_TYPES: dict[type[engine_errors.LLFCError], tuple[int, str]] = {
     engine_errors.IncompatiblePairError: (422, "incompatible-pair"),
     engine_errors.DatasetError: (422, "invalid-dataset"),
     engine_errors.InvalidParameterError: (422, "invalid-parameter"),
+    engine_errors.JobTooLargeError: (422, "job-too-large"),
     engine_errors.CancelledError: (409, "cancelled"),
 }
 

@@ -12,11 +12,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEVELOPMENT_SECRET_KEY = "llfc-development-secret-key"
-"""The default pepper; acceptable only where the database is a local SQLite file."""
+"""The default pepper; acceptable only with auth off, where no key is ever checked."""
 
 MIN_SECRET_KEY_LENGTH = 16
 
@@ -44,6 +44,12 @@ class Settings(BaseSettings):
         description="Pepper mixed into API key hashes; keys stop working when it changes.",
     )
     max_upload_bytes: int = Field(default=512 * 1024**2, ge=1024)
+    max_dataset_expansion: int = Field(
+        default=64,
+        ge=1,
+        description="An uploaded .npz may declare at most this many times its own size once "
+        "decompressed (a zip bomb is refused before anything is decompressed).",
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     datasets_root: Path | None = Field(
         default=None,
@@ -122,6 +128,19 @@ class Settings(BaseSettings):
         ge=1,
         description="Bytes of checkpoints and datasets one owner may keep; more get 507.",
     )
+    max_running_jobs_per_owner: int = Field(
+        default=4,
+        ge=1,
+        description="Jobs of one owner that run at once; the owner's next job waits, queued, "
+        "while other owners' jobs run.",
+    )
+    max_job_memory_bytes: int = Field(
+        default=16 * 1024**3,
+        ge=1024**2,
+        description="Peak memory a job may need, as the engine estimates it at submission "
+        "(activations of one batch, width x width matching matrices, the models); more get "
+        "422.",
+    )
     api_workers: int = Field(
         default=1,
         ge=1,
@@ -130,17 +149,46 @@ class Settings(BaseSettings):
         "each uses at most one core.",
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="With auth on, GET /metrics needs 'Authorization: Bearer <this token>' "
+        "(API keys do not open it); unset, /metrics answers 403 while auth is on.",
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0,
+        gt=0.0,
+        description="A connection whose request line and headers are not complete this long "
+        "after they began is answered 408 and closed.",
+    )
+    body_idle_timeout_seconds: float = Field(
+        default=30.0,
+        gt=0.0,
+        description="A connection sending no byte of its request body for this long (while the "
+        "service is ready to read it) is closed.",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=1,
+        description="Open connections one API process serves at once; requests past it get 503.",
+    )
+
+    @field_validator("metrics_token", mode="before")
+    @classmethod
+    def _empty_metrics_token_is_unset(cls, token: Any) -> Any:
+        # LLFC_METRICS_TOKEN= (set but empty) means no token, not a token nobody can send.
+        return None if token == "" else token
 
     @model_validator(mode="after")
-    def _refuse_default_secret_outside_sqlite(self) -> Settings:
+    def _refuse_default_secret_with_auth(self) -> Settings:
+        # The SQLite file holds the key hashes too: with the public default pepper, a copy of
+        # the data folder would confirm guessed keys offline.
         secret = self.secret_key.get_secret_value()
         weak = secret == DEVELOPMENT_SECRET_KEY or len(secret) < MIN_SECRET_KEY_LENGTH
-        if self.auth and not self.is_sqlite and weak:
+        if self.auth and weak:
             raise ValueError(
                 "LLFC_SECRET_KEY must be set to a private value of at least "
-                f"{MIN_SECRET_KEY_LENGTH} characters when LLFC_AUTH is on and the database is "
-                "not SQLite; generate one with: python -c 'import secrets; "
-                "print(secrets.token_urlsafe(32))'"
+                f"{MIN_SECRET_KEY_LENGTH} characters when LLFC_AUTH is on; generate one with: "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
             )
         return self
 
@@ -183,6 +231,17 @@ class Settings(BaseSettings):
     def broker_folder(self) -> Path:
         """Where the filesystem transport keeps its messages (embedded mode only)."""
         return (self.data_dir / "broker").resolve()
+
+    def create_data_dir(self) -> Path:
+        """The data folder, created readable by this user only (0700) if it does not exist: it
+        holds the SQLite file with the key hashes, and every upload. An existing folder keeps
+        the permissions its owner gave it."""
+        folder = self.data_dir.resolve()
+        if not folder.is_dir():
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(mode=0o700, exist_ok=True)
+            folder.chmod(0o700)  # mkdir's mode is masked by the umask; this is exact.
+        return folder
 
     @property
     def blob_dir(self) -> Path:

@@ -59,7 +59,7 @@ def wait_for_database(url: str, timeout_s: float) -> None:
 def upgrade(revision: str = "head", wait_s: float = 0.0) -> None:
     """Bring the configured database to ``revision``, creating the SQLite folder if needed."""
     settings = get_settings()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    settings.create_data_dir()
     url = settings.resolved_database_url
     if wait_s > 0:
         wait_for_database(url, wait_s)

@@ -2,8 +2,9 @@
 //
 // "/" lists the owner's jobs and refreshes while any is queued or running; "/jobs/{id}" shows
 // one job, and for a succeeded analyze job its plots and metric tables. Every request carries
-// the API key from localStorage when there is one, images included (fetched as blobs), because
-// a plain <img src> cannot send an Authorization header.
+// the API key from sessionStorage when there is one, images included (fetched as blobs), because
+// a plain <img src> cannot send an Authorization header. The key lives only as long as the tab:
+// sessionStorage is not shared with other tabs and is gone when the tab closes.
 "use strict";
 
 const KEY_STORAGE = "llfc.apiKey";
@@ -33,6 +34,8 @@ function h(tag, props = {}, ...children) {
     if (value === null || value === undefined || value === false) continue;
     if (name === "className") node.className = value;
     else if (name === "dataset") Object.assign(node.dataset, value);
+    // Through the CSSOM: the Content-Security-Policy refuses style attributes set as markup.
+    else if (name === "style") node.style.cssText = value;
     else if (name.startsWith("on")) node.addEventListener(name.slice(2), value);
     else node.setAttribute(name, value === true ? "" : String(value));
   }
@@ -62,7 +65,7 @@ function formatTime(text) {
 // --- The API, with the key when there is one. --------------------------------------------------
 
 function apiKey() {
-  return window.localStorage.getItem(KEY_STORAGE) || "";
+  return window.sessionStorage.getItem(KEY_STORAGE) || "";
 }
 
 async function api(path, { method = "GET", as = "json" } = {}) {
@@ -105,7 +108,7 @@ function renderKeyStatus() {
 }
 
 function forgetKey() {
-  window.localStorage.removeItem(KEY_STORAGE);
+  window.sessionStorage.removeItem(KEY_STORAGE);
   renderKeyStatus();
   route();
 }
@@ -115,7 +118,7 @@ function saveKey(event) {
   const input = document.getElementById("key-input");
   const key = input.value.trim();
   if (!key) return;
-  window.localStorage.setItem(KEY_STORAGE, key);
+  window.sessionStorage.setItem(KEY_STORAGE, key);
   input.value = "";
   document.getElementById("key-panel").hidden = true;
   renderKeyStatus();
@@ -399,16 +402,28 @@ function barrierTable(result) {
   );
 }
 
+// A's and B's loss and error, labelled: where BatchNorm statistics were re-estimated on the job's
+// data (what the barriers are measured against), also as uploaded. Results of services before
+// `as_uploaded` was added carry neither label.
 function endpointsTable(result) {
   const sides = [["a", "model A"], ["b", "model B"]];
+  const endpoints = sides.map(([key]) => result.endpoints[key]);
+  const reestimated = endpoints.some((endpoint) => endpoint.batch_norm_reestimated);
+  const labelled = endpoints.every((endpoint) => endpoint.as_uploaded);
+  const measured = reestimated ? ", BatchNorm re-estimated" : labelled ? " as uploaded" : "";
+  const headers = [`loss${measured}`, `error${measured}`];
+  if (reestimated) headers.push("loss as uploaded", "error as uploaded");
   return table(
     "endpoints-table",
-    [h("tr", {}, h("th", {}, ""), h("th", {}, "loss"), h("th", {}, "error"))],
-    sides.map(([key, label]) =>
-      h("tr", {}, h("th", {}, label),
-        h("td", {}, formatNumber(result.endpoints[key].loss)),
-        h("td", {}, formatPercent(result.endpoints[key].error))),
-    ),
+    [h("tr", {}, h("th", {}, ""), headers.map((header) => h("th", {}, header)))],
+    sides.map(([, label], index) => {
+      const endpoint = endpoints[index];
+      const cells = [formatNumber(endpoint.loss), formatPercent(endpoint.error)];
+      if (reestimated) {
+        cells.push(formatNumber(endpoint.as_uploaded.loss), formatPercent(endpoint.as_uploaded.error));
+      }
+      return h("tr", {}, h("th", {}, label), cells.map((cell) => h("td", {}, cell)));
+    }),
   );
 }
 

@@ -168,6 +168,8 @@ def test_upload_dataset_then_datasets_lists_it_with_the_builtins(llfc: Cli, tmp_
     rows = {line.split()[0]: line.split() for line in listed.stdout.splitlines()[1:]}
     assert rows[dataset_id][1:] == ["small", "30", "64", "3"]
     assert rows["builtin:digits"][1:] == ["digits", "by", "split", "64", "10"]
+    # The test service has no MNIST files, so submitting it would be refused.
+    assert rows["builtin:mnist"][1:] == ["mnist", "not", "installed", "1x28x28", "10"]
 
 
 def test_submit_train_waits_then_results_status_and_download(

@@ -5,16 +5,29 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
+import zipfile
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from checkpoint_archives import (
+    deflate_bomb,
+    repacked,
+    torch_saved,
+    torchscript_archive,
+    with_lying_member_size,
+)
 from safetensors.torch import load as load_safetensors_bytes
 
 from llfc_core.archs import Architecture, parse_arch
 from llfc_core.checkpoints import (
+    TORCH_ZIP_MAX_MEMBERS,
+    check_torch_zip,
+    is_stored_form,
     load_safetensors,
     read_checkpoint,
     safetensors_bytes,
@@ -65,12 +78,14 @@ def test_torch_zip_checkpoint_round_trips(tmp_path: Path, vgg_state: dict[str, A
     assert int(state["features.1.num_batches_tracked"]) == 2
 
 
-def test_legacy_torch_pickle_checkpoint_is_read(tmp_path: Path, vgg_state: dict[str, Any]) -> None:
+def test_legacy_torch_format_is_refused_with_how_to_re_save(
+    tmp_path: Path, vgg_state: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "legacy.pth"
     torch.save(vgg_state, path, _use_new_zipfile_serialization=False)
-    state, fmt = read_checkpoint(path)
-    assert fmt == "torch"
-    assert_same_tensors(state, vgg_state)
+    monkeypatch.setattr(torch, "load", _must_not_run)
+    with pytest.raises(CheckpointFormatError, match=r"legacy .* Re-save it with torch\.save"):
+        read_checkpoint(path)
 
 
 def test_safetensors_checkpoint_round_trips(tmp_path: Path, vgg_state: dict[str, Any]) -> None:
@@ -152,7 +167,8 @@ def test_pickle_that_would_run_code_is_refused_without_running_it(
         path.write_bytes(pickle.dumps(payload))
     else:
         torch.save(payload, path, _use_new_zipfile_serialization=container == "torch zip")
-    with pytest.raises(CheckpointFormatError, match="objects other than tensors"):
+    refusal = "objects other than tensors" if container == "torch zip" else "legacy"
+    with pytest.raises(CheckpointFormatError, match=refusal):
         read_checkpoint(path)
     assert not marker.exists()
 
@@ -336,3 +352,165 @@ def test_resnet_checkpoint_validates_after_a_torch_round_trip(tmp_path: Path) ->
     torch.save(state, path)
     cleaned = validate_state_dict(arch, read_checkpoint(path)[0])
     assert_same_tensors(cleaned, state)
+
+
+# --- torch archives are checked before torch parses them ----------------------------------------
+
+
+def _must_not_run(*_args: object, **_kwargs: object) -> None:
+    raise AssertionError("torch.load ran on a file that should have been refused before it")
+
+
+MLP_SMALL = {"name": "mlp", "widths": [4, 3, 2]}
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.s:DeprecationWarning")
+def test_a_torchscript_archive_is_refused_before_torch_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "scripted.pt"
+    path.write_bytes(torchscript_archive())
+    monkeypatch.setattr(torch, "load", _must_not_run)
+    with pytest.raises(CheckpointFormatError, match=r"torch\.save does not write") as caught:
+        read_checkpoint(path)
+    assert "code/" in caught.value.message or "constants.pkl" in caught.value.message
+
+
+@pytest.mark.parametrize("member", ["constants.pkl", "code/__torch__.py", ".debug_pkl", "extra/x"])
+def test_a_state_dict_archive_with_a_member_torch_save_does_not_write_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, member: str
+) -> None:
+    path = tmp_path / "extra.pt"
+    saved = torch_saved(parse_arch(MLP_SMALL).build().state_dict())
+    path.write_bytes(repacked(saved, extra_members={member: b"print('hi')"}))
+    monkeypatch.setattr(torch, "load", _must_not_run)
+    with pytest.raises(CheckpointFormatError, match=f"holds .*{member}"):
+        read_checkpoint(path)
+
+
+def test_a_stored_re_pack_of_a_torch_save_archive_is_still_read(tmp_path: Path) -> None:
+    state = parse_arch(MLP_SMALL).build().state_dict()
+    path = tmp_path / "repacked.pt"
+    path.write_bytes(repacked(torch_saved(state)))
+    assert_same_tensors(read_checkpoint(path, parse_arch(MLP_SMALL))[0], dict(state))
+
+
+def test_a_compressed_member_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "deflated.pt"
+    saved = torch_saved(parse_arch(MLP_SMALL).build().state_dict())
+    path.write_bytes(repacked(saved, compression=zipfile.ZIP_DEFLATED))
+    monkeypatch.setattr(torch, "load", _must_not_run)
+    with pytest.raises(CheckpointFormatError, match=r"is compressed, which torch\.save never does"):
+        read_checkpoint(path)
+
+
+def test_a_member_declaring_more_bytes_than_the_file_holds_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "lying.pt"
+    saved = torch_saved({"0.weight": torch.zeros(12)})
+    path.write_bytes(with_lying_member_size(saved, "/data/0", 800_000_000))
+    monkeypatch.setattr(torch, "load", _must_not_run)
+    with pytest.raises(CheckpointFormatError, match="declares 800,000,000 bytes"):
+        read_checkpoint(path)
+
+
+def test_an_archive_with_absurdly_many_members_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "many.pt"
+    saved = torch_saved({"0.weight": torch.zeros(1)})
+    many = {f"data/{1000 + index}": b"" for index in range(TORCH_ZIP_MAX_MEMBERS)}
+    path.write_bytes(repacked(saved, extra_members=many))
+    monkeypatch.setattr(zipfile.ZipFile, "__init__", _must_not_run)
+    with pytest.raises(CheckpointFormatError, match="members, more than the 10,000"):
+        check_torch_zip(path)
+
+
+def test_tensor_data_beyond_what_the_arch_can_hold_is_refused_before_loading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 4 MB of float32 for an arch of 23 values: a stored, well-formed archive, but far more
+    # data than the arch could use even as float64 with optimizer state.
+    path = tmp_path / "oversized.pt"
+    torch.save({"0.weight": torch.zeros(1_000_000)}, path)
+    monkeypatch.setattr(torch, "load", _must_not_run)
+    with pytest.raises(CheckpointFormatError, match="4,000,000 bytes of tensor data, more than"):
+        read_checkpoint(path, parse_arch(MLP_SMALL))
+
+
+def test_a_float64_training_checkpoint_with_adam_state_fits_the_arch_bound(
+    tmp_path: Path,
+) -> None:
+    arch = parse_arch({"name": "mlp", "widths": [64, 512, 10]})
+    model = arch.build().double()
+    optimizer = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 64, dtype=torch.float64)).sum().backward()
+    optimizer.step()
+    path = tmp_path / "training.pt"
+    torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, path)
+    state, _ = read_checkpoint(path, arch)
+    assert_same_tensors(
+        validate_state_dict(arch, state), validate_state_dict(arch, model.state_dict())
+    )
+
+
+def test_a_deflate_bomb_is_refused_without_inflating_it(tmp_path: Path) -> None:
+    path = tmp_path / "bomb.pt"
+    path.write_bytes(deflate_bomb(800 * 2**20))
+    assert path.stat().st_size < 2**20
+    # A fresh process, so its peak resident size says what this one call cost.
+    measured = subprocess.run(
+        [sys.executable, "-c", PEAK_GROWTH_OF_READING, str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    refusal, growth_kib = measured.stdout.strip().rsplit("\n", 1)
+    assert "is compressed, which torch.save never does" in refusal
+    assert int(growth_kib) < 50 * 1024
+
+
+PEAK_GROWTH_OF_READING = """
+import resource, sys
+from pathlib import Path
+from llfc_core.archs import parse_arch
+from llfc_core.checkpoints import read_checkpoint
+from llfc_core.errors import CheckpointFormatError
+arch = parse_arch({"name": "mlp", "widths": [4, 3, 2]})
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+try:
+    read_checkpoint(Path(sys.argv[1]), arch)
+    print("accepted")
+except CheckpointFormatError as error:
+    print(error.message)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+"""
+
+
+def test_torch_files_are_refused_on_a_torch_older_than_2_10_but_safetensors_are_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = parse_arch(MLP_SMALL).build().state_dict()
+    zip_path, legacy_path, safetensors_path = (tmp_path / name for name in ("a.pt", "b.pt", "c"))
+    torch.save(state, zip_path)
+    torch.save(state, legacy_path, _use_new_zipfile_serialization=False)
+    save_safetensors(state, safetensors_path)
+    monkeypatch.setattr(torch, "__version__", "2.9.1+cu128")
+    monkeypatch.setattr(torch, "load", _must_not_run)
+    refusal = r"runs PyTorch 2\.9\.1.*needs 2\.10 or later"
+    for path in (zip_path, legacy_path):
+        with pytest.raises(CheckpointFormatError, match=refusal):
+            read_checkpoint(path)
+    assert read_checkpoint(safetensors_path)[1] == "safetensors"
+
+
+def test_a_safetensors_header_nested_thousands_deep_is_refused_with_a_sentence(
+    tmp_path: Path,
+) -> None:
+    header = b'{"__metadata__":' + b"[" * 3000 + b"]" * 3000 + b"}"
+    path = tmp_path / "deep.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(CheckpointFormatError, match="nested too deeply"):
+        read_checkpoint(path)
+    assert not is_stored_form(parse_arch(MLP_SMALL), path)

@@ -97,8 +97,8 @@ def test_a_stale_run_is_taken_over_and_can_no_longer_write(
     taken = claim_job(session, job_id, "host:202", settings, now=_later(LEASE_S + 1))
     assert taken is not None
     assert (taken.attempts, taken.claimed_by) == (2, "host:202")
-    assert beat(session, job_id, attempt=1) is False
-    assert beat(session, job_id, attempt=2) is True
+    assert beat(session, job_id, "host:101") is False
+    assert beat(session, job_id, "host:202") is True
 
 
 def test_a_run_that_keeps_its_heartbeat_fresh_keeps_its_lease(
@@ -106,7 +106,7 @@ def test_a_run_that_keeps_its_heartbeat_fresh_keeps_its_lease(
 ) -> None:
     job_id = _job(session, "job_c")
     assert claim_job(session, job_id, "host:101", settings) is not None
-    assert beat(session, job_id, attempt=1, now=_later(LEASE_S - 1))
+    assert beat(session, job_id, "host:101", now=_later(LEASE_S - 1))
     assert claim_job(session, job_id, "host:202", settings, now=_later(LEASE_S + 1)) is None
     assert reap_lost_runs(session, settings, now=_later(LEASE_S + 1)).requeued == []
 
@@ -186,7 +186,7 @@ def test_the_storage_quota_refuses_what_would_pass_it_and_jobs_once_it_is_reache
     with pytest.raises(ProblemError) as refused:
         check_stored_bytes(session, settings, "own_1", 401, "this upload")
     assert refused.value.status == 507
-    assert refused.value.extra == {"stored_bytes": 600, "limit": 1000}
+    assert refused.value.extra == {"stored_bytes": 600, "reserved_bytes": 0, "limit": 1000}
     check_stored_bytes(session, settings, "own_1", 0, "the checkpoints of this job")
     session.execute(update(Checkpoint).values(size_bytes=1000))
     session.commit()

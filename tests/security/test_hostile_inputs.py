@@ -86,15 +86,19 @@ def legacy_pickle_payload(marker: Path) -> bytes:
 
 
 @pytest.mark.parametrize(
-    ("make_payload", "load_unsafely"),
+    ("make_payload", "load_unsafely", "refusal"),
     [
-        (torch_zip_payload, lambda data: torch.load(io.BytesIO(data), weights_only=False)),
-        (legacy_pickle_payload, pickle.loads),
+        (
+            torch_zip_payload,
+            lambda data: torch.load(io.BytesIO(data), weights_only=False),
+            "not loaded for safety",
+        ),
+        (legacy_pickle_payload, pickle.loads, "legacy (pre-1.6) format"),
     ],
     ids=["torch-zip", "legacy-pickle"],
 )
 def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_nothing_runs(
-    alice: httpx.Client, tmp_path: Path, make_payload: Any, load_unsafely: Any
+    alice: httpx.Client, tmp_path: Path, make_payload: Any, load_unsafely: Any, refusal: str
 ) -> None:
     # The control proves the payload is live: loaded the unsafe way, it does create its marker.
     control = tmp_path / "control-ran"
@@ -103,7 +107,7 @@ def test_a_checkpoint_whose_pickle_runs_code_is_refused_and_nothing_runs(
 
     marker = tmp_path / "server-ran"
     response = upload_checkpoint(alice, make_payload(marker), mlp_arch(SMALL))
-    assert_problem(response, 422, "not loaded for safety")
+    assert_problem(response, 422, refusal)
     assert not marker.exists()
 
 
@@ -206,6 +210,70 @@ def test_a_zip_bomb_npz_is_refused_before_decompressing(alice: httpx.Client) -> 
     elapsed = time.monotonic() - started
     assert_problem(response, 422, "once decompressed", f"limit of {MAX_UPLOAD_BYTES:,} bytes")
     assert elapsed < 5.0
+
+
+def deflated_zeros_npz(num_examples: int) -> bytes:
+    """x (N x 1) and y (N,) of uint8 zeros, deflated about 500 times."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("x.npy", npy_bytes(np.zeros((num_examples, 1), dtype=np.uint8)))
+        archive.writestr("y.npy", npy_bytes(np.zeros(num_examples, dtype=np.uint8)))
+    return buffer.getvalue()
+
+
+def npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def test_an_npz_declaring_far_more_than_its_own_size_is_refused(alice: httpx.Client) -> None:
+    # Under the upload cap once decompressed, so only the bound relative to the file catches it
+    # (the 389 KB file declaring 200M examples of issue 10 is this, scaled to the 1 MiB cap).
+    num_examples = 400_000
+    declared_bytes = 2 * num_examples
+    bomb = deflated_zeros_npz(num_examples)
+    assert declared_bytes < MAX_UPLOAD_BYTES
+    assert declared_bytes > 64 * len(bomb)
+    response = upload_dataset(alice, bomb)
+    assert_problem(response, 422, "more than 64 times its", "numpy.savez")
+
+
+def test_an_npz_with_a_member_x_beside_x_npy_is_refused_unread(alice: httpx.Client) -> None:
+    huge = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        huge, {"descr": "<f8", "fortran_order": False, "shape": (2**40,)}
+    )
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("x.npy", npy_bytes(np.ones((2, 64), dtype=np.float32)))
+        archive.writestr("y.npy", npy_bytes(np.array([0, 1])))
+        archive.writestr("x", huge.getvalue())  # numpy.load reads this one for 'x': 8 TiB
+    response = upload_dataset(alice, buffer.getvalue())
+    assert_problem(response, 422, "member named 'x'", "numpy.savez(path, x=x, y=y)")
+
+
+@pytest.mark.parametrize(
+    ("train_dataset", "phrase"),
+    [
+        ("builtin:../../etc/passwd", "is not a dataset id"),
+        ("x" * 10_000, "is not a dataset id"),
+        (["builtin:digits"], "'train_dataset' must be a dataset id"),
+        ("builtin:mnist", "is not installed on this service"),
+    ],
+    ids=["path", "long", "list", "not-installed"],
+)
+def test_a_train_dataset_that_is_no_usable_dataset_is_refused(
+    alice: httpx.Client, pair: tuple[str, str], train_dataset: Any, phrase: str
+) -> None:
+    body = {
+        "kind": "analyze",
+        "model_a": pair[0],
+        "model_b": pair[1],
+        "dataset": "builtin:digits",
+        "params": {"train_dataset": train_dataset},
+    }
+    assert_problem(submit(alice, body), 422, phrase)
 
 
 # --- Values and types that do not fit ---------------------------------------------------------
@@ -388,13 +456,14 @@ def test_alphas_outside_zero_one_or_too_many_are_refused(
 
 
 def test_a_nan_alpha_in_raw_json_is_refused(alice: httpx.Client, pair: tuple[str, str]) -> None:
-    # Python's JSON parser accepts the NaN literal; it must not reach the engine or the database.
+    # Python's JSON parser accepts the NaN literal; the service's bounded parser refuses it, so it
+    # reaches neither the engine nor the database.
     text = (
         f'{{"kind": "interpolate", "model_a": "{pair[0]}", "model_b": "{pair[1]}", '
         '"params": {"alpha": NaN}}'
     )
     response = alice.post("/v1/jobs", content=text, headers={"Content-Type": "application/json"})
-    assert_problem(response, 422, "from 0 to 1, got nan")
+    assert_problem(response, 422, "holds NaN, which is not a JSON number")
 
 
 @pytest.mark.parametrize(
@@ -403,7 +472,7 @@ def test_a_nan_alpha_in_raw_json_is_refused(alice: httpx.Client, pair: tuple[str
         (b"kind=match", "application/json", 422, "not valid JSON"),
         (b"\xff\xfe{", "application/json", 400, "could not be read as UTF-8 JSON"),
         (b'["match"]', "application/json", 422, "must be a JSON object"),
-        (b"kind=match&model_a=x", "application/x-www-form-urlencoded", 422, "JSON object"),
+        (b"kind=match&model_a=x", "application/x-www-form-urlencoded", 415, "not JSON"),
         (b"", "application/json", 422, "JSON object"),
     ],
     ids=["not-json", "not-utf8", "json-array", "form-encoded", "empty"],
@@ -593,3 +662,89 @@ def test_a_json_body_over_one_mebibyte_is_413_declared_or_streamed(alice: httpx.
         "/v1/jobs", content=chunks(), headers={"content-type": "application/json"}
     )
     assert_problem(streamed, 413, "larger than 1,048,576 bytes")
+
+
+# --- Shapes and depths that reached a 500 (hardening item 9) -----------------------------------
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize(
+    ("params", "name"),
+    [
+        ({"alphas": 0.5}, "alphas"),
+        ({"alphas": None}, "alphas"),
+        ({"llfc_alphas": 0.5}, "llfc_alphas"),
+        ({"llfc_alphas": None}, "llfc_alphas"),
+        ({"alphas": {"0": 0.5}}, "alphas"),
+    ],
+    ids=["alphas-number", "alphas-null", "llfc-number", "llfc-null", "alphas-object"],
+)
+def test_an_alpha_list_given_as_one_number_or_null_is_refused_saying_how_to_write_it(
+    alice: httpx.Client, pair: tuple[str, str], params: dict[str, Any], name: str
+) -> None:
+    body = {"kind": "analyze", "model_a": pair[0], "model_b": pair[1], "params": params}
+    body["dataset"] = "builtin:digits"
+    assert_problem(
+        submit(alice, body), 422, f"'{name}' must be a non-empty list", f"--param '{name}=["
+    )
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31, 10**30], ids=["negative", "2^31", "huge"])
+def test_an_analyze_seed_outside_0_to_2_31_is_refused(
+    alice: httpx.Client, pair: tuple[str, str], seed: int
+) -> None:
+    body = {
+        "kind": "analyze",
+        "model_a": pair[0],
+        "model_b": pair[1],
+        "dataset": "builtin:digits",
+        "params": {"seed": seed},
+    }
+    assert_problem(submit(alice, body), 422, "'seed' must be an integer from 0 to 2147483647")
+
+
+@pytest.mark.parametrize(
+    ("arch_text", "phrase"),
+    [
+        ('{"name": "mlp", "widths": ' + _nested(20_000) + "}", "nested 20,001 levels deep"),
+        ('{"name": "mlp", "widths": [64, ' + "9" * 5000 + "]}", "integer of 5,000 digits"),
+        ('{"name": "mlp", "widths": [64, NaN]}', "holds NaN"),
+        ('{"name": "mlp", "widths": [64, 1e999]}', "too large for a float"),
+    ],
+    ids=["nested-20000", "5000-digits", "nan", "infinite"],
+)
+def test_an_upload_arch_too_deep_or_too_long_is_refused_with_a_sentence(
+    alice: httpx.Client, arch_text: str, phrase: str
+) -> None:
+    response = alice.post(
+        "/v1/checkpoints",
+        files={"file": ("m.pt", torch_file(mlp_state(SMALL, 8)))},
+        data={"arch": arch_text},
+    )
+    assert_problem(response, 422, "The 'arch' field", phrase)
+
+
+@pytest.mark.parametrize(
+    ("params_text", "phrase"),
+    [
+        ('{"arch": {"name": "mlp", "widths": ' + _nested(20_000) + "}}", "levels deep"),
+        ('{"arch": {"name": "mlp", "widths": [64, ' + "9" * 5000 + "]}}", "5,000 digits"),
+        ('{"nested": ' + _nested(500) + "}", "levels deep"),
+        ('{"nested": ' + _nested(900) + "}", "levels deep"),
+    ],
+    ids=["arch-nested-20000", "arch-5000-digits", "params-500-deep", "params-900-deep"],
+)
+def test_a_job_body_too_deep_or_with_a_huge_integer_is_refused_with_a_sentence(
+    alice: httpx.Client, params_text: str, phrase: str
+) -> None:
+    text = f'{{"kind": "train", "dataset": "builtin:digits", "params": {params_text}}}'
+    for idempotency in ({}, {"Idempotency-Key": f"deep-{uuid.uuid4().hex}"}):
+        response = alice.post(
+            "/v1/jobs",
+            content=text,
+            headers={"Content-Type": "application/json", **idempotency},
+        )
+        assert_problem(response, 422, "The request body", phrase)

@@ -73,7 +73,12 @@ def test_every_protected_route_is_401_without_a_valid_key(
         "bearer without a key": "Bearer",
     }
     dummy_ids = {"checkpoint_id": "ckpt_0", "dataset_id": "ds_0", "job_id": "job_0", "name": "lmc"}
-    protected = [(method, path) for method, path, op in operations(document) if op.get("security")]
+    # /metrics opens to the scrape token, not to an API key (its own test below).
+    protected = [
+        (method, path)
+        for method, path, op in operations(document)
+        if op.get("security") and path != "/metrics"
+    ]
     assert len(protected) >= 15
     for method, path in protected:
         url = guarded.base_url + fill(path, dummy_ids)
@@ -85,9 +90,22 @@ def test_every_protected_route_is_401_without_a_valid_key(
             assert response.headers["www-authenticate"].startswith("Bearer"), (method, path)
 
 
-def test_only_health_and_metrics_are_public(document: dict[str, Any]) -> None:
+def test_only_health_and_readiness_are_public(document: dict[str, Any]) -> None:
     public = {(m, p) for m, p, op in operations(document) if not op.get("security")}
-    assert public == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/metrics")}
+    assert public == {("GET", "/healthz"), ("GET", "/readyz")}
+
+
+def test_metrics_open_only_to_the_scrape_token_not_to_an_api_key(
+    guarded: GuardedService,
+) -> None:
+    url = f"{guarded.base_url}/metrics"
+    assert_problem(httpx.get(url), 401, "LLFC_METRICS_TOKEN")
+    with_key = httpx.get(url, headers={"Authorization": f"Bearer {guarded.keys['alice']}"})
+    assert_problem(with_key, 401, "API keys do not open /metrics")
+    token = guarded.env["LLFC_METRICS_TOKEN"]
+    scraped = httpx.get(url, headers={"Authorization": f"Bearer {token}"})
+    assert scraped.status_code == 200, scraped.text
+    assert "llfc_http_requests_total" in scraped.text
 
 
 # --- 404 for another owner's ids ----------------------------------------------------------------
@@ -227,7 +245,8 @@ def test_api_keys_are_stored_only_as_keyed_hashes(guarded: GuardedService) -> No
         assert not any(secret_part in cell for cell in cells), owner
         assert secret_part.encode() not in stored_bytes, owner
         assert secret_part not in guarded.process.log(), owner
-        expected = hmac.new(DEVELOPMENT_SECRET_KEY.encode(), key.encode(), hashlib.sha256)
+        secret_key = guarded.env["LLFC_SECRET_KEY"]
+        expected = hmac.new(secret_key.encode(), key.encode(), hashlib.sha256)
         assert expected.hexdigest() in hashes, owner
 
 
@@ -254,21 +273,24 @@ def test_the_compose_deployment_runs_with_auth_on_and_a_required_secret() -> Non
     [None, "", DEVELOPMENT_SECRET_KEY, "short-secret"],
     ids=["unset", "empty", "development-default", "too-short"],
 )
-def test_llfc_api_refuses_to_start_on_postgres_with_a_weak_secret(
-    tmp_path: Path, secret: str | None
+@pytest.mark.parametrize("database", ["postgres", "sqlite"])
+def test_llfc_api_refuses_to_start_with_auth_on_and_a_weak_secret(
+    tmp_path: Path, secret: str | None, database: str
 ) -> None:
-    settings = {
-        "LLFC_DATABASE_URL": "postgresql+psycopg://llfc@127.0.0.1:5432/llfc",
-        "LLFC_BROKER_URL": "redis://127.0.0.1:6379/0",
-        "LLFC_AUTH": "on",
-    }
-    if secret is not None:
-        settings["LLFC_SECRET_KEY"] = secret
-    refused = llfc("api", "--port", str(free_port()), env=service_env(tmp_path, **settings))
+    settings = {"LLFC_AUTH": "on"}
+    if database == "postgres":
+        settings["LLFC_DATABASE_URL"] = "postgresql+psycopg://llfc@127.0.0.1:5432/llfc"
+        settings["LLFC_BROKER_URL"] = "redis://127.0.0.1:6379/0"
+    env = service_env(tmp_path, **settings)
+    if secret is None:
+        del env["LLFC_SECRET_KEY"]
+    else:
+        env["LLFC_SECRET_KEY"] = secret
+    refused = llfc("api", "--port", str(free_port()), env=env)
     assert refused.returncode != 0
     assert "Traceback" not in refused.stderr
     assert re.search(
         r"LLFC_SECRET_KEY must be set to a private value of at least 16 characters when "
-        r"LLFC_AUTH is on and the database is not SQLite",
+        r"LLFC_AUTH is on",
         refused.stderr,
     ), refused.stderr

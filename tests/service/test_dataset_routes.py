@@ -4,17 +4,29 @@ from __future__ import annotations
 
 import hashlib
 import io
+from pathlib import Path
 
 import httpx
 import numpy as np
 from safetensors.numpy import save as save_numpy_safetensors
 from service_testing import EmbeddedService
 
+from llfc_core.data import inspect_array_file, write_normalised
+
 
 def npz_file(x: np.ndarray, y: np.ndarray) -> bytes:
     buffer = io.BytesIO()
     np.savez(buffer, x=x, y=y)
     return buffer.getvalue()
+
+
+def normalised_copy(content: bytes, tmp_path: Path) -> bytes:
+    """The normalised copy the engine makes of an uploaded file (float32 x, int64 y)."""
+    upload, normalised = tmp_path / "upload", tmp_path / "normalised"
+    upload.write_bytes(content)
+    with normalised.open("wb") as file:
+        write_normalised(inspect_array_file(upload), file)
+    return normalised.read_bytes()
 
 
 def upload_dataset(http: httpx.Client, content: bytes, name: str | None = None) -> httpx.Response:
@@ -80,12 +92,27 @@ def test_delete_and_other_owners(alice: httpx.Client, bob: httpx.Client) -> None
     assert alice.get(f"/v1/datasets/{dataset_id}").status_code == 404
 
 
+def test_an_upload_is_kept_as_its_normalised_copy_and_charged_its_size(
+    embedded: EmbeddedService, alice: httpx.Client, tmp_path: Path
+) -> None:
+    # uint8 examples and labels: the float32/int64 copy is larger than the upload.
+    content = npz_file(np.arange(200, dtype=np.uint8).reshape(50, 4), np.arange(50) % 3)
+    body = upload_dataset(alice, content).json()
+    normalised = normalised_copy(content, tmp_path)
+    assert body["size_bytes"] == len(content)
+    assert body["stored_bytes"] == len(normalised) > 50 * (4 * 4 + 8)
+    copy_sha256 = hashlib.sha256(normalised).hexdigest()
+    assert (embedded.data_dir / "blobs" / copy_sha256[:2] / copy_sha256).read_bytes() == normalised
+    upload_sha256 = hashlib.sha256(content).hexdigest()
+    assert not (embedded.data_dir / "blobs" / upload_sha256[:2] / upload_sha256).exists()
+
+
 def test_a_blob_two_owners_uploaded_goes_with_the_last_dataset_naming_it(
-    embedded: EmbeddedService, alice: httpx.Client, bob: httpx.Client
+    embedded: EmbeddedService, alice: httpx.Client, bob: httpx.Client, tmp_path: Path
 ) -> None:
     content = npz_file(np.zeros((6, 4), dtype=np.float32), np.array([1, 0, 1, 0, 1, 0]))
     ids = [upload_dataset(http, content).json()["id"] for http in (alice, bob)]
-    sha256 = hashlib.sha256(content).hexdigest()
+    sha256 = hashlib.sha256(normalised_copy(content, tmp_path)).hexdigest()
     blob = embedded.data_dir / "blobs" / sha256[:2] / sha256
     assert alice.delete(f"/v1/datasets/{ids[0]}").status_code == 204
     assert blob.is_file()

@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 import httpx
-from servers import llfc, service_env, start, wait_ready
+from servers import TEST_METRICS_TOKEN, llfc, service_env, start, wait_ready
 from service_testing import run_job, upload_mlp
 
 from llfc_cli.embedded import free_port
@@ -45,7 +45,7 @@ def test_metrics_count_requests_jobs_and_uploads(alice: httpx.Client) -> None:
     model_a, model_b = upload_mlp(alice, [64, 8, 10], 71), upload_mlp(alice, [64, 8, 10], 72)
     run_job(alice, {"kind": "match", "model_a": model_a, "model_b": model_b})
     alice.get("/v1/jobs/job_does_not_exist")
-    metrics = alice.get("/metrics")
+    metrics = alice.get("/metrics", headers={"Authorization": f"Bearer {TEST_METRICS_TOKEN}"})
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
     assert (

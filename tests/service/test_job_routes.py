@@ -10,6 +10,7 @@ import pytest
 import torch
 from service_testing import (
     LONG_ANALYZE_WIDTHS,
+    EmbeddedService,
     long_analyze_body,
     mlp_arch,
     mlp_model,
@@ -335,21 +336,35 @@ def test_a_finished_job_cannot_be_cancelled(alice: httpx.Client) -> None:
     assert "already succeeded" in response.json()["detail"]
 
 
-def test_a_run_time_failure_is_stored_as_a_sentence(alice: httpx.Client) -> None:
-    # mnist is read from the local data folder, which this service does not have.
-    response = submit(
-        alice,
-        {
-            "kind": "train",
-            "dataset": "builtin:mnist",
-            "params": {"arch": mlp_arch([784, 8, 10]), "epochs": 1},
-        },
-    )
-    assert response.status_code == 202
-    job = wait_for_job(alice, response.json()["id"])
+def test_a_run_time_failure_is_stored_as_a_sentence(
+    alice: httpx.Client, embedded: EmbeddedService
+) -> None:
+    # MNIST files that are there (so the submission is accepted) but are not idx files.
+    mnist_files = [
+        embedded.data_dir / "datasets" / f"{prefix}-{kind}"
+        for prefix in ("train", "t10k")
+        for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")
+    ]
+    mnist_files[0].parent.mkdir(exist_ok=True)
+    for path in mnist_files:
+        path.write_bytes(b"not an idx file")
+    try:
+        response = submit(
+            alice,
+            {
+                "kind": "train",
+                "dataset": "builtin:mnist",
+                "params": {"arch": mlp_arch([784, 8, 10]), "epochs": 1},
+            },
+        )
+        assert response.status_code == 202, response.text
+        job = wait_for_job(alice, response.json()["id"])
+    finally:
+        for path in mnist_files:
+            path.unlink()
     assert job["status"] == "failed"
-    assert job["error"].startswith("The MNIST train files")
-    assert "nothing is downloaded" in job["error"]
+    assert job["error"].startswith("The file ")
+    assert "is not an idx file of unsigned bytes" in job["error"]
     assert "Traceback" not in job["error"]
     assert job["result"] is None
     assert job["artifacts"] == []

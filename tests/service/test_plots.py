@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from batch_norm_testing import trained_resnet_pair, with_wrong_running_statistics
 from matplotlib.figure import Figure
 from PIL import Image
 from service_testing import (
@@ -107,6 +108,40 @@ def test_lmc_draws_both_pairs_with_their_barriers_in_the_legend(result: dict[str
     naive_line = loss_axes.get_lines()[0]
     assert list(naive_line.get_xdata()) == naive["alphas"]
     assert list(naive_line.get_ydata()) == pytest.approx(naive["loss"])
+
+
+def test_lmc_of_a_batch_norm_pair_marks_the_endpoints_as_uploaded_apart() -> None:
+    arch, state_a, state_b = trained_resnet_pair()
+    uploaded_a = with_wrong_running_statistics(state_a)
+    bn_result = analyze_pair(arch, uploaded_a, state_b, digits("test").limit(300), device=CPU)
+    endpoints = bn_result["endpoints"]
+
+    figure = plot_figure(bn_result, "lmc")
+
+    for axes, metric in zip(figure.axes, ("loss", "error"), strict=True):
+        lines = {line.get_label(): line for line in axes.get_lines()}
+        reference = lines[
+            "straight line between the endpoints, BatchNorm re-estimated (barrier reference)"
+        ]
+        assert list(reference.get_ydata()) == [endpoints["b"][metric], endpoints["a"][metric]]
+        (as_uploaded,) = (line for label, line in lines.items() if "as uploaded (" in label)
+        assert list(as_uploaded.get_xdata()) == [0.0, 1.0]
+        assert list(as_uploaded.get_ydata()) == [
+            endpoints["b"]["as_uploaded"][metric],
+            endpoints["a"]["as_uploaded"][metric],
+        ]
+    error_label = next(
+        line.get_label()
+        for line in figure.axes[1].get_lines()
+        if "as uploaded (" in line.get_label()
+    )
+    assert f"A {endpoints['a']['as_uploaded']['error']:.1%}" in error_label
+
+
+def test_lmc_of_a_batch_norm_free_pair_draws_one_set_of_endpoints(result: dict[str, Any]) -> None:
+    labels = [line.get_label() for line in plot_figure(result, "lmc").axes[0].get_lines()]
+    assert "straight line between the endpoints (barrier reference)" in labels
+    assert not any("as uploaded (" in label for label in labels)
 
 
 def test_llfc_has_one_panel_per_pair_with_the_baseline_and_every_alpha(

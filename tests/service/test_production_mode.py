@@ -11,7 +11,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from servers import REPOSITORY_ROOT, Process, create_key, llfc, start, wait_ready
+from servers import (
+    REPOSITORY_ROOT,
+    TEST_METRICS_TOKEN,
+    Process,
+    create_key,
+    llfc,
+    start,
+    wait_ready,
+)
 from service_testing import client, mlp_arch, run_job, submit, upload_mlp, wait_for_job
 from sqlalchemy import create_engine, inspect
 from stores import ProductionStores, production_stores
@@ -139,7 +147,8 @@ def test_jobs_run_end_to_end_on_postgres_and_redis(production: Production) -> No
         ).json()["items"]
         assert [row["alpha"] for row in rows] == [0.0, 0.5, 1.0]
 
-        metrics = alice.get("/metrics").text
+        scrape = {"Authorization": f"Bearer {TEST_METRICS_TOKEN}"}
+        metrics = alice.get("/metrics", headers=scrape).text
         assert 'llfc_jobs{kind="analyze",status="succeeded"} 1' in metrics
 
 

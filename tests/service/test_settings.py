@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
+from servers import llfc, service_env
 
 from service.core.config import DEVELOPMENT_SECRET_KEY, Settings
 
@@ -33,20 +34,24 @@ def test_embedded_defaults_put_database_and_broker_in_the_data_folder(tmp_path: 
 
 def test_auth_reads_on_and_off_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LLFC_AUTH", "on")
+    monkeypatch.setenv("LLFC_SECRET_KEY", "s" * 32)
     assert Settings().auth is True
     monkeypatch.setenv("LLFC_AUTH", "off")
     assert Settings().auth is False
 
 
-def test_default_secret_is_refused_with_auth_on_outside_sqlite() -> None:
+def test_default_secret_is_refused_with_auth_on_whatever_the_database(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="LLFC_SECRET_KEY must be set"):
         Settings(auth=True, database_url=POSTGRES_URL)
     with pytest.raises(ValidationError, match="at least 16 characters"):
         Settings(auth=True, database_url=POSTGRES_URL, secret_key="short")
+    # The SQLite file holds the key hashes as well: the default pepper is refused there too.
+    with pytest.raises(ValidationError, match="LLFC_SECRET_KEY must be set"):
+        Settings(auth=True, data_dir=tmp_path)
 
 
-def test_default_secret_is_accepted_where_it_cannot_leak_keys(tmp_path: Path) -> None:
-    assert Settings(auth=True, data_dir=tmp_path).secret_key.get_secret_value() == (
+def test_default_secret_is_accepted_only_with_auth_off(tmp_path: Path) -> None:
+    assert Settings(auth=False, data_dir=tmp_path).secret_key.get_secret_value() == (
         DEVELOPMENT_SECRET_KEY
     )
     assert not Settings(auth=False, database_url=POSTGRES_URL).auth
@@ -58,3 +63,24 @@ def test_default_secret_is_accepted_where_it_cannot_leak_keys(tmp_path: Path) ->
 def test_device_must_be_auto_cpu_or_cuda() -> None:
     with pytest.raises(ValidationError):
         Settings(device="tpu")
+
+
+def test_an_empty_metrics_token_is_no_token() -> None:
+    assert Settings(metrics_token="").metrics_token is None
+    token = Settings(metrics_token="scrape-0123456789").metrics_token
+    assert token is not None and token.get_secret_value() == "scrape-0123456789"
+
+
+def test_a_new_data_folder_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    data_dir = tmp_path / "nested" / "data"
+    created = Settings(data_dir=data_dir).create_data_dir()
+    assert created == data_dir.resolve()
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+
+
+def test_llfc_migrate_creates_a_fresh_data_folder_for_its_user_only(tmp_path: Path) -> None:
+    data_dir = tmp_path / "fresh"
+    migrated = llfc("migrate", env=service_env(data_dir))
+    assert migrated.returncode == 0, migrated.stderr
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert (data_dir / "llfc.db").is_file()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from service.storage import BlobStore, UploadTooLargeError
+from service.storage import BlobStore, UploadTooLargeError, hash_file
 
 
 def test_incoming_bytes_are_hashed_and_committed_under_their_hash(tmp_path: Path) -> None:
@@ -34,12 +34,13 @@ def test_passing_the_cap_raises_at_once_and_leaves_nothing_behind(tmp_path: Path
     assert list(store.incoming_dir.iterdir()) == []
 
 
-def test_put_file_moves_a_written_file_into_place(tmp_path: Path) -> None:
+def test_a_written_file_is_hashed_and_moved_into_place(tmp_path: Path) -> None:
     store = BlobStore(tmp_path)
     temporary = store.temporary_path(".bin")
     temporary.write_bytes(b"artifact")
-    sha256, size = store.put_file(temporary)
+    sha256, size = hash_file(temporary)
     assert (sha256, size) == (hashlib.sha256(b"artifact").hexdigest(), 8)
+    store.commit(temporary, sha256)
     assert store.exists(sha256) and not temporary.exists()
     store.delete(sha256)
     assert not store.exists(sha256)

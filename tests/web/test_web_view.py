@@ -9,6 +9,8 @@ they are skipped, with the reason, when those are missing.
 
 from __future__ import annotations
 
+import json
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +19,8 @@ from typing import Any
 
 import httpx
 import pytest
+from batch_norm_testing import RESNET, trained_resnet_pair, with_wrong_running_statistics
+from safetensors.torch import save
 from servers import serve
 
 try:
@@ -129,6 +133,8 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     for flag in CHROMIUM_FLAGS:
         options.add_argument(flag)
     options.add_argument(f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}")
+    # The console log, where Chromium reports whatever the Content-Security-Policy refused.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
     try:
         yield driver
@@ -138,6 +144,15 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
 
 def _wait(browser: WebDriver, condition: Any, message: str) -> Any:
     return WebDriverWait(browser, WAIT_SECONDS).until(condition, message)
+
+
+def _policy_violations(browser: WebDriver) -> list[str]:
+    """Console messages since the last call about something the policy refused."""
+    return [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if "Content Security Policy" in entry["message"]
+    ]
 
 
 def _job_row_status(browser: WebDriver, job_id: str) -> str | None:
@@ -183,7 +198,9 @@ def test_the_jobs_table_asks_for_the_key_once_then_lists_and_refreshes_jobs(
         lambda b: _job_row_status(b, train_job["id"]) == "succeeded",
         "the jobs table did not list the train job as succeeded",
     )
-    assert browser.execute_script("return localStorage.getItem('llfc.apiKey')") == served.key
+    # Kept for this tab only, never in localStorage, which every tab and later visit shares.
+    assert browser.execute_script("return sessionStorage.getItem('llfc.apiKey')") == served.key
+    assert browser.execute_script("return localStorage.length") == 0
 
     # A job submitted while the page is open appears and finishes there without a reload.
     submitted = api.post("/v1/jobs", json=_analyze_body(train_job))
@@ -198,6 +215,9 @@ def test_the_jobs_table_asks_for_the_key_once_then_lists_and_refreshes_jobs(
     cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
     assert cells[:3] == [analyze_id, "analyze", "succeeded"]
     assert cells[3].startswith("100%")
+    fill = row.find_element(By.CSS_SELECTOR, ".fill")
+    assert fill.get_attribute("style") == "width: 100%;"
+    assert _policy_violations(browser) == []
 
 
 @needs_selenium
@@ -210,10 +230,10 @@ def test_a_finished_analyze_job_page_shows_its_plots_and_metric_tables(
     tmp_path: Path,
 ) -> None:
     job = _run_job(api, _analyze_body(train_job))
-    # The key is already in this browser's localStorage from the page visited before, or is
-    # put there now when this test runs alone.
+    # The key is already in this tab's sessionStorage from the page visited before, or is put
+    # there now when this test runs alone.
     browser.get(f"{served.base_url}/")
-    browser.execute_script("localStorage.setItem('llfc.apiKey', arguments[0])", served.key)
+    browser.execute_script("sessionStorage.setItem('llfc.apiKey', arguments[0])", served.key)
     browser.get(f"{served.base_url}/jobs/{job['id']}")
 
     loaded = """
@@ -251,8 +271,111 @@ def test_a_finished_analyze_job_page_shows_its_plots_and_metric_tables(
     condition_two = browser.find_elements(By.CSS_SELECTOR, "#condition-two-table tbody tr")
     assert len(condition_two) == len(naive["commutativity_layers"])
 
+    assert _policy_violations(browser) == []
+
     height = browser.execute_script("return document.body.scrollHeight")
     browser.set_window_size(1400, height + 100)
     screenshot = tmp_path / "job-page.png"
     assert browser.save_screenshot(str(screenshot))
     assert screenshot.stat().st_size > 0
+
+
+def test_every_answer_carries_the_content_security_policy(served: ServedApp) -> None:
+    with httpx.Client(base_url=served.base_url) as anonymous:
+        for path in ("/", "/docs", "/web/app.js", "/static/swagger-ui/swagger-ui.css", "/v1/jobs"):
+            response = anonymous.get(path)
+            policy = response.headers["content-security-policy"]
+            assert "default-src 'self'" in policy, path
+            assert "frame-ancestors 'none'" in policy, path
+            assert "script-src" not in policy, path  # scripts fall back to 'self' only
+            assert response.headers["x-content-type-options"] == "nosniff", path
+
+
+def test_the_docs_page_loads_nothing_from_outside_and_has_no_inline_script(
+    served: ServedApp,
+) -> None:
+    with httpx.Client(base_url=served.base_url) as anonymous:
+        page = anonymous.get("/docs")
+        assert page.status_code == 200
+        assert "http://" not in page.text and "https://" not in page.text
+        scripts = re.findall(r"<script([^>]*)>(.*?)</script>", page.text, re.DOTALL)
+        assert scripts, page.text
+        for attributes, body in scripts:
+            assert 'src="/' in attributes and not body.strip(), attributes
+            source = re.search(r'src="([^"]+)"', attributes)
+            assert source is not None
+            assert anonymous.get(source.group(1)).status_code == 200, source.group(1)
+        assert anonymous.get("/redoc").status_code == 404
+
+
+@needs_selenium
+@needs_chromium
+def test_the_docs_page_renders_every_operation_under_the_policy(
+    served: ServedApp, browser: WebDriver
+) -> None:
+    browser.get(f"{served.base_url}/docs")
+    operations = len(httpx.get(f"{served.base_url}/openapi.json").json()["paths"])
+    _wait(
+        browser,
+        lambda b: len(b.find_elements(By.CSS_SELECTOR, ".opblock")) >= operations,
+        "Swagger UI did not render the operations of /openapi.json",
+    )
+    assert "LLFC Align" in browser.find_element(By.CSS_SELECTOR, ".info .title").text
+    assert _policy_violations(browser) == []
+
+
+def _upload_safetensors(http: httpx.Client, state: dict[str, Any], name: str) -> str:
+    file = (f"{name}.safetensors", save(state), "application/octet-stream")
+    response = http.post(
+        "/v1/checkpoints", files={"file": file}, data={"arch": json.dumps(RESNET), "name": name}
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+@needs_selenium
+@needs_chromium
+def test_a_batch_norm_analyze_job_page_shows_its_endpoints_re_estimated_and_as_uploaded(
+    served: ServedApp, api: httpx.Client, browser: WebDriver
+) -> None:
+    _, state_a, state_b = trained_resnet_pair()
+    model_a = _upload_safetensors(api, with_wrong_running_statistics(state_a), "wrong-stats-a")
+    model_b = _upload_safetensors(api, state_b, "b")
+    body = {
+        "kind": "analyze",
+        "model_a": model_a,
+        "model_b": model_b,
+        "dataset": "builtin:digits",
+        "params": {"split": "test", "max_examples": 300},
+    }
+    job = _run_job(api, body)
+    endpoints = job["result"]["endpoints"]
+    assert endpoints["a"]["as_uploaded"]["error"] > endpoints["a"]["error"] + 0.3
+
+    browser.get(f"{served.base_url}/")
+    browser.execute_script("sessionStorage.setItem('llfc.apiKey', arguments[0])", served.key)
+    browser.get(f"{served.base_url}/jobs/{job['id']}")
+    table = _wait(
+        browser,
+        lambda b: b.find_elements(By.ID, "endpoints-table"),
+        "the job page did not show the endpoints table",
+    )[0]
+    headers = [cell.text for cell in table.find_elements(By.CSS_SELECTOR, "thead th")]
+    assert headers == [
+        "",
+        "loss, BatchNorm re-estimated",
+        "error, BatchNorm re-estimated",
+        "loss as uploaded",
+        "error as uploaded",
+    ]
+    for row, side in zip(table.find_elements(By.CSS_SELECTOR, "tbody tr"), "ab", strict=True):
+        assert row.find_element(By.TAG_NAME, "th").text == f"model {side.upper()}"
+        loss, error, loss_as_uploaded, error_as_uploaded = (
+            cell.text for cell in row.find_elements(By.TAG_NAME, "td")
+        )
+        endpoint = endpoints[side]
+        assert float(loss) == pytest.approx(endpoint["loss"], rel=5e-3)
+        assert error == f"{100 * endpoint['error']:.1f}%"
+        assert float(loss_as_uploaded) == pytest.approx(endpoint["as_uploaded"]["loss"], rel=5e-3)
+        assert error_as_uploaded == f"{100 * endpoint['as_uploaded']['error']:.1f}%"
+    assert _policy_violations(browser) == []

@@ -58,9 +58,7 @@ def checkpoint_public(checkpoint: Checkpoint) -> CheckpointPublic:
     status_code=201,
     response_model=CheckpointPublic,
     openapi_extra=UPLOAD_BODY,
-    responses=problem_responses(
-        409, 413, 415, 507, s409="These bytes are already stored with another arch."
-    ),
+    responses=problem_responses(413, 415, 507),
 )
 async def upload_checkpoint(
     request: Request,
@@ -71,8 +69,9 @@ async def upload_checkpoint(
 ) -> CheckpointPublic:
     """Upload a checkpoint; it is validated against `arch` and stored as safetensors.
 
-    The same bytes uploaded again give back the same checkpoint. A file that does not fit the
-    arch is refused with 422 naming the missing, unexpected and mis-shaped tensors.
+    The same bytes uploaded again with the same arch give back the same checkpoint; with another
+    arch they fit, another checkpoint sharing the stored blob. A file that does not fit the arch
+    is refused with 422 naming the missing, unexpected and mis-shaped tensors.
     """
     upload = await receive_multipart(
         request, store, settings.max_upload_bytes, text_fields=("arch", "name")

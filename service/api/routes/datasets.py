@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
 
-from llfc_core.data import BUILTIN_DATASETS
+from llfc_core.data import BUILTIN_DATASETS, builtin_installed
 from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, StoreDep
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, owned_page
 from service.api.problems import not_found, problem_responses
 from service.api.uploads import receive_multipart
+from service.core.config import Settings
 from service.datasets import BUILTIN_PREFIX, delete_dataset, get_owned_dataset, ingest_dataset
 from service.db.models import Dataset
 from service.metrics import METRICS
@@ -54,11 +55,13 @@ def dataset_public(dataset: Dataset) -> DatasetPublic:
         builtin=False,
         format=dataset.format,
         size_bytes=dataset.size_bytes,
+        stored_bytes=dataset.stored_bytes,
         created_at=dataset.created_at,
     )
 
 
-def builtin_datasets() -> list[DatasetPublic]:
+def builtin_datasets(settings: Settings) -> list[DatasetPublic]:
+    """The built-ins, each saying whether its files are in the service's datasets folder."""
     return [
         DatasetPublic(
             id=BUILTIN_PREFIX + name,
@@ -69,6 +72,7 @@ def builtin_datasets() -> list[DatasetPublic]:
             sha256=None,
             builtin=True,
             description=builtin.description,
+            installed=builtin_installed(name, settings.resolved_datasets_root),
         )
         for name, builtin in sorted(BUILTIN_DATASETS.items())
     ]
@@ -88,7 +92,8 @@ async def upload_dataset(
     settings: SettingsDep,
     store: StoreDep,
 ) -> DatasetPublic:
-    """Upload arrays `x` and `y`; checked (shapes, finite values, integer labels) and kept."""
+    """Upload arrays `x` and `y`; checked (shapes, finite values, integer labels) and kept as a
+    normalised copy (float32 `x`, int64 `y`), charged to the owner at its size, `stored_bytes`."""
     upload = await receive_multipart(request, store, settings.max_upload_bytes)
     assert upload.file is not None
     METRICS.count_upload_bytes(upload.file.size)
@@ -109,22 +114,23 @@ async def upload_dataset(
 def list_datasets(
     owner: CurrentOwner,
     session: SessionDep,
+    settings: SettingsDep,
     limit: LimitQuery = DEFAULT_PAGE_SIZE,
     cursor: CursorQuery = None,
 ) -> DatasetsPublic:
     """The built-ins (on the first page) and the owner's uploads, newest first."""
     uploads, next_cursor = owned_page(session, Dataset, owner.id, limit, cursor, dataset_public)
-    builtins = builtin_datasets() if cursor is None else []
+    builtins = builtin_datasets(settings) if cursor is None else []
     return DatasetsPublic(items=builtins + uploads, next_cursor=next_cursor)
 
 
 @router.get("/{dataset_id}", response_model=DatasetPublic, responses=problem_responses(404))
 def read_dataset(
-    dataset_id: ResourceIdPath, owner: CurrentOwner, session: SessionDep
+    dataset_id: ResourceIdPath, owner: CurrentOwner, session: SessionDep, settings: SettingsDep
 ) -> DatasetPublic:
     """One dataset: an upload's id or `builtin:<name>`."""
     if dataset_id.startswith(BUILTIN_PREFIX):
-        for builtin in builtin_datasets():
+        for builtin in builtin_datasets(settings):
             if builtin.id == dataset_id:
                 return builtin
         raise not_found("dataset", dataset_id)

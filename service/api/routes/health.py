@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hmac
 import logging
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
-from service.api.deps import SessionDep, SettingsDep, StoreDep
-from service.api.problems import problem_response, problem_responses
+from service.api.deps import BearerCredentials, SessionDep, SettingsDep, StoreDep
+from service.api.problems import ProblemError, problem_response, problem_responses
+from service.core.config import Settings
 from service.db.migrate import current_revision, head_revision
 from service.db.session import get_engine
 from service.metrics import METRICS, job_lines, render, request_lines
+from service.security import UNAUTHORIZED_HEADERS
 from service.shared_metrics import collect
 from worker.celery_app import celery_app
 
@@ -71,10 +74,56 @@ def readyz(store: StoreDep) -> JSONResponse:
     return JSONResponse({"status": "ready", "database": "ok", "broker": "ok", "storage": "ok"})
 
 
-@router.get("/metrics", response_class=PlainTextResponse)
-def metrics(session: SessionDep, settings: SettingsDep) -> PlainTextResponse:
+def _check_scrape_token(settings: Settings, credentials: BearerCredentials) -> None:
+    """With auth on, /metrics opens only to LLFC_METRICS_TOKEN: it counts every owner's jobs and
+    requests, which no owner's API key may see."""
+    if not settings.auth:
+        return
+    if credentials is None:
+        raise ProblemError(
+            401,
+            "With auth on, /metrics needs the scrape token: send 'Authorization: Bearer <token>' "
+            "with the value of LLFC_METRICS_TOKEN.",
+            type_slug="unauthorized",
+            headers=UNAUTHORIZED_HEADERS,
+        )
+    if settings.metrics_token is None:
+        raise ProblemError(
+            403,
+            "This service has no scrape token, so /metrics is closed while auth is on; the "
+            "operator sets LLFC_METRICS_TOKEN to open it to a scraper.",
+            type_slug="forbidden",
+        )
+    expected = settings.metrics_token.get_secret_value().encode()
+    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+        raise ProblemError(
+            401,
+            "The scrape token is not valid: send the value of LLFC_METRICS_TOKEN "
+            "(API keys do not open /metrics).",
+            type_slug="unauthorized",
+            headers=UNAUTHORIZED_HEADERS,
+        )
+
+
+@router.get(
+    "/metrics",
+    response_class=PlainTextResponse,
+    responses=problem_responses(
+        401,
+        403,
+        s401="With auth on: no scrape token, or not LLFC_METRICS_TOKEN.",
+        s403="With auth on and no LLFC_METRICS_TOKEN set: /metrics is closed.",
+    ),
+)
+def metrics(
+    session: SessionDep, settings: SettingsDep, credentials: BearerCredentials
+) -> PlainTextResponse:
     """Prometheus text: requests by route and status with latencies (summed over this host's API
-    processes), jobs by kind and status, queue depth, job durations, upload bytes."""
+    processes), jobs by kind and status, queue depth, job durations, upload bytes.
+
+    With auth on, only for `Authorization: Bearer <LLFC_METRICS_TOKEN>`.
+    """
+    _check_scrape_token(settings, credentials)
     body = render([request_lines(collect(settings.metrics_dir, METRICS)), job_lines(session)])
     session.commit()
     return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Response
+from fastapi import APIRouter, Depends, Header, Response
 from fastapi.concurrency import run_in_threadpool
 from sqlalchemy import select
 
@@ -16,6 +16,7 @@ from service.api.deps import (
     SettingsDep,
     filter_query,
 )
+from service.api.json_body import json_body, json_body_openapi
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
 from service.api.problems import problem_responses
 from service.core.config import get_settings
@@ -60,14 +61,27 @@ def _polling_headers(
         response.headers["Retry-After"] = str(retry_after_seconds)
 
 
+JobCreateBody = Annotated[JobCreate, Depends(json_body(JobCreate))]
+"""The submission, read only after the key check (``service/api/json_body.py``)."""
+
+
 @router.post(
     "",
     status_code=202,
     response_model=JobPublic,
-    responses=problem_responses(400, 413, 429, 507, s413="The JSON body is larger than 1 MiB."),
+    openapi_extra=json_body_openapi(JobCreate),
+    responses=problem_responses(
+        400,
+        413,
+        415,
+        429,
+        507,
+        s413="The JSON body is larger than 1 MiB.",
+        s415="The body is not application/json.",
+    ),
 )
 def create_job(
-    body: JobCreate,
+    body: JobCreateBody,
     response: Response,
     owner: CurrentOwner,
     session: SessionDep,

@@ -1,8 +1,11 @@
-"""The web view: one static page at ``/`` (and ``/jobs/{id}``) whose script reads the JSON API.
+"""The web view: one static page at ``/`` (and ``/jobs/{id}``) whose script reads the JSON API,
+and the API docs at ``/docs``.
 
 No build step and nothing from outside: the HTML, JavaScript and CSS in ``service/web`` are
-served as they are. The page holds no data itself, so it needs no key; its script sends the
-user's key with every API request.
+served as they are, and ``/docs`` runs the Swagger UI files vendored in ``service/static``. The
+pages hold no data themselves, so they need no key; the web view's script sends the user's key
+with every API request. No page has an inline script: the Content-Security-Policy
+(``service/api/security_headers.py``) allows scripts from this origin only.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ from service.api.problems import not_found
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 INDEX = WEB_DIR / "index.html"
+DOCS = WEB_DIR / "docs.html"
+SWAGGER_UI_DIR = Path(__file__).resolve().parents[2] / "static" / "swagger-ui"
+"""swagger-ui-dist 5.35.0, vendored (its README.md says from where and how to update it)."""
 ASSET_TYPES = {".js": "text/javascript", ".css": "text/css"}
 # Revalidate on every load (FileResponse sends an ETag), so a new version shows at once.
 NO_CACHE = {"Cache-Control": "no-cache"}
@@ -39,10 +45,26 @@ def job_page(job_id: str) -> FileResponse:
     return _page()
 
 
+@router.get("/docs")
+def docs_page() -> FileResponse:
+    """Swagger UI over /openapi.json, from the vendored files."""
+    return FileResponse(DOCS, media_type="text/html", headers=NO_CACHE)
+
+
+def _asset(folder: Path, asset: str, what: str) -> FileResponse:
+    path = folder / asset
+    if path.suffix not in ASSET_TYPES or path.parent != folder or not path.is_file():
+        raise not_found(what, asset)
+    return FileResponse(path, media_type=ASSET_TYPES[path.suffix], headers=NO_CACHE)
+
+
 @router.get("/web/{asset}")
 def web_asset(asset: str) -> FileResponse:
-    """The page's script and style sheet; nothing else from the folder is served."""
-    path = WEB_DIR / asset
-    if path.suffix not in ASSET_TYPES or path.parent != WEB_DIR or not path.is_file():
-        raise not_found("web asset", asset)
-    return FileResponse(path, media_type=ASSET_TYPES[path.suffix], headers=NO_CACHE)
+    """The pages' scripts and style sheet; nothing else from the folder is served."""
+    return _asset(WEB_DIR, asset, "web asset")
+
+
+@router.get("/static/swagger-ui/{asset}")
+def swagger_ui_asset(asset: str) -> FileResponse:
+    """Swagger UI's script and style sheet for /docs."""
+    return _asset(SWAGGER_UI_DIR, asset, "Swagger UI asset")

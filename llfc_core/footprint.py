@@ -1,0 +1,280 @@
+"""What a job will cost before it runs: its peak memory, and the bytes its checkpoints take.
+
+Both are read from the arch alone, on the meta device (nothing is allocated), so a service can
+refuse a job at submission instead of watching a worker run out of memory.
+
+Peak memory is the sum of what the engine holds at its busiest moment, in float32 (4 bytes) and
+float64 (8 bytes), with N the batch size, W_l the values one example has at module l, C_p the
+units of permutation p and P the bytes of one model's state:
+
+* weight matching (:mod:`llfc_core.matching.weight`): A and B, their axis-first copies and B
+  permuted (5P); every term's C_p x C_p float32 product, kept between sweeps; one float64 cost
+  matrix, its negation and the solver's own copy.
+* activation matching (:mod:`llfc_core.matching.activation`): A and B as states and as models,
+  and B permuted (5P); the pre-activation and output of every ReLU of both models for one batch
+  (2 x 2 x N x sum W_relu x 4), three scratch buffers and the forward's running tensors; a
+  float64 cross moment C_p x C_p per observed ReLU, and at the solve the stacked correlations of
+  one permutation, their sum, three temporaries of one correlation and the solver's two copies.
+* analysis (:mod:`llfc_core.analysis`): the matching above when asked for, then A and B as
+  given, validated and as models, B matched, one interpolated state on its way to a model (8P),
+  theta_alpha (one model per interior alpha when the engine keeps
+  them, else one work model), A's ReLU pre-activations and outputs for one batch, and the
+  running tensors of the model being compared.
+* interpolation: A, B, the mix and the model re-estimating BatchNorm statistics, and one batch's
+  running tensors.
+* training: every trained mode's state, the model in training with its gradients and momentum
+  (3P), autograd's saved output of every module for one batch, and as much again for its
+  gradients at the widest module.
+
+The dataset is not counted: its size is bounded by ``max_examples`` and its own upload checks.
+``tests/core/test_footprint.py`` holds these estimates against measured peaks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from llfc_core.archs.base import Architecture
+from llfc_core.errors import JobTooLargeError
+
+FLOAT32 = 4
+FLOAT64 = 8
+RUNNING_TENSORS = 2
+"""A forward pass holds a module's input and its output at once."""
+SCRATCH_SLOTS = 3
+"""Activation matching's temporaries of one observed ReLU (``Scratch`` slots a, b, square)."""
+SOLVE_TEMPORARIES = 6
+"""Float64 C x C matrices of one solve besides the stacked correlations: their sum, three
+temporaries of one correlation, the negated copy we hand ``lapjv`` and the one it makes."""
+WEIGHT_SOLVE_MATRICES = 3
+"""Float64 C x C matrices of one weight-matching solve: the summed cost, its negation, and the
+copy ``lapjv`` makes."""
+SAFETENSORS_ENTRY_FIELDS = '{"dtype":"F32","shape":[],"data_offsets":[,]},'
+"""The fixed characters of one tensor's entry in a safetensors header (see
+:func:`stored_checkpoint_bytes`)."""
+SAFETENSORS_METADATA = '{"__metadata__":{"format":"pt"},}'
+
+
+@dataclass(frozen=True)
+class ArchShapes:
+    """What one example costs in each module of an arch, and the arch's permutation sizes."""
+
+    state_bytes: int
+    module_values: dict[str, int]
+    """Values one example has at the output of each leaf module (and ``""``: the input)."""
+    relu_values: dict[str, int]
+    """Values one example has at each ReLU's output."""
+    perm_sizes: dict[str, int]
+    weight_terms: dict[str, int]
+    """Per permutation, the (tensor, axis) products of weight matching."""
+    observed_relus: dict[str, tuple[str, ...]]
+    """Per permutation, the ReLUs activation matching observes."""
+    num_params: int
+
+    @property
+    def widest(self) -> int:
+        return max(self.module_values.values())
+
+    @property
+    def all_relu_values(self) -> int:
+        return sum(self.relu_values.values())
+
+    @property
+    def all_module_values(self) -> int:
+        return sum(self.module_values.values())
+
+
+def arch_shapes(arch: Architecture) -> ArchShapes:
+    """Run one example through ``arch`` on the meta device and note every module's output size."""
+    with torch.device("meta"):
+        model = arch.build().eval()
+        example = torch.empty((1, *arch.input_shape))
+    module_values: dict[str, int] = {"": example.numel()}
+    relu_values: dict[str, int] = {}
+    handles = []
+    for name, module in model.named_modules():
+        if next(module.children(), None) is not None:
+            continue
+
+        def note(module: nn.Module, inputs: object, output: torch.Tensor, name: str = name) -> None:
+            module_values[name] = output.numel()
+            if isinstance(module, nn.ReLU):
+                relu_values[name] = output.numel()
+
+        handles.append(module.register_forward_hook(note))
+    with torch.no_grad():
+        model(example)
+    for handle in handles:
+        handle.remove()
+    state = model.state_dict()
+    spec = arch.permutation_spec()
+    return ArchShapes(
+        state_bytes=sum(value.numel() * value.element_size() for value in state.values()),
+        module_values=module_values,
+        relu_values=relu_values,
+        perm_sizes={
+            perm: int(state[key].shape[axis])
+            for perm, ((key, axis), *_) in spec.perm_to_axes.items()
+        },
+        weight_terms={
+            perm: sum(1 for key, _ in axes if key not in spec.statistics_keys)
+            for perm, axes in spec.perm_to_axes.items()
+        },
+        observed_relus=dict(spec.perm_to_features),
+        num_params=sum(parameter.numel() for parameter in model.parameters()),
+    )
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """A job's peak memory in bytes, by what holds it."""
+
+    models: int
+    batch: int
+    """Tensors of one batch: activations, autograd's saved outputs, scratch buffers."""
+    matching: int
+    """Matrices of size width x width: weight-matching products, correlations, cost matrices."""
+
+    @property
+    def total(self) -> int:
+        return self.models + self.batch + self.matching
+
+    def refuse_above(self, limit_bytes: int) -> None:
+        """Raise :class:`JobTooLargeError` when the peak passes ``limit_bytes``, saying what
+        to lower: the largest part first."""
+        if self.total <= limit_bytes:
+            return
+        largest = max(
+            ("batch", self.batch),
+            ("matching", self.matching),
+            ("models", self.models),
+            key=lambda part: part[1],
+        )[0]
+        advice = {
+            "batch": f"lower 'batch_size' (activations of one batch take {self.batch:,} bytes)",
+            "matching": "use narrower layers or weight matching (the width x width "
+            f"matching matrices take {self.matching:,} bytes)",
+            "models": f"use a smaller arch or fewer models (the models take {self.models:,} bytes)",
+        }[largest]
+        raise JobTooLargeError(
+            f"This job would need about {self.total:,} bytes of memory, more than the "
+            f"{limit_bytes:,} bytes a job may use on this service; {advice}."
+        )
+
+
+def _forward_batch(shapes: ArchShapes, batch_size: int) -> int:
+    return RUNNING_TENSORS * shapes.widest * batch_size * FLOAT32
+
+
+def _matching(shapes: ArchShapes, method: str, batch_size: int) -> MemoryEstimate:
+    """The matching's memory beside A and B's states (B permuted included)."""
+    state_bytes = shapes.state_bytes
+    if method == "weight":
+        products = sum(
+            shapes.weight_terms[perm] * size * size * FLOAT32
+            for perm, size in shapes.perm_sizes.items()
+        )
+        solve = WEIGHT_SOLVE_MATRICES * max(shapes.perm_sizes.values(), default=0) ** 2 * FLOAT64
+        return MemoryEstimate(models=3 * state_bytes, batch=0, matching=products + solve)
+    observed = [relu for relus in shapes.observed_relus.values() for relu in relus]
+    captured = 2 * 2 * sum(shapes.relu_values[relu] for relu in observed)
+    scratch = SCRATCH_SLOTS * max((shapes.relu_values[relu] for relu in observed), default=0)
+    batch = (captured + scratch) * batch_size * FLOAT32 + _forward_batch(shapes, batch_size)
+    moments = sum(
+        len(relus) * shapes.perm_sizes[perm] ** 2 * FLOAT64
+        for perm, relus in shapes.observed_relus.items()
+    )
+    solve = max(
+        (
+            (len(relus) + SOLVE_TEMPORARIES) * shapes.perm_sizes[perm] ** 2 * FLOAT64
+            for perm, relus in shapes.observed_relus.items()
+        ),
+        default=0,
+    )
+    return MemoryEstimate(models=3 * state_bytes, batch=batch, matching=moments + solve)
+
+
+def match_memory(arch: Architecture, method: str, batch_size: int) -> MemoryEstimate:
+    """Peak memory of ``match_models`` with ``method`` ('weight' or 'activation')."""
+    shapes = arch_shapes(arch)
+    matching = _matching(shapes, method, batch_size)
+    return MemoryEstimate(
+        models=matching.models + 2 * shapes.state_bytes,
+        batch=matching.batch,
+        matching=matching.matching,
+    )
+
+
+def interpolation_memory(arch: Architecture, batch_size: int, with_data: bool) -> MemoryEstimate:
+    """Peak memory of ``interpolate_checkpoint`` (``with_data``: BatchNorm re-estimation)."""
+    shapes = arch_shapes(arch)
+    batch = _forward_batch(shapes, batch_size) if with_data else 0
+    return MemoryEstimate(models=4 * shapes.state_bytes, batch=batch, matching=0)
+
+
+def analysis_memory(
+    arch: Architecture, batch_size: int, match: str, alphas: Sequence[float]
+) -> MemoryEstimate:
+    """Peak memory of ``analyze_pair`` with matching ``match`` and every alpha in ``alphas``."""
+    shapes = arch_shapes(arch)
+    state_bytes = shapes.state_bytes
+    interior = [alpha for alpha in set(alphas) if 0.0 < alpha < 1.0]
+    # The engine's rule (``measure_pair``): one model per interior alpha when the parameters
+    # outweigh one batch's ReLU outputs, else one work model re-made for every alpha.
+    keeps_models = not interior or shapes.num_params > batch_size * shapes.all_relu_values
+    path = len(interior) * state_bytes if keeps_models else state_bytes
+    measure = MemoryEstimate(
+        models=8 * state_bytes + path,
+        batch=2 * shapes.all_relu_values * batch_size * FLOAT32
+        + 2 * _forward_batch(shapes, batch_size),
+        matching=0,
+    )
+    if match == "none":
+        return measure
+    matching = _matching(shapes, match, batch_size)
+    # Matching ends (its matrices are freed) before the measuring starts.
+    return max(
+        measure,
+        MemoryEstimate(
+            models=matching.models + 2 * state_bytes,
+            batch=matching.batch,
+            matching=matching.matching,
+        ),
+        key=lambda estimate: estimate.total,
+    )
+
+
+def training_memory(arch: Architecture, batch_size: int, num_modes: int) -> MemoryEstimate:
+    """Peak memory of ``train_modes`` for ``num_modes`` modes."""
+    shapes = arch_shapes(arch)
+    saved = shapes.all_module_values * batch_size * FLOAT32
+    return MemoryEstimate(
+        models=(num_modes + 3) * shapes.state_bytes,
+        batch=saved + _forward_batch(shapes, batch_size),
+        matching=0,
+    )
+
+
+def stored_checkpoint_bytes(arch: Architecture) -> int:
+    """An upper bound on the size of one checkpoint of ``arch`` as the service stores it
+    (safetensors): 8 bytes of header length, the JSON header padded to 8 bytes, the tensors.
+
+    Each header entry is bounded with both data offsets as long as the largest one; the
+    metadata is the ``{"format": "pt"}`` that ``save_safetensors`` writes.
+    """
+    with torch.device("meta"):
+        state = arch.build().state_dict()
+    data = sum(value.numel() * value.element_size() for value in state.values())
+    offset_digits = len(str(data))
+    header = len(SAFETENSORS_METADATA)
+    for key, value in state.items():
+        shape = ",".join(str(size) for size in value.shape)
+        header += len(SAFETENSORS_ENTRY_FIELDS) + len(json.dumps(key)) + len(shape)
+        header += 2 * offset_digits
+    padded_header = header + 7
+    return 8 + padded_header + data

@@ -1,0 +1,25 @@
+"""`llfc submit`'s --params and --param values are JSON read on the user's machine: nesting past
+the recursion limit or an integer past Python's digit limit is a usage error with a sentence,
+never a traceback."""
+
+from __future__ import annotations
+
+import click
+import pytest
+
+from llfc_cli.client_commands import build_params
+
+TOO_DEEP = "[" * 20_000 + "]" * 20_000
+TOO_LONG = "9" * 5_000
+
+
+@pytest.mark.parametrize("value", [TOO_DEEP, TOO_LONG], ids=["deep", "5000-digits"])
+def test_a_param_value_too_deep_or_too_long_is_a_usage_error(value: str) -> None:
+    with pytest.raises(click.BadParameter, match="'arch' is JSON too deep or too long"):
+        build_params("train", None, [f"arch={value}"], None)
+
+
+@pytest.mark.parametrize("value", [TOO_DEEP, TOO_LONG], ids=["deep", "5000-digits"])
+def test_params_json_too_deep_or_too_long_is_a_usage_error(value: str) -> None:
+    with pytest.raises(click.BadParameter, match="is JSON too deep or too long to read"):
+        build_params("train", f'{{"arch": {value}}}', [], None)

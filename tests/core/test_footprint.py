@@ -1,0 +1,176 @@
+"""The engine's estimates of what a job costs: peak memory against measured peaks, and the
+stored size of a checkpoint against the bytes ``save_safetensors`` writes.
+
+Each measured case runs in a fresh Python process: after imports and a warm-up run of a tiny
+model, the peak-RSS counter is reset (``/proc/self/clear_refs``), so the peak (VmHWM) less the
+resident memory before is what the measured run needed, models included.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from llfc_core.archs import parse_arch
+from llfc_core.checkpoints import save_safetensors
+from llfc_core.errors import JobTooLargeError
+from llfc_core.footprint import (
+    MemoryEstimate,
+    analysis_memory,
+    match_memory,
+    stored_checkpoint_bytes,
+    training_memory,
+)
+
+MEASURE = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from llfc_core.analysis import AnalysisConfig, analyze_pair
+    from llfc_core.archs import parse_arch
+    from llfc_core.data import SyntheticDataset
+    from llfc_core.matching import match_models
+    from llfc_core.training import TrainConfig, train_modes
+
+    def rss_kib(field):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1])
+
+    case = json.loads(sys.argv[1])
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+
+    def run(widths, examples):
+        arch = parse_arch({"name": "mlp", "widths": widths})
+        data = SyntheticDataset(examples, (widths[0],), widths[-1], seed=2)
+        torch.manual_seed(0)
+        if case["kind"] == "train":
+            config = TrainConfig(epochs=1, batch_size=case["batch_size"], seed=0)
+            train_modes(arch, data, config, num_modes=case["num_modes"], device=cpu)
+            return
+        state_a, state_b = arch.build().state_dict(), arch.build().state_dict()
+        if case["kind"] == "match":
+            match_models(
+                arch, state_a, state_b, case["method"], data,
+                batch_size=case["batch_size"], device=cpu,
+            )
+        else:
+            config = AnalysisConfig(
+                match=case["match"], batch_size=case["batch_size"], alphas=tuple(case["alphas"]),
+                llfc_alphas=(0.5,),
+            )
+            analyze_pair(arch, state_a, state_b, data, config, device=cpu)
+
+    run([case["widths"][0], 8, case["widths"][-1]], 64)
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = rss_kib("VmRSS:")
+    run(case["widths"], case["examples"])
+    print(json.dumps({"measured_bytes": (rss_kib("VmHWM:") - before) * 1024}))
+    """
+)
+
+CASES: dict[str, dict[str, Any]] = {
+    "activation matching": {
+        "kind": "match",
+        "method": "activation",
+        "widths": [64, 2048, 2048, 10],
+        "batch_size": 256,
+        "examples": 1024,
+    },
+    "weight matching": {
+        "kind": "match",
+        "method": "weight",
+        "widths": [64, 2048, 2048, 10],
+        "batch_size": 256,
+        "examples": 1024,
+    },
+    "training, wide batch": {
+        "kind": "train",
+        "widths": [64, 4096, 10],
+        "batch_size": 2048,
+        "examples": 4096,
+        "num_modes": 2,
+    },
+    "analysis": {
+        "kind": "analyze",
+        "match": "none",
+        "widths": [64, 4096, 4096, 10],
+        "batch_size": 1024,
+        "examples": 2048,
+        "alphas": [0.0, 0.5, 1.0],
+    },
+}
+LOW, HIGH = 0.85, 1.5
+"""The estimate may miss a little (allocator slack, small tensors it ignores) but must not
+miss by much, and may not overstate by half: it refuses jobs."""
+
+
+def _estimate(case: dict[str, Any]) -> MemoryEstimate:
+    arch = parse_arch({"name": "mlp", "widths": case["widths"]})
+    if case["kind"] == "match":
+        return match_memory(arch, case["method"], case["batch_size"])
+    if case["kind"] == "train":
+        return training_memory(arch, case["batch_size"], case["num_modes"])
+    return analysis_memory(arch, case["batch_size"], case["match"], case["alphas"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(CASES))
+def test_the_memory_estimate_is_close_to_the_measured_peak(name: str) -> None:
+    case = CASES[name]
+    completed = subprocess.run(
+        [sys.executable, "-c", MEASURE, json.dumps(case)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    measured = json.loads(completed.stdout.strip().splitlines()[-1])["measured_bytes"]
+    estimate = _estimate(case).total
+    assert LOW * measured <= estimate <= HIGH * measured, (name, estimate, measured)
+
+
+def test_the_wide_mlp_of_the_issue_is_refused_naming_what_to_lower() -> None:
+    """mlp [1, 100000, 2] has 0.3M parameters; its correlation matrices take tens of GB."""
+    arch = parse_arch({"name": "mlp", "widths": [1, 100_000, 2]})
+    estimate = match_memory(arch, "activation", 256)
+    assert estimate.matching > 40 * 1024**3
+    with pytest.raises(JobTooLargeError) as refused:
+        estimate.refuse_above(16 * 1024**3)
+    assert refused.value.message == (
+        f"This job would need about {estimate.total:,} bytes of memory, more than the "
+        f"{16 * 1024**3:,} bytes a job may use on this service; use narrower layers or weight "
+        f"matching (the width x width matching matrices take {estimate.matching:,} bytes)."
+    )
+    wide_batch = training_memory(parse_arch({"name": "mlp", "widths": [1, 100_000, 2]}), 65_536, 1)
+    with pytest.raises(JobTooLargeError, match="lower 'batch_size'"):
+        wide_batch.refuse_above(16 * 1024**3)
+    training_memory(arch, 256, 1).refuse_above(16 * 1024**3)
+
+
+@pytest.mark.parametrize(
+    "arch_json",
+    [
+        {"name": "mlp", "widths": [64, 16, 10]},
+        {"name": "mlp", "widths": [784, 512, 512, 10]},
+        {"name": "resnet", "depth": 8, "width": 0.5},
+    ],
+)
+def test_the_stored_size_bound_holds_and_is_tight(
+    arch_json: dict[str, Any], tmp_path: Path
+) -> None:
+    arch = parse_arch(arch_json)
+    path = tmp_path / "model.safetensors"
+    save_safetensors(arch.build().state_dict(), path)
+    actual = path.stat().st_size
+    bound = stored_checkpoint_bytes(arch)
+    assert actual <= bound <= actual + 8 + 16 * len(arch.expected_shapes())
