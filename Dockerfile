@@ -23,8 +23,11 @@ COPY . /app
 
 # torch first, pinned, so resolving the package's `torch>=2.10` keeps it. Editable, so that
 # `llfc migrate` finds migrations/ beside the package sources.
+# The client distribution (clients/python, which owns the `llfc` command) before the server
+# package that depends on it; the service renders plots, hence the plots extra.
 RUN pip install "torch===2.13.0" "torchvision==0.28.0" \
-    && pip install --editable .
+    && pip install --editable clients/python \
+    && pip install --editable '.[plots]'
 
 USER llfc
 EXPOSE 8000

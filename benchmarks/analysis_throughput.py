@@ -83,9 +83,8 @@ def _worker(
 
     def run(subset: ArrayDataset) -> dict[str, Any]:
         if side == "ours":
-            return analyze_pair(arch, state_a, state_b, subset, config, device=device)["pairs"][
-                "naive"
-            ]
+            result = analyze_pair(arch, state_a, state_b, subset, config, device=device)
+            return result.pairs["naive"].to_json()
         return baseline_measure_pair(arch, state_a, state_b, subset, config, device)
 
     run(data.limit(WARM_UP_EXAMPLES))

@@ -49,7 +49,7 @@ def main() -> None:
             AnalysisConfig(match=method, seed=args.seed),
             train_dataset=digits("train"),
             device=device,
-        )
+        ).to_json()
         seconds = time.perf_counter() - started
         naive, matched = result["pairs"]["naive"], result["pairs"]["matched"]
         row = {

@@ -75,7 +75,7 @@ BASELINE_KEY_PREFIX = "llfc-bench-latency:"
 
 
 def baseline_celery(redis_url: str) -> Any:
-    """A Celery app delivering like ``worker/celery_app.py``, with one task that writes its
+    """A Celery app delivering like ``service/broker.py``, with one task that writes its
     start time (``time.time()``) to Redis under the token it was sent."""
     import redis
     from celery import Celery

@@ -10,7 +10,7 @@ from __future__ import annotations
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +18,11 @@ from typing import Any
 
 import click
 
-from llfc_cli.client_commands import analysis_table, format_table
 from llfc_client import Client
+from llfc_client.cli.tables import analysis_table, format_table
 from llfc_client.errors import LLFCClientError
-from llfc_client.models import Job
+from llfc_client.models import Job, JobKind, JobStatus
+from llfc_results import AnalysisResult
 
 DATASET = "builtin:digits"
 PLOTS = ("lmc", "llfc", "conditions")
@@ -74,7 +75,7 @@ def _run(client: Client, label: str, **submission: Any) -> Job:
     finished = client.wait(job.id, on_progress=_progress_printer(label))
     if sys.stdout.isatty():
         click.echo()
-    if finished.status != "succeeded":
+    if finished.status != JobStatus.SUCCEEDED:
         raise click.ClickException(
             f"The {label} job {finished.id} ended {finished.status}: {finished.error}"
         )
@@ -85,17 +86,23 @@ def _artifact_ids(job: Job) -> list[str]:
     return [a.checkpoint_id for a in job.artifacts if a.checkpoint_id is not None]
 
 
-def _summary_row(label: str, result: dict[str, Any], pair_name: str) -> list[str]:
-    pair = result["pairs"][pair_name]
+def _mean(values: Sequence[float | None]) -> str:
+    """The mean of the finite values (None stands for a non-finite one), four decimals."""
+    finite = [value for value in values if value is not None]
+    return f"{statistics.mean(finite):.4f}" if finite else "-"
+
+
+def _summary_row(label: str, result: AnalysisResult, pair_name: str) -> list[str]:
+    pair = result.pairs[pair_name]
     return [
         label,
-        f"{pair['lmc']['loss_barrier']:.4f}",
-        f"{pair['lmc']['error_barrier']:.4f}",
-        f"{statistics.mean(pair['llfc']['cos_alpha']['0.5']):.4f}",
-        f"{statistics.mean(pair['llfc']['cos_ab']):.4f}",
-        f"{statistics.mean(pair['weak_additivity']['0.5']):.4f}",
-        f"{statistics.mean(pair['commutativity']):.4f}",
-        "yes" if pair["lemma"]["holds"] else "no",
+        _mean([pair.lmc.loss_barrier]),
+        _mean([pair.lmc.error_barrier]),
+        _mean(pair.llfc.cos_alpha["0.5"]),
+        _mean(pair.llfc.cos_ab),
+        _mean(pair.weak_additivity["0.5"]),
+        _mean(pair.commutativity),
+        "yes" if pair.lemma is not None and pair.lemma.holds else "no",
     ]
 
 
@@ -123,14 +130,14 @@ def run_demo(out: Path, url: str | None, size: DemoSize) -> None:
         independent = _run(
             client,
             "two independent modes (seeds 0 and 1)",
-            kind="train",
+            kind=JobKind.TRAIN,
             dataset=DATASET,
             params={"arch": arch, "epochs": size.epochs, "seed": 0},
         )
         spawned = _run(
             client,
             f"a spawned pair (forked after {size.spawn_epochs} epoch)",
-            kind="train",
+            kind=JobKind.TRAIN,
             dataset=DATASET,
             params={
                 "arch": arch,
@@ -156,7 +163,7 @@ def run_demo(out: Path, url: str | None, size: DemoSize) -> None:
                 _run(
                     client,
                     label,
-                    kind="analyze",
+                    kind=JobKind.ANALYZE,
                     model_a=a,
                     model_b=b,
                     dataset=DATASET,
@@ -165,7 +172,10 @@ def run_demo(out: Path, url: str | None, size: DemoSize) -> None:
             )
             for label, slug, a, b, match in plan
         ]
-        results = {analysis.slug: analysis.job.result or {} for analysis in analyses}
+        results = {
+            analysis.slug: AnalysisResult.from_json(analysis.job.result or {})
+            for analysis in analyses
+        }
 
         _say("\nBarriers and mean distances over layers (alpha = 0.5):\n")
         header = [
@@ -185,10 +195,10 @@ def run_demo(out: Path, url: str | None, size: DemoSize) -> None:
         ]
         rows.append(_summary_row("spawned, no matching", results["spawned"], "naive"))
         _say(format_table(header, rows))
-        endpoints = results["independent"]["endpoints"]
+        endpoints = results["independent"].endpoints
         _say(
-            f"\nTest error of the modes: A {endpoints['a']['error']:.4f}, "
-            f"B {endpoints['b']['error']:.4f}"
+            f"\nTest error of the modes: A {_mean([endpoints['a'].measured.error])}, "
+            f"B {_mean([endpoints['b'].measured.error])}"
         )
         for title, slug in (
             ("independent pair, naive against weight matching", "weight"),

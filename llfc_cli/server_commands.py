@@ -194,9 +194,10 @@ def serve(host: str, port: int) -> None:
     """
     settings = load_settings()
     configure_logging(settings)
+    from service.broker import purge_queue
     from service.db import migrate
     from service.db.session import session_scope
-    from service.queue import publish_queued, purge_broker_queue, requeue_interrupted
+    from service.queue import publish_queued, requeue_interrupted
 
     check_database_url(settings.resolved_database_url)
     migrate.upgrade()
@@ -206,7 +207,7 @@ def serve(host: str, port: int) -> None:
         logger.info("Queued again %d job(s) a previous run left running", len(interrupted))
     if settings.uses_filesystem_broker:
         # The job rows are the record: rebuild the queue from them instead of adding copies.
-        purge_broker_queue()
+        purge_queue()
     supervisor = WorkerSupervisor(worker_command(), settings.worker_stop_grace_seconds)
     supervisor.start()
     try:
@@ -239,9 +240,10 @@ def worker() -> None:
     settings = load_settings()
     configure_logging(settings)
     prepare_database(settings)
-    from worker.celery_app import QUEUE, celery_app
+    from service.broker import QUEUE
+    from worker.tasks import run_worker
 
-    celery_app.worker_main(
+    run_worker(
         [
             "worker",
             "--pool=prefork",

@@ -29,7 +29,6 @@ otherwise surface much later as NaN metrics.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
@@ -49,12 +48,16 @@ from torch.torch_version import TorchVersion
 
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import CheckpointFormatError, CheckpointMismatchError
+from llfc_core.file_formats import (
+    ZIP_LOCAL_HEADER,
+    read_safetensors_header,
+    read_zip_directory,
+    sniff_file,
+)
 from llfc_core.permutation import StateDict
 
 CheckpointFormat = Literal["safetensors", "torch"]
 
-SAFETENSORS_MAX_HEADER_BYTES = 100_000_000
-"""The safetensors library's own limit on the JSON header."""
 DATA_PARALLEL_PREFIX = "module."
 WRAPPER_KEYS = ("state_dict", "model")
 MAX_NAMES_IN_MESSAGE = 10
@@ -69,9 +72,9 @@ before 2.6 a TorchScript archive reached ``torch.jit.load`` (CVE-2025-32434), be
 weights-only unpickler could corrupt memory (CVE-2026-24747)."""
 TORCH_ZIP_MAX_MEMBERS = 10_000
 """More members than any state dict of the supported archs (with optimizer state) needs."""
-_TORCH_ZIP_MAX_DIRECTORY_BYTES_PER_MEMBER = 1024
-"""Bound on one central-directory entry (46 bytes plus name and extra fields) when checking the
-directory's declared size before ``zipfile`` reads it whole."""
+_TORCH_ZIP_MAX_DIRECTORY_BYTES = TORCH_ZIP_MAX_MEMBERS * 1024
+"""Bound on the central directory, 1 KiB an entry (46 bytes plus name and extra fields), checked
+from its declared size before ``zipfile`` reads it whole."""
 TORCH_DATA_BYTES_PER_ELEMENT = 8 * 3
 """Tensor data a torch checkpoint may hold per element of its arch: float64 (8 bytes), for the
 weights and, in a training checkpoint, an optimizer's two moments of the same shapes (Adam)."""
@@ -92,10 +95,6 @@ _TORCH_SAVE_MEMBERS = frozenset(
 ``n``'s bytes); ``version`` is ``.data/version`` in some writers' versions. TorchScript's
 ``code/``, ``constants.pkl``, ``.debug_pkl`` and ``extra/`` are none of them."""
 _STORAGE_MEMBER = re.compile(r"data/[0-9]+")
-_ZIP_END = b"PK\x05\x06"
-_ZIP64_END_LOCATOR = b"PK\x06\x07"
-_ZIP64_END = b"PK\x06\x06"
-_ZIP_LOCAL_HEADER = b"PK\x03\x04"
 
 
 def read_checkpoint(
@@ -112,21 +111,17 @@ def read_checkpoint(
     on a torch older than ``SAFE_TORCH_LOAD_VERSION``.
     """
     try:
-        size = path.stat().st_size
-        with path.open("rb") as file:
-            head = file.read(9)
+        size, file_format = sniff_file(path)
     except OSError as error:
         raise CheckpointFormatError(f"The checkpoint file could not be read: {error}.") from error
-    # A safetensors JSON header starts right after its 8-byte length; a zip archive or a pickle
-    # stream never has "{" at byte 8, so this test cannot mistake one format for the other.
-    if len(head) == 9 and head[8:9] == b"{":
+    if file_format == "safetensors":
         return load_safetensors(path), "safetensors"
-    if head.startswith((b"PK", b"\x80")) and not torch_load_is_safe():
+    if file_format in ("zip", "pickle") and not torch_load_is_safe():
         raise CheckpointFormatError(unsafe_torch_load_sentence())
-    if head.startswith(b"PK"):
+    if file_format == "zip":
         check_torch_zip(path, arch)
         return _load_torch(path), "torch"
-    if head.startswith(b"\x80"):
+    if file_format == "pickle":
         raise CheckpointFormatError(
             "The checkpoint is in PyTorch's legacy (pre-1.6) format, which is not read: its "
             "loader allocates whatever sizes the file declares. Re-save it with torch.save from "
@@ -140,7 +135,12 @@ def read_checkpoint(
 
 def load_safetensors(path: Path) -> StateDict:
     """Tensors of a safetensors file, after checking its header against the file size."""
-    _check_safetensors_header(path)
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as file:
+            read_safetensors_header(file, size, CheckpointFormatError)
+    except OSError as error:
+        raise CheckpointFormatError(f"The checkpoint file could not be read: {error}.") from error
     try:
         tensors = load_file(path, device="cpu")
     except Exception as error:
@@ -262,32 +262,24 @@ def _stored_form_header(
     """The file offset of the data and ``name -> (dtype, data begin, data end)`` of a safetensors
     file in the stored form of ``arch`` (see :func:`is_stored_form`), or None when it is not."""
     try:
-        size = path.stat().st_size
+        size, file_format = sniff_file(path)
+        if file_format != "safetensors":
+            return None
         with path.open("rb") as file:
-            head = file.read(9)
-            if len(head) < 9 or head[8:9] != b"{":
-                return None
-            header_length = int.from_bytes(head[:8], "little")
-            if header_length > SAFETENSORS_MAX_HEADER_BYTES or 8 + header_length > size:
-                return None
-            # The library's own parser first: it refuses what load_file would refuse (bad
-            # offsets, unknown dtypes, non-string metadata, deep nesting) without reading data.
-            with safe_open(path, framework="pt"):
-                pass
-            file.seek(8)
-            header = json.loads(file.read(header_length))
-    except (OSError, ValueError, RecursionError, safetensors.SafetensorError):
+            header = read_safetensors_header(file, size, CheckpointFormatError)
+        # The library's own parser too: it refuses what load_file would refuse (overlapping
+        # offsets, unknown dtypes, non-string metadata) without reading data.
+        with safe_open(path, framework="pt"):
+            pass
+    except (OSError, CheckpointFormatError, safetensors.SafetensorError):
         return None
-    if not isinstance(header, dict):
-        return None
-    header.pop("__metadata__", None)
     with torch.device("meta"):
         expected = arch.build().state_dict()
-    if set(header) != set(expected):
+    if set(header.entries) != set(expected):
         return None
     entries: dict[str, tuple[str, int, int]] = {}
     for name, reference in expected.items():
-        entry = header[name]
+        entry = header.entries[name]
         wanted_dtype = _STORED_DTYPES.get(reference.dtype)
         if (
             not isinstance(entry, dict)
@@ -305,9 +297,9 @@ def _stored_form_header(
         if begin != position:
             return None
         position = end
-    if 8 + header_length + position != size:
+    if header.data_start + position != size:
         return None
-    return 8 + header_length, entries
+    return header.data_start, entries
 
 
 def _finite_f32_bytes(file: RawIOBase, start: int, end: int, chunk: bytearray) -> bool:
@@ -344,63 +336,6 @@ def _non_finite_error(names: list[str]) -> CheckpointFormatError:
         f"The checkpoint has NaN or infinite values (or values too large for float32) in "
         f"{_names(names)}; a diverged model cannot be compared or aligned."
     )
-
-
-def _check_safetensors_header(path: Path) -> None:
-    """Refuse a header that is too large, not JSON, or points past the end of the file."""
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as file:
-            length_bytes = file.read(8)
-            if len(length_bytes) < 8:
-                raise CheckpointFormatError(
-                    f"The safetensors file is truncated: it holds only {size} bytes."
-                )
-            header_length = int.from_bytes(length_bytes, "little")
-            if header_length > SAFETENSORS_MAX_HEADER_BYTES:
-                raise CheckpointFormatError(
-                    f"The safetensors header claims {header_length:,} bytes, more than the "
-                    f"{SAFETENSORS_MAX_HEADER_BYTES:,} allowed."
-                )
-            if 8 + header_length > size:
-                raise CheckpointFormatError(
-                    f"The safetensors header claims {header_length:,} bytes but the file holds "
-                    f"only {size - 8:,} after the length; it is truncated or corrupt."
-                )
-            header_text = file.read(header_length)
-    except OSError as error:
-        raise CheckpointFormatError(f"The checkpoint file could not be read: {error}.") from error
-    try:
-        header = json.loads(header_text)
-    except RecursionError as error:
-        raise CheckpointFormatError(
-            "The safetensors header is nested too deeply to read; a safetensors header is an "
-            "object of tensor entries, each one level deep."
-        ) from error
-    except ValueError as error:
-        raise CheckpointFormatError(
-            "The safetensors header is not valid JSON; the file is corrupt."
-        ) from error
-    if not isinstance(header, dict):
-        raise CheckpointFormatError("The safetensors header is not a JSON object.")
-    data_size = size - 8 - header_length
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
-        ):
-            raise CheckpointFormatError(
-                f"The safetensors header entry for {name!r} has no valid data_offsets."
-            )
-        if offsets[1] > data_size:
-            raise CheckpointFormatError(
-                f"The safetensors file is truncated: tensor {name!r} ends at data byte "
-                f"{offsets[1]:,} but the file holds only {data_size:,} data bytes."
-            )
 
 
 def torch_load_is_safe() -> bool:
@@ -464,35 +399,18 @@ def check_torch_zip(path: Path, arch: Architecture | None = None) -> None:
 
 
 def _check_zip_directory_size(file: BinaryIO, size: int) -> None:
-    """Refuse an archive whose end records declare absurdly many members or directory bytes.
-
-    ``zipfile`` reads the central directory whole and makes an object per entry; an upload can
-    declare millions. Read here from the end-of-directory record (and its zip64 form, which
-    torch writes and which readers prefer) before anything else parses the archive.
-    """
-    tail_length = min(size, 22 + 0xFFFF)
-    file.seek(size - tail_length)
-    tail = file.read(tail_length)
-    end = tail.rfind(_ZIP_END)
-    if end < 0 or end + 22 > len(tail):
+    """Refuse an archive whose end records declare absurdly many members or directory bytes."""
+    directory = read_zip_directory(file, size)
+    if directory is None:
         raise CheckpointFormatError(
             "The PyTorch checkpoint has no zip directory at its end; it is corrupt or truncated."
         )
-    member_counts = [int.from_bytes(tail[end + 10 : end + 12], "little")]
-    directory_sizes = [int.from_bytes(tail[end + 12 : end + 16], "little")]
-    locator = end - 20
-    if locator >= 0 and tail[locator : locator + 4] == _ZIP64_END_LOCATOR:
-        file.seek(int.from_bytes(tail[locator + 8 : locator + 16], "little"))
-        record = file.read(56)
-        if len(record) == 56 and record[:4] == _ZIP64_END:
-            member_counts.append(int.from_bytes(record[32:40], "little"))
-            directory_sizes.append(int.from_bytes(record[40:48], "little"))
-    if max(member_counts) > TORCH_ZIP_MAX_MEMBERS:
-        raise _too_many_members(max(member_counts))
-    if max(directory_sizes) > TORCH_ZIP_MAX_MEMBERS * _TORCH_ZIP_MAX_DIRECTORY_BYTES_PER_MEMBER:
+    if directory.members > TORCH_ZIP_MAX_MEMBERS:
+        raise _too_many_members(directory.members)
+    if directory.directory_bytes > _TORCH_ZIP_MAX_DIRECTORY_BYTES:
         raise CheckpointFormatError(
-            f"The PyTorch checkpoint's zip directory declares {max(directory_sizes):,} bytes, "
-            "far more than torch.save writes; it is not a PyTorch state dict."
+            f"The PyTorch checkpoint's zip directory declares {directory.directory_bytes:,} "
+            "bytes, far more than torch.save writes; it is not a PyTorch state dict."
         )
 
 
@@ -520,7 +438,7 @@ def _checked_member(file: BinaryIO, size: int, member: zipfile.ZipInfo) -> int:
     # alignment); torch's reader takes the data offset from it, so check where the data ends.
     file.seek(member.header_offset)
     local = file.read(30)
-    if len(local) < 30 or local[:4] != _ZIP_LOCAL_HEADER:
+    if len(local) < 30 or local[:4] != ZIP_LOCAL_HEADER:
         raise CheckpointFormatError(
             f"The PyTorch checkpoint's member {member.filename!r} has no local header where "
             "the zip directory says; it is corrupt."

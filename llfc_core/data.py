@@ -27,6 +27,7 @@ from safetensors import SafetensorError, safe_open
 
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import DatasetError
+from llfc_core.file_formats import read_safetensors_header, read_zip_directory, sniff_file
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -343,17 +344,12 @@ def fit_to_arch(arch: Architecture, dataset: Dataset) -> Dataset:
 
 # --- Uploaded files: .npz and .safetensors ---------------------------------------------------
 
-ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
-MAX_SAFETENSORS_HEADER = 100 * 2**20
 MAX_NPY_HEADER = 10_000
 DEFAULT_MAX_EXPANSION = 64
 """How many times its size on disk an ``.npz`` may declare once decompressed. Real arrays
 deflate a few times (scikit-learn's digits as float64: 12.5x); zeros deflate about 1000x."""
 NPZ_MAX_MEMBERS = 100
 """Members an ``.npz`` may have: numpy.savez writes one per array, and a dataset needs two."""
-ZIP_END = b"PK\x05\x06"
-ZIP64_END = b"PK\x06\x06"
-ZIP64_END_LOCATOR = b"PK\x06\x07"
 CHUNK_VALUES = 2**20
 """Values read, converted and checked at once: a few MiB of memory whatever the file holds."""
 NORMALISED_DTYPES = {"x": "F32", "y": "I64"}
@@ -449,9 +445,7 @@ def inspect_array_file(
     dtypes and shapes training could not use.
     """
     try:
-        size = path.stat().st_size
-        with path.open("rb") as file:
-            head = file.read(9)
+        size, sniffed = sniff_file(path)
     except OSError as error:
         raise DatasetError(f"The dataset file could not be read ({error.strerror}).") from error
     if size > max_bytes:
@@ -459,11 +453,11 @@ def inspect_array_file(
             f"The dataset file is {size:,} bytes, more than the limit of {max_bytes:,} bytes."
         )
     try:
-        if head[:4] in ZIP_MAGICS:
+        if sniffed == "zip":
             x, y = _inspect_npz(path, size, max_bytes, max_expansion)
             file_format = "npz"
-        elif _looks_like_safetensors(head, size):
-            x, y = _inspect_safetensors(path)
+        elif sniffed == "safetensors":
+            x, y = _inspect_safetensors(path, size)
             file_format = "safetensors"
         else:
             raise DatasetError(
@@ -525,14 +519,13 @@ def open_normalised(
     them) and only the kept labels are read."""
     try:
         with path.open("rb") as file:
-            (header_length,) = struct.unpack("<Q", file.read(8))
-            header = json.loads(file.read(min(header_length, MAX_SAFETENSORS_HEADER)))
-        x_entry, y_entry = header["x"], header["y"]
+            header = read_safetensors_header(file, path.stat().st_size, DatasetError)
+        x_entry, y_entry = header.entries["x"], header.entries["y"]
         if [x_entry["dtype"], y_entry["dtype"]] != list(NORMALISED_DTYPES.values()):
             raise ValueError(f"dtypes {x_entry['dtype']} and {y_entry['dtype']}")
         shape = tuple(int(size) for size in x_entry["shape"])
         rows = shape[0] if max_examples is None else min(shape[0], max_examples)
-        data_start = 8 + header_length
+        data_start = header.data_start
         x = np.memmap(
             path,
             dtype=np.float32,
@@ -543,7 +536,7 @@ def open_normalised(
         y = np.fromfile(
             path, dtype="<i8", count=rows, offset=data_start + int(y_entry["data_offsets"][0])
         )
-    except (OSError, ValueError, KeyError, TypeError, struct.error) as error:
+    except (OSError, ValueError, KeyError, TypeError, DatasetError) as error:
         raise DatasetError(
             f"The stored copy of the dataset '{name}' is unreadable ({error}); upload it again."
         ) from error
@@ -686,26 +679,16 @@ def _inspect_npz(
 
 def _check_member_count(path: Path, size: int) -> None:
     """Refuse an archive whose end records declare more than :data:`NPZ_MAX_MEMBERS` members,
-    before ``zipfile`` reads its directory whole (an object per member: a 17 MB archive of 200,000
-    empty members costs it 106 MiB)."""
+    before ``zipfile`` reads its directory whole (an object per member, so an archive of many
+    empty members costs it several times its own size; benchmarks/RESULTS.md has a measurement)."""
     with path.open("rb") as file:
-        tail_length = min(size, 22 + 0xFFFF)
-        file.seek(size - tail_length)
-        tail = file.read(tail_length)
-        end = tail.rfind(ZIP_END)
-        if end < 0 or end + 22 > len(tail):
-            raise DatasetError("The .npz archive has no zip directory at its end; it is truncated.")
-        counts = [int.from_bytes(tail[end + 10 : end + 12], "little")]
-        locator = end - 20
-        if locator >= 0 and tail[locator : locator + 4] == ZIP64_END_LOCATOR:
-            file.seek(int.from_bytes(tail[locator + 8 : locator + 16], "little"))
-            record = file.read(56)
-            if len(record) == 56 and record[:4] == ZIP64_END:
-                counts.append(int.from_bytes(record[32:40], "little"))
-    if max(counts) > NPZ_MAX_MEMBERS:
+        directory = read_zip_directory(file, size)
+    if directory is None:
+        raise DatasetError("The .npz archive has no zip directory at its end; it is truncated.")
+    if directory.members > NPZ_MAX_MEMBERS:
         raise DatasetError(
-            f"The .npz archive declares {max(counts):,} members; a dataset needs 'x.npy' and "
-            f"'y.npy', and at most {NPZ_MAX_MEMBERS} are read. Save it with "
+            f"The .npz archive declares {directory.members:,} members; a dataset needs 'x.npy' "
+            f"and 'y.npy', and at most {NPZ_MAX_MEMBERS} are read. Save it with "
             "numpy.savez(path, x=x, y=y)."
         )
 
@@ -761,18 +744,13 @@ def _npz_chunks(path: Path, array: DeclaredArray) -> Iterator[np.ndarray]:
             remaining -= count
 
 
-# .safetensors: the library checks that the declared shapes fit the file; rows are read by slices.
+# .safetensors: the header is checked against the file size first, then the library checks that
+# the declared shapes fit; rows are read by slices.
 
 
-def _looks_like_safetensors(head: bytes, size: int) -> bool:
-    """A safetensors file starts with a little-endian u64 header length, then a JSON object."""
-    if len(head) < 9:
-        return False
-    (header_length,) = struct.unpack("<Q", head[:8])
-    return header_length <= min(size - 8, MAX_SAFETENSORS_HEADER) and head[8:9] == b"{"
-
-
-def _inspect_safetensors(path: Path) -> tuple[DeclaredArray, DeclaredArray]:
+def _inspect_safetensors(path: Path, size: int) -> tuple[DeclaredArray, DeclaredArray]:
+    with path.open("rb") as file:
+        read_safetensors_header(file, size, DatasetError)
     declared_arrays = []
     with safe_open(str(path), framework="pt") as file:
         keys = set(file.keys())

@@ -77,7 +77,7 @@ def watch_features(
             for name in relus:
                 relu = modules[name]
                 # An in-place ReLU would overwrite the pre-activation it was given.
-                relu.inplace = False  # type: ignore[assignment]
+                relu.inplace = False
                 handles.append(relu.register_forward_hook(hook(name, on_relu)))
         if on_layer is not None:
             for name in layers:
@@ -121,7 +121,7 @@ class Scratch:
     """Reusable memory for elementwise temporaries of feature maps, one flat buffer per slot.
 
     On CPU a fresh tensor of tens of MB costs more in page faults than the arithmetic it holds
-    (glibc maps such blocks anew each time: ~25 ms against ~5 ms for a 64 MB product), so each
+    (glibc maps such blocks anew each time; benchmarks/RESULTS.md has a measurement), so each
     temporary is written with ``out=`` into a slot's buffer, viewed with the layout of the tensor
     it comes from. Memory: the largest tensor asked for in each slot, for the Scratch's life.
     """

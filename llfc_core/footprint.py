@@ -269,7 +269,7 @@ def stored_checkpoint_bytes(arch: Architecture) -> int:
     """
     with torch.device("meta"):
         state = arch.build().state_dict()
-    data = sum(value.numel() * value.element_size() for value in state.values())
+    data: int = sum(value.numel() * value.element_size() for value in state.values())
     offset_digits = len(str(data))
     header = len(SAFETENSORS_METADATA)
     for key, value in state.items():

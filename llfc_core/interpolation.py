@@ -18,6 +18,7 @@ from llfc_core.device import resolve_device
 from llfc_core.errors import InvalidParameterError
 from llfc_core.models import load_model
 from llfc_core.pair import check_same_layout
+from llfc_core.params import DEFAULT_BATCH_SIZE
 from llfc_core.permutation import StateDict
 from llfc_core.progress import Reporter
 
@@ -85,7 +86,7 @@ def interpolate_checkpoint(
     alpha: float,
     bn_data: Dataset | None = None,
     *,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     device: torch.device | None = None,
     reporter: Reporter | None = None,
 ) -> StateDict:

@@ -19,12 +19,11 @@ from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset, fit_to_arch
 from llfc_core.device import resolve_device
 from llfc_core.errors import CheckpointMismatchError, DatasetError, InvalidParameterError
+from llfc_core.params import MAX_BATCH_SIZE, MAX_SEED, check_int
 from llfc_core.permutation import StateDict
 from llfc_core.progress import Reporter
 
 MAX_EPOCHS = 1000
-MAX_BATCH_SIZE = 65_536
-MAX_SEED = 2**31 - 1
 MAX_MODES = 64
 
 
@@ -58,11 +57,7 @@ class TrainConfig:
 
 
 def _require_int(name: str, value: object, low: int, high: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidParameterError(
-            f"The training parameter '{name}' must be an integer from {low} to {high}, "
-            f"got {value!r}."
-        )
+    check_int(value, low, high, f"The training parameter '{name}'")
 
 
 def _require_real(
@@ -161,7 +156,7 @@ def train_mode(
                 group["lr"] = scheduled_lr(config, step, total_steps)
             loss = F.cross_entropy(model(x.to(device)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            torch.autograd.backward(loss)
             optimizer.step()
             loss_sum += loss.detach()
             reporter.report((step + 1 - first_step) / num_steps, stage)

@@ -35,11 +35,11 @@ from llfc_core.checkpoints import (
     validate_state_dict,
 )
 from llfc_core.errors import ArchitectureError
-from service.api.problems import not_found
 from service.blob_refs import keep_blob, keep_blob_file
 from service.core.config import Settings
 from service.db.models import Checkpoint, Job, arch_key, new_id, utcnow
 from service.deletion import delete_with_blob, refuse_if_used
+from service.errors import NotFoundError
 from service.json_input import JsonInputError, parse_json
 from service.quotas import check_stored_bytes
 from service.storage import BlobStore, IncomingBlob, hash_file
@@ -89,10 +89,10 @@ def parse_arch_text(arch_text: str | None, settings: Settings) -> Architecture:
 
 
 def get_owned_checkpoint(session: Session, owner_id: str, checkpoint_id: str) -> Checkpoint:
-    """The owner's checkpoint, or 404 (also for another owner's)."""
+    """The owner's checkpoint; NotFoundError also for another owner's."""
     checkpoint = session.get(Checkpoint, checkpoint_id)
     if checkpoint is None or checkpoint.owner_id != owner_id:
-        raise not_found("checkpoint", checkpoint_id)
+        raise NotFoundError("checkpoint", checkpoint_id)
     return checkpoint
 
 

@@ -25,12 +25,12 @@ from llfc_core.data import (
     write_normalised,
 )
 from llfc_core.errors import DatasetError
-from service.api.problems import not_found
 from service.blob_refs import keep_blob
 from service.checkpoints import display_name
 from service.core.config import Settings
 from service.db.models import Dataset, Job, new_id, utcnow
 from service.deletion import delete_with_blob, refuse_if_used
+from service.errors import NotFoundError
 from service.quotas import check_stored_bytes
 from service.schemas import RESOURCE_ID_PATTERN
 from service.storage import BlobStore, IncomingBlob
@@ -49,10 +49,10 @@ class DatasetShape:
 
 
 def get_owned_dataset(session: Session, owner_id: str, dataset_id: str) -> Dataset:
-    """The owner's uploaded dataset, or 404 (also for another owner's)."""
+    """The owner's uploaded dataset; NotFoundError also for another owner's."""
     dataset = session.get(Dataset, dataset_id)
     if dataset is None or dataset.owner_id != owner_id:
-        raise not_found("dataset", dataset_id)
+        raise NotFoundError("dataset", dataset_id)
     return dataset
 
 

@@ -7,16 +7,16 @@ from __future__ import annotations
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from service.api.problems import ProblemError
 from service.blob_refs import release_blob
 from service.db.models import ACTIVE_STATUSES, Base, Job
+from service.errors import InUseError
 from service.storage import BlobStore
 
 
 def refuse_if_used(
     session: Session, owner_id: str, uses: ColumnElement[bool], described: str
 ) -> None:
-    """409 naming the owner's first queued or running job for which ``uses`` holds.
+    """Refuse (InUseError) naming the owner's first queued or running job for which ``uses`` holds.
 
     ``described`` names the row in the sentence, e.g. ``"Checkpoint ckpt_..."``.
     """
@@ -24,11 +24,9 @@ def refuse_if_used(
         select(Job.id).where(Job.owner_id == owner_id, Job.status.in_(ACTIVE_STATUSES), uses)
     )
     if user is not None:
-        raise ProblemError(
-            409,
+        raise InUseError(
             f"{described} is used by job {user}, which is queued or running; cancel it or wait "
-            "for it to finish first.",
-            type_slug="in-use",
+            "for it to finish first."
         )
 
 

@@ -2,9 +2,9 @@
 job is cancelled and how it is shown.
 
 A submission is checked completely before its row exists: A and B must share an arch, the
-dataset must fit it, and every parameter must be valid, so incompatible inputs get a 422 now
-instead of a failed job later. The params stored on the job are the validated ones with their
-defaults filled in; the worker takes them as they are.
+dataset must fit it, and every parameter must be valid, so incompatible inputs are refused
+now (the engine's typed errors) instead of failing the job later. The params stored on the job
+are the validated ones with their defaults filled in; the worker takes them as they are.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from sqlalchemy import Row, select, update
+from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -34,21 +34,32 @@ from llfc_core.footprint import (
     training_memory,
 )
 from llfc_core.interpolation import check_alpha
+from llfc_core.params import DEFAULT_BATCH_SIZE, MATCH_METHODS, MAX_BATCH_SIZE, MAX_SEED, check_int
 from llfc_core.training import TrainConfig
-from service.api.problems import ProblemError, not_found
+from service import lifecycle
 from service.core.config import Settings
 from service.datasets import dataset_shape, is_builtin
-from service.db.models import FINISHED_STATUSES, Checkpoint, Job, JobArtifact, new_id, utcnow
-from service.db.session import rows_changed
+from service.db.models import (
+    FINISHED_STATUSES,
+    Checkpoint,
+    Job,
+    JobArtifact,
+    JobKind,
+    JobStatus,
+    new_id,
+)
+from service.errors import (
+    AlreadyFinishedError,
+    IdempotencyKeyReusedError,
+    InvalidIdempotencyKeyError,
+    NotFoundError,
+)
 from service.quotas import check_queued_jobs, check_stored_bytes
 from service.schemas import ArtifactPublic, JobCreate, JobPublic, Progress
 
 DATA_KEYS = ("split", "max_examples")
 TRAIN_DATASET_KEY = "train_dataset"
 """The pair jobs' param naming the data for BatchNorm re-estimation and activation matching."""
-MAX_BATCH_SIZE = 65_536
-MAX_SEED = 2**31 - 1
-MATCH_METHODS = ("weight", "activation")
 TRAIN_CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig))
 TRAIN_KEYS = ("arch", "dataset", "num_modes", *TRAIN_CONFIG_KEYS)
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
@@ -58,7 +69,7 @@ MAX_IDEMPOTENCY_KEY_LENGTH = 200
 class JobPlan:
     """A submission after validation: what the job row will hold."""
 
-    kind: str
+    kind: JobKind
     params: dict[str, Any]
     arch: dict[str, Any] | None
     model_a_id: str | None
@@ -80,12 +91,7 @@ def _refuse_unknown(kind: str, params: Mapping[str, Any], allowed: tuple[str, ..
 
 
 def int_param(params: Mapping[str, Any], key: str, default: int, low: int, high: int) -> int:
-    value = params.get(key, default)
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise InvalidParameterError(
-            f"The parameter '{key}' must be an integer from {low} to {high}, got {value!r}."
-        )
-    return value
+    return check_int(params.get(key, default), low, high, f"The parameter '{key}'")
 
 
 def _data_params(
@@ -196,7 +202,8 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
     method = body.params.get("method", "weight")
     if method not in MATCH_METHODS:
         raise InvalidParameterError(
-            f"The parameter 'method' must be 'weight' or 'activation', got {method!r}."
+            f"The parameter 'method' must be {' or '.join(map(repr, MATCH_METHODS))}, "
+            f"got {method!r}."
         )
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
     dataset_ref = None
@@ -206,12 +213,12 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
     params = {
         "method": method,
         "seed": int_param(body.params, "seed", 0, 0, MAX_SEED),
-        "batch_size": int_param(body.params, "batch_size", 256, 1, MAX_BATCH_SIZE),
+        "batch_size": int_param(body.params, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE),
         **_data_params(body.params, settings, "train", dataset_ref),
         **train_data,
     }
     return JobPlan(
-        "match",
+        JobKind.MATCH,
         params,
         model_a.arch,
         model_a.id,
@@ -236,12 +243,12 @@ def _plan_interpolate(
         dataset_ref = _fitting_dataset(session, settings, owner_id, body.dataset, arch, purpose)
     params = {
         "alpha": alpha,
-        "batch_size": int_param(body.params, "batch_size", 256, 1, MAX_BATCH_SIZE),
+        "batch_size": int_param(body.params, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE),
         **_data_params(body.params, settings, "train", dataset_ref),
         **train_data,
     }
     return JobPlan(
-        "interpolate",
+        JobKind.INTERPOLATE,
         params,
         model_a.arch,
         model_a.id,
@@ -267,7 +274,7 @@ def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Se
         **train_data,
     }
     return JobPlan(
-        "analyze",
+        JobKind.ANALYZE,
         params,
         model_a.arch,
         model_a.id,
@@ -318,7 +325,7 @@ def _plan_train(session: Session, owner_id: str, body: JobCreate, settings: Sett
         **train_params(train_config),
         **_data_params(body.params, settings, "train", dataset_ref),
     }
-    return JobPlan("train", params, arch.to_json(), None, None, dataset_ref)
+    return JobPlan(JobKind.TRAIN, params, arch.to_json(), None, None, dataset_ref)
 
 
 def make_train_config(params: Mapping[str, Any]) -> TrainConfig:
@@ -330,11 +337,11 @@ def train_params(config: TrainConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-PLANNERS: dict[str, Callable[[Session, str, JobCreate, Settings], JobPlan]] = {
-    "match": _plan_match,
-    "interpolate": _plan_interpolate,
-    "analyze": _plan_analyze,
-    "train": _plan_train,
+PLANNERS: dict[JobKind, Callable[[Session, str, JobCreate, Settings], JobPlan]] = {
+    JobKind.MATCH: _plan_match,
+    JobKind.INTERPOLATE: _plan_interpolate,
+    JobKind.ANALYZE: _plan_analyze,
+    JobKind.TRAIN: _plan_train,
 }
 
 
@@ -344,11 +351,11 @@ PLANNERS: dict[str, Callable[[Session, str, JobCreate, Settings], JobPlan]] = {
 def job_memory(plan: JobPlan, arch: Architecture) -> MemoryEstimate:
     """The engine's estimate of the job's peak memory."""
     params = plan.params
-    if plan.kind == "match":
+    if plan.kind == JobKind.MATCH:
         return match_memory(arch, params["method"], params["batch_size"])
-    if plan.kind == "interpolate":
+    if plan.kind == JobKind.INTERPOLATE:
         return interpolation_memory(arch, params["batch_size"], plan.dataset_ref is not None)
-    if plan.kind == "analyze":
+    if plan.kind == JobKind.ANALYZE:
         alphas = [*params["alphas"], *params["llfc_alphas"]]
         return analysis_memory(arch, params["batch_size"], params["match"], alphas)
     return training_memory(arch, params["batch_size"], params["num_modes"])
@@ -356,9 +363,9 @@ def job_memory(plan: JobPlan, arch: Architecture) -> MemoryEstimate:
 
 def output_checkpoints(plan: JobPlan) -> int:
     """How many checkpoints the job stores at most, which its storage reservation counts."""
-    if plan.kind == "train":
+    if plan.kind == JobKind.TRAIN:
         return int(plan.params["num_modes"])
-    return 1 if plan.kind in ("match", "interpolate") else 0
+    return 1 if plan.kind in (JobKind.MATCH, JobKind.INTERPOLATE) else 0
 
 
 def request_hash(body: JobCreate) -> str:
@@ -371,11 +378,9 @@ def _replay(session: Session, owner_id: str, key: str, body_hash: str) -> Job | 
     """The job an earlier request with this Idempotency-Key created, if its body was the same."""
     job = session.scalar(select(Job).where(Job.owner_id == owner_id, Job.idempotency_key == key))
     if job is not None and job.request_hash != body_hash:
-        raise ProblemError(
-            422,
+        raise IdempotencyKeyReusedError(
             f"The Idempotency-Key {key!r} was already used for job {job.id} with a different "
-            "request body; send a new key for a new job.",
-            type_slug="idempotency-key-reused",
+            "request body; send a new key for a new job."
         )
     return job
 
@@ -391,17 +396,15 @@ def submit_job(
 
     With an Idempotency-Key, the same key and body return the job made the first time (even
     when the owner's quotas are full now). A new job is refused when the engine estimates
-    it needs more memory than ``LLFC_MAX_JOB_MEMORY_BYTES`` (422), and past the owner's
-    quotas: 429 for too many queued jobs, 507 when the checkpoints it may store do not fit
-    (they are reserved in ``reserved_bytes`` until the job ends).
+    it needs more memory than ``LLFC_MAX_JOB_MEMORY_BYTES`` (JobTooLargeError), and past the
+    owner's quotas: too many queued jobs, or checkpoints it may store that do not fit (they are
+    reserved in ``reserved_bytes`` until the job ends); see ``service/quotas.py``.
     """
     body_hash = request_hash(body)
     if idempotency_key is not None:
         if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY_LENGTH:
-            raise ProblemError(
-                422,
-                f"The Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long.",
-                type_slug="validation",
+            raise InvalidIdempotencyKeyError(
+                f"The Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LENGTH} characters long."
             )
         existing = _replay(session, owner_id, idempotency_key, body_hash)
         if existing is not None:
@@ -421,15 +424,10 @@ def submit_job(
             reserved,
             f"the checkpoints this {plan.kind} job makes ({reserved:,} bytes at most)",
         )
-    job = Job(
+    job = lifecycle.queued_job(
         id=new_id("job"),
         owner_id=owner_id,
         kind=plan.kind,
-        status="queued",
-        progress_fraction=0.0,
-        progress_stage="queued",
-        created_at=utcnow(),
-        attempts=0,
         idempotency_key=idempotency_key,
         request_hash=body_hash,
         params=plan.params,
@@ -438,7 +436,6 @@ def submit_job(
         model_b_id=plan.model_b_id,
         dataset_ref=plan.dataset_ref,
         train_dataset_ref=plan.train_dataset_ref,
-        cancel_requested=False,
         reserved_bytes=reserved,
     )
     session.add(job)
@@ -461,41 +458,22 @@ def submit_job(
 
 
 def get_owned_job(session: Session, owner_id: str, job_id: str) -> Job:
-    """The owner's job, or 404 (also for another owner's)."""
+    """The owner's job; NotFoundError also for another owner's."""
     job = session.get(Job, job_id)
     if job is None or job.owner_id != owner_id:
-        raise not_found("job", job_id)
+        raise NotFoundError("job", job_id)
     return job
 
 
 def cancel_job(session: Session, job: Job) -> Job:
     """Cancel: a queued job ends ``cancelled`` now and never runs; a running one is asked to
-    stop at its next batch. Cancelling a cancelled job is a no-op; a finished one is a 409."""
-    now = utcnow()
-    cancelled_now = rows_changed(
-        session,
-        update(Job)
-        .where(Job.id == job.id, Job.status == "queued")
-        .values(
-            status="cancelled",
-            cancel_requested=True,
-            finished_at=now,
-            progress_stage="cancelled before it started",
-        ),
-    )
-    if not cancelled_now:
-        session.execute(
-            update(Job)
-            .where(Job.id == job.id, Job.status == "running")
-            .values(cancel_requested=True)
-        )
-    session.commit()
+    stop at its next batch. Cancelling a cancelled job is a no-op; a succeeded or failed one
+    raises AlreadyFinishedError."""
+    lifecycle.cancel(session, job.id)
     session.refresh(job)
-    if job.status in ("succeeded", "failed"):
-        raise ProblemError(
-            409,
-            f"Job {job.id} already {job.status}; there is nothing to cancel.",
-            type_slug="already-finished",
+    if job.status in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        raise AlreadyFinishedError(
+            f"Job {job.id} already {job.status}; there is nothing to cancel."
         )
     return job
 
@@ -523,8 +501,8 @@ def public_job(job: Job | Row[Any], artifacts: Sequence[JobArtifact | Row[Any]])
     poll's, :mod:`service.polls`), with its artifacts."""
     return JobPublic(
         id=job.id,
-        kind=job.kind,  # type: ignore[arg-type]
-        status=job.status,  # type: ignore[arg-type]
+        kind=job.kind,
+        status=job.status,
         progress=Progress(fraction=job.progress_fraction, stage=job.progress_stage),
         error=job.error,
         created_at=job.created_at,

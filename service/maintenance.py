@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from service.core.config import Settings
 from service.db.session import session_scope
-from service.leases import reap_lost_runs
+from service.lifecycle import reap_lost_runs
 from service.queue import publish_and_mark, republish_unclaimed
 from service.storage import BlobStore
 
@@ -56,7 +56,7 @@ def sweep(settings: Settings) -> SweepReport:
         logger.warning(
             "Took back jobs whose worker stopped answering: queued again %s, failed %s, "
             "cancelled %s",
-            [job_id for job_id, _ in reaped.requeued],
+            reaped.requeued,
             reaped.failed,
             reaped.cancelled,
         )

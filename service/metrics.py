@@ -8,16 +8,14 @@ and job durations are read from the database, so every API process reports the s
 from __future__ import annotations
 
 import threading
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.db.models import JOB_KINDS, JOB_STATUSES, Job
+from service.db.models import Job, JobKind, JobStatus
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 JOB_DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
@@ -158,11 +156,11 @@ def job_lines(session: Session) -> list[str]:
         ).tuples()
     }
     lines = ["# HELP llfc_jobs Jobs by kind and status.", "# TYPE llfc_jobs gauge"]
-    for kind in JOB_KINDS:
-        for status in JOB_STATUSES:
+    for kind in JobKind:
+        for status in JobStatus:
             count = counts.get((kind, status), 0)
             lines.append(f"llfc_jobs{_labels(kind=kind, status=status)} {count}")
-    queued = sum(count for (_kind, status), count in counts.items() if status == "queued")
+    queued = sum(count for (_kind, status), count in counts.items() if status == JobStatus.QUEUED)
     lines += [
         "# HELP llfc_queue_depth Jobs waiting for a worker.",
         "# TYPE llfc_queue_depth gauge",
@@ -192,32 +190,3 @@ def job_lines(session: Session) -> list[str]:
 
 def render(sections: Iterable[list[str]]) -> str:
     return "\n".join(line for section in sections for line in section) + "\n"
-
-
-class MetricsMiddleware:
-    """Times every HTTP request and counts it by method, route template and status."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        started = time.perf_counter()
-        status = 500
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_status)
-        finally:
-            route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
-            METRICS.observe_request(
-                scope["method"], template, status, time.perf_counter() - started
-            )

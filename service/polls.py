@@ -5,7 +5,7 @@ of the session) costs five round trips and most of a request's CPU. Here one sta
 the key, reads the job and its artifacts together (a job has at most a few artifacts, so the
 left join repeats the job's columns only that often), on PostgreSQL in autocommit mode, where
 a lone SELECT needs no BEGIN and COMMIT of its own. Only when no row comes back does a second
-statement tell an unknown key (401) from a job the key's owner does not have (404).
+statement tell an unknown key from a job the key's owner does not have.
 
 Every answer is read fresh: nothing is cached, so a poll never shows a stale status.
 """
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 from sqlalchemy import Engine, bindparam, select
 
-from service.api.problems import not_found
 from service.core.config import Settings
 from service.db.models import FINISHED_STATUSES, ApiKey, Job, JobArtifact, Owner
 from service.db.session import READ_ONLY_OPTION
+from service.errors import NotFoundError
 from service.jobs import public_job
 from service.schemas import JobPublic
-from service.security import LOCAL_OWNER_NAME, hash_api_key, key_problem
+from service.security import LOCAL_OWNER_NAME, hash_api_key, key_error
 
 # Keyed by the engine itself, not its id(): a disposed engine's id can be reused by a new one.
 # One entry per engine the process opens (one, outside tests).
@@ -85,16 +85,16 @@ def read_polled_job(
     """The job ``job_id`` of the owner of ``key`` and whether it is finished.
 
     ``key`` is the request's Bearer token (None without one; unused when auth is off). Raises
-    the 401 problem for a missing, unknown or revoked key and the 404 for a job that does not
-    exist or belongs to another owner.
+    UnauthorizedError for a missing, unknown or revoked key and NotFoundError for a job that
+    does not exist or belongs to another owner.
     """
     key_hash = None
     if not settings.auth:
         statement, parameters = _OF_LOCAL_OWNER, {"job_id": job_id}
     elif key is None:
-        raise key_problem(missing=True)
+        raise key_error(missing=True)
     elif not key.strip():
-        raise key_problem(missing=False)
+        raise key_error(missing=False)
     else:
         key_hash = hash_api_key(key.strip(), settings.secret_key.get_secret_value())
         statement, parameters = _BY_KEY, {"job_id": job_id, "key_hash": key_hash}
@@ -102,8 +102,8 @@ def read_polled_job(
         rows = connection.execute(statement, parameters).all()
         key_unknown = not rows and key_hash is not None
         if key_unknown and connection.scalar(_LIVE_KEY, {"key_hash": key_hash}) is None:
-            raise key_problem(missing=False)
+            raise key_error(missing=False)
     if not rows:
-        raise not_found("job", job_id)
+        raise NotFoundError("job", job_id)
     artifacts = [row for row in rows if row.name is not None]
     return public_job(rows[0], artifacts), rows[0].status in FINISHED_STATUSES

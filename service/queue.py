@@ -6,7 +6,8 @@ prefetched) or delivered twice, and a job whose owner runs the most jobs allowed
 left queued by its claim (published again when one of them ends, :func:`publish_waiting_jobs`).
 So a job still ``queued`` some time after its last publish is published again
 (:func:`republish_unclaimed`, run periodically by ``service/maintenance.py``), and the worker's
-atomic claim (``service/leases.py``) turns every duplicate into a no-op.
+atomic claim (``service/lifecycle.py``) turns every duplicate into a no-op. The broker itself
+(its application, queue and task name) is ``service/broker.py``.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import logging
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from service.broker import publish_job
 from service.core.config import Settings
-from service.db.models import Job, utcnow
-from service.leases import WAITING_FOR_SLOT_STAGE, lock_owner, release_run
-from worker.celery_app import QUEUE, TASK_NAMES, celery_app
+from service.db.models import Job, JobStatus, utcnow
+from service.lifecycle import WAITING_FOR_SLOT_STAGE, lock_owner, mark_published, release_run
 
 logger = logging.getLogger(__name__)
 
@@ -29,30 +30,15 @@ REPUBLISH_BATCH = 500
 """Most jobs one republishing pass sends; the next pass takes the rest."""
 
 
-def publish_job(job_id: str, kind: str) -> bool:
-    """Send the task for a committed job; returns False (and logs) if the broker refused it."""
-    try:
-        celery_app.send_task(TASK_NAMES[kind], args=[job_id], queue=QUEUE)
-    except Exception:
-        logger.exception("Could not publish job %s; it stays queued until republished", job_id)
-        return False
-    return True
-
-
-def publish_and_mark(
-    session: Session, jobs: Sequence[tuple[str, str]], now: datetime | None = None
-) -> int:
-    """Publish (id, kind) pairs, recording ``published_at``; stop at the first failure, as the
-    broker is then down and the rest would wait for nothing. Returns how many were sent."""
+def publish_and_mark(session: Session, job_ids: Sequence[str], now: datetime | None = None) -> int:
+    """Publish jobs, recording ``published_at``; stop at the first failure, as the broker is
+    then down and the rest would wait for nothing. Returns how many were sent."""
     now = now or utcnow()
     sent = 0
-    for job_id, kind in jobs:
-        if not publish_job(job_id, kind):
+    for job_id in job_ids:
+        if not publish_job(job_id):
             break
-        session.execute(
-            update(Job).where(Job.id == job_id, Job.status == "queued").values(published_at=now)
-        )
-        session.commit()
+        mark_published(session, job_id, now)
         sent += 1
     return sent
 
@@ -62,7 +48,7 @@ def publish_waiting_jobs(session: Session, settings: Settings, ended_job_id: str
     ``ended_job_id`` (a job that just ended), as many as slots are free; returns how many were
     sent.
 
-    The owner's row is locked while counting (:func:`service.leases.lock_owner`), as the claim
+    The owner's row is locked while counting (:func:`service.lifecycle.lock_owner`), as the claim
     does: a claim refused just before the end that freed its slot has marked its job waiting
     by then, so no job waits for a wake-up that already passed.
     """
@@ -74,24 +60,23 @@ def publish_waiting_jobs(session: Session, settings: Settings, ended_job_id: str
         session.scalar(
             select(func.count())
             .select_from(Job)
-            .where(Job.owner_id == owner_id, Job.status == "running")
+            .where(Job.owner_id == owner_id, Job.status == JobStatus.RUNNING)
         )
         or 0
     )
     free_slots = settings.max_running_jobs_per_owner - running
-    waiting = [
-        (job_id, kind)
-        for job_id, kind in session.execute(
-            select(Job.id, Job.kind)
+    waiting = list(
+        session.scalars(
+            select(Job.id)
             .where(
                 Job.owner_id == owner_id,
-                Job.status == "queued",
+                Job.status == JobStatus.QUEUED,
                 Job.progress_stage == WAITING_FOR_SLOT_STAGE,
             )
             .order_by(Job.created_at)
             .limit(max(free_slots, 0))
         )
-    ]
+    )
     session.commit()
     return publish_and_mark(session, waiting) if waiting else 0
 
@@ -105,15 +90,14 @@ def republish_unclaimed(session: Session, settings: Settings, now: datetime | No
     now = now or utcnow()
     cutoff = now - timedelta(seconds=settings.republish_after_seconds)
     last_publish = func.coalesce(Job.published_at, Job.created_at)
-    stale = [
-        (job_id, kind)
-        for job_id, kind in session.execute(
-            select(Job.id, Job.kind)
-            .where(Job.status == "queued", last_publish < cutoff)
+    stale = list(
+        session.scalars(
+            select(Job.id)
+            .where(Job.status == JobStatus.QUEUED, last_publish < cutoff)
             .order_by(Job.created_at)
             .limit(REPUBLISH_BATCH)
         )
-    ]
+    )
     session.commit()
     sent = publish_and_mark(session, stale, now)
     if stale:
@@ -128,29 +112,21 @@ def requeue_interrupted(session: Session, settings: Settings) -> list[str]:
     job may belong to a live worker on another machine (the lease decides there). Each job ends
     ``cancelled`` if that was asked, ``failed`` after its last attempt, else it is queued again.
     """
-    ids = list(session.scalars(select(Job.id).where(Job.status == "running")))
+    running = Job.status == JobStatus.RUNNING
+    ids = list(session.scalars(select(Job.id).where(running)))
     session.commit()
     now = utcnow()
     for job_id in ids:
-        release_run(
-            session, job_id, Job.status == "running", settings, "queued again after a restart", now
-        )
+        release_run(session, job_id, running, settings, "queued again after a restart", now)
     return ids
 
 
 def publish_queued(session: Session) -> int:
     """Publish every queued job again; returns how many were sent."""
-    queued = [
-        (job_id, kind)
-        for job_id, kind in session.execute(
-            select(Job.id, Job.kind).where(Job.status == "queued").order_by(Job.created_at)
+    queued = list(
+        session.scalars(
+            select(Job.id).where(Job.status == JobStatus.QUEUED).order_by(Job.created_at)
         )
-    ]
+    )
     session.commit()
     return publish_and_mark(session, queued)
-
-
-def purge_broker_queue() -> int:
-    """Drop every message waiting in the job queue; the caller republishes from the job rows."""
-    with celery_app.connection_for_write() as connection:
-        return int(connection.default_channel.queue_purge(QUEUE) or 0)

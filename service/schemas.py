@@ -8,10 +8,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from service.db.models import JobKind, JobStatus
 from service.json_input import MAX_JSON_DEPTH, JsonInputError, check_depth
-
-JobKind = Literal["match", "interpolate", "analyze", "train"]
-JobStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 
 RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 """Every id this service issues (``ckpt_<hex>``, ``builtin:digits``...) matches; a reference that
@@ -143,3 +141,7 @@ class LayerMetricPublic(BaseModel):
 
 class LayerMetricsPublic(BaseModel):
     items: list[LayerMetricPublic]
+
+
+class ServiceConfigPublic(BaseModel):
+    auth: bool = Field(description="Whether /v1 requests need 'Authorization: Bearer <api key>'.")

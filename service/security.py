@@ -14,13 +14,12 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from service.api.problems import ProblemError
 from service.db.models import ApiKey, Owner, new_id, utcnow
+from service.errors import UnauthorizedError
 
 KEY_PREFIX = "llfc_"
 LOCAL_OWNER_NAME = "local"
 """The single owner of everything when auth is off (the embedded default)."""
-UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="llfc"'}
 
 
 def hash_api_key(key: str, secret_key: str) -> str:
@@ -72,8 +71,9 @@ def owner_for_key(session: Session, key: str, secret_key: str) -> Owner | None:
     return session.scalar(statement)
 
 
-def key_problem(*, missing: bool) -> ProblemError:
-    """The 401 for a request without a key (``missing``) or with one that is unknown or revoked."""
+def key_error(*, missing: bool) -> UnauthorizedError:
+    """The error for a request without a key (``missing``) or with one that is unknown or
+    revoked."""
     if missing:
         detail = (
             "This service needs an API key: send 'Authorization: Bearer <key>'; an operator "
@@ -84,4 +84,4 @@ def key_problem(*, missing: bool) -> ProblemError:
             "The API key is not valid: send 'Authorization: Bearer <key>' with a key that was "
             "created by 'llfc keys create' and not revoked."
         )
-    return ProblemError(401, detail, type_slug="unauthorized", headers=UNAUTHORIZED_HEADERS)
+    return UnauthorizedError(detail)

@@ -21,7 +21,7 @@ import time
 
 from service.core.config import get_settings
 from service.db.session import short_lived_session
-from service.leases import beat
+from service.lifecycle import beat
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,6 @@
-"""One Celery task per job kind, each a thin call into the engine (see ``worker/execution.py``).
+"""The worker's one Celery task, which runs any job by its row's kind (``worker/execution.py``),
+registered on the broker contract's application (``service/broker.py``) under its name and the
+per-kind names of earlier versions, so messages queued before an upgrade still run.
 
 The engine, and with it torch, is imported inside the task, that is in the prefork child: the
 Celery parent process never loads torch or touches CUDA. The parent's part is
@@ -19,16 +21,17 @@ from celery.signals import worker_process_init
 from celery.worker.request import Request
 from sqlalchemy.orm import Session
 
+from service.broker import LEGACY_TASK_NAMES, TASK_NAME, celery_app
 from service.core.config import get_settings
+from service.db.models import JobStatus
 from service.db.session import short_lived_session
-from service.leases import (
+from service.lifecycle import (
     fail_claim_of,
     hard_time_limit_sentence,
     release_claim_of,
     worker_token,
 )
 from service.queue import publish_waiting_jobs
-from worker.celery_app import TASK_NAMES, celery_app
 from worker.leases import lease_keeper
 
 logger = logging.getLogger(__name__)
@@ -127,7 +130,7 @@ class JobRequest(Request):
                     session, job_id, token, get_settings(), reason
                 )
             )
-            if status in ("failed", "cancelled"):
+            if status in (JobStatus.FAILED, JobStatus.CANCELLED):
                 self._publish_waiting_jobs()
             if status is not None:
                 logger.warning(
@@ -154,33 +157,17 @@ def load_engine(**_: object) -> None:
     import worker.execution  # noqa: F401
 
 
-@celery_app.task(name=TASK_NAMES["match"], base=JobTask, bind=True)
-def match(self: Task, job_id: str) -> None:
-    """Permute model B onto model A; artifact ``model_b_permuted``."""
-    from worker.execution import run_job, run_match
+def job_task(self: Task, job_id: str) -> None:
+    """Run the job ``job_id`` (any kind); its outputs go to its row, artifacts and metric rows."""
+    from worker.execution import run_job
 
-    run_job(job_id, run_match, redelivered=_redelivered(self))
-
-
-@celery_app.task(name=TASK_NAMES["interpolate"], base=JobTask, bind=True)
-def interpolate(self: Task, job_id: str) -> None:
-    """alpha * A + (1 - alpha) * B; artifact ``interpolated``."""
-    from worker.execution import run_interpolate, run_job
-
-    run_job(job_id, run_interpolate, redelivered=_redelivered(self))
+    run_job(job_id, redelivered=_redelivered(self))
 
 
-@celery_app.task(name=TASK_NAMES["analyze"], base=JobTask, bind=True)
-def analyze(self: Task, job_id: str) -> None:
-    """The whole LMC/LLFC analysis of a pair; result in the job row and per-layer rows."""
-    from worker.execution import run_analyze, run_job
-
-    run_job(job_id, run_analyze, redelivered=_redelivered(self))
+for _name in (TASK_NAME, *LEGACY_TASK_NAMES):
+    celery_app().task(name=_name, base=JobTask, bind=True)(job_task)
 
 
-@celery_app.task(name=TASK_NAMES["train"], base=JobTask, bind=True)
-def train(self: Task, job_id: str) -> None:
-    """Train modes to study; artifacts ``model_0``, ``model_1``, ..."""
-    from worker.execution import run_job, run_train
-
-    run_job(job_id, run_train, redelivered=_redelivered(self))
+def run_worker(arguments: list[str]) -> None:
+    """Run a Celery worker (``arguments`` as on its command line) with the job task above."""
+    celery_app().worker_main(arguments)

@@ -11,7 +11,6 @@ error as uploaded (its own running statistics), since those are the numbers its 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import torch
 
@@ -28,6 +27,7 @@ from llfc_core.pair import check_same_layout
 from llfc_core.permutation import StateDict
 from llfc_core.progress import Reporter
 from llfc_core.training import evaluate
+from llfc_results import AnalysisResult, Endpoint, LossError, PairResult
 
 MATCH_SHARE = 0.2
 AS_UPLOADED_SHARE = 0.1
@@ -44,8 +44,8 @@ def analyze_pair(
     train_dataset: Dataset | None = None,
     device: torch.device | None = None,
     reporter: Reporter | None = None,
-) -> dict[str, Any]:
-    """Analyse A and B on ``dataset``; returns the JSON-ready "analyze result" of the API.
+) -> AnalysisResult:
+    """Analyse A and B on ``dataset``; ``.to_json()`` of the answer is the API's "analyze result".
 
     ``train_dataset`` (default: ``dataset``) feeds activation matching and the BatchNorm
     re-estimation of interpolated nets.
@@ -63,7 +63,7 @@ def analyze_pair(
     reset_bn = arch.has_batch_norm if config.reset_bn is None else config.reset_bn
     reestimated = bool(reset_bn and arch.has_batch_norm)
 
-    result: dict[str, Any] = {"pairs": {}}
+    matching = None
     matched_b = None
     measure_start = 0.0
     if config.match != "none":
@@ -79,16 +79,17 @@ def analyze_pair(
             reporter=reporter.sub(0.0, MATCH_SHARE),
         )
         matched_b = match.permuted_b
-        summary = match.summary()
-        del summary["permutation"]
-        result["matching"] = summary
+        matching = match.summary()
+        del matching["permutation"]
         measure_start = MATCH_SHARE
 
     pairs = [("naive", state_b)] + ([("matched", matched_b)] if matched_b is not None else [])
     as_uploaded_share = AS_UPLOADED_SHARE if reestimated else 0.0
     share = (1.0 - measure_start - as_uploaded_share) / len(pairs)
+    measured_pairs: dict[str, PairResult] = {}
+    measured_endpoints: dict[str, LossError] = {}
     for index, (pair_name, b_side) in enumerate(pairs):
-        pair, endpoints = measure_pair(
+        measured_pairs[pair_name], endpoints = measure_pair(
             arch,
             state_a,
             b_side,
@@ -98,34 +99,38 @@ def analyze_pair(
             device=device,
             reporter=reporter.sub(measure_start + index * share, share),
         )
-        result["pairs"][pair_name] = pair
-        result.setdefault("endpoints", endpoints)
-    _add_as_uploaded(
-        result["endpoints"],
-        arch,
-        {"a": state_a, "b": state_b},
-        dataset,
-        reestimated,
-        batch_size=config.batch_size,
-        device=device,
-        reporter=reporter.sub(1.0 - as_uploaded_share, as_uploaded_share),
+        # A and B themselves are the same in every pair: the first pair's numbers stand.
+        measured_endpoints = measured_endpoints or endpoints
+    result = AnalysisResult(
+        pairs=measured_pairs,
+        endpoints=_with_as_uploaded(
+            measured_endpoints,
+            arch,
+            {"a": state_a, "b": state_b},
+            dataset,
+            reestimated,
+            batch_size=config.batch_size,
+            device=device,
+            reporter=reporter.sub(1.0 - as_uploaded_share, as_uploaded_share),
+        ),
+        settings={
+            "match": config.match,
+            "alphas": list(config.alphas),
+            "llfc_alphas": [float(alpha_key(a)) for a in config.llfc_alphas],
+            "reset_bn": reestimated,
+            "num_examples": dataset.num_examples,
+            "batch_size": config.batch_size,
+            "device": str(device),
+        },
+        distances=DISTANCE_NAMES,
+        matching=matching,
     )
-    result["settings"] = {
-        "match": config.match,
-        "alphas": list(config.alphas),
-        "llfc_alphas": [float(alpha_key(a)) for a in config.llfc_alphas],
-        "reset_bn": reestimated,
-        "num_examples": dataset.num_examples,
-        "batch_size": config.batch_size,
-        "device": str(device),
-    }
-    result["distances"] = DISTANCE_NAMES
     reporter.report(1.0, "analysis finished")
     return result
 
 
-def _add_as_uploaded(
-    endpoints: dict[str, dict[str, Any]],
+def _with_as_uploaded(
+    endpoints: Mapping[str, LossError],
     arch: Architecture,
     states: Mapping[str, StateDict],
     dataset: Dataset,
@@ -134,11 +139,12 @@ def _add_as_uploaded(
     batch_size: int,
     device: torch.device,
     reporter: Reporter,
-) -> None:
-    """Label each measured endpoint with ``batch_norm_reestimated`` and add ``as_uploaded``:
+) -> dict[str, Endpoint]:
+    """Each measured endpoint labelled with ``batch_norm_reestimated``, with ``as_uploaded``:
     the loss and error of the uploaded state itself, its own running statistics included."""
+    labelled = {}
     for index, (side, state) in enumerate(states.items()):
-        endpoint = endpoints[side]
+        measured = endpoints[side]
         if reestimated:
             loss, error = evaluate(
                 arch,
@@ -148,11 +154,14 @@ def _add_as_uploaded(
                 batch_size=batch_size,
                 reporter=reporter.sub(index / len(states), 1 / len(states)),
             )
+            as_uploaded = LossError(loss=loss, error=error)
         else:
             # Nothing was re-estimated: the measured endpoints are the uploaded models.
-            loss, error = endpoint["loss"], endpoint["error"]
-        endpoint["batch_norm_reestimated"] = reestimated
-        endpoint["as_uploaded"] = {"loss": loss, "error": error}
+            as_uploaded = measured
+        labelled[side] = Endpoint(
+            measured=measured, batch_norm_reestimated=reestimated, as_uploaded=as_uploaded
+        )
+    return labelled
 
 
-__all__ = ["AnalysisConfig", "analyze_pair"]
+__all__ = ["AnalysisConfig", "AnalysisResult", "analyze_pair"]

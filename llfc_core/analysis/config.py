@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from llfc_core.errors import InvalidParameterError
 from llfc_core.interpolation import check_alpha
-from llfc_core.training import MAX_SEED
+from llfc_core.params import DEFAULT_BATCH_SIZE, MATCH_METHODS, MAX_BATCH_SIZE, MAX_SEED, check_int
 
 DEFAULT_ALPHAS = tuple(i / 10 for i in range(11))
 DEFAULT_LLFC_ALPHAS = (0.25, 0.5, 0.75)
 MAX_ALPHAS = 101
 MAX_LLFC_ALPHAS = 21
-MAX_BATCH_SIZE = 65_536
-MATCH_CHOICES = ("none", "weight", "activation")
+MATCH_CHOICES = ("none", *MATCH_METHODS)
 # Job parameters that choose the data rather than the analysis; the caller applies them.
 DATA_SELECTION_KEYS = frozenset({"split", "max_examples", "train_dataset"})
 
@@ -48,7 +47,7 @@ class AnalysisConfig:
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
     llfc_alphas: tuple[float, ...] = DEFAULT_LLFC_ALPHAS
     match: str = "none"
-    batch_size: int = 256
+    batch_size: int = DEFAULT_BATCH_SIZE
     reset_bn: bool | None = None
     seed: int = 0
 
@@ -61,30 +60,15 @@ class AnalysisConfig:
             raise InvalidParameterError(
                 f"'match' must be one of {', '.join(MATCH_CHOICES)}, got {self.match!r}."
             )
-        if (
-            isinstance(self.batch_size, bool)
-            or not isinstance(self.batch_size, int)
-            or not 1 <= self.batch_size <= MAX_BATCH_SIZE
-        ):
-            raise InvalidParameterError(
-                f"'batch_size' must be an integer from 1 to {MAX_BATCH_SIZE}, "
-                f"got {self.batch_size!r}."
-            )
+        check_int(self.batch_size, 1, MAX_BATCH_SIZE, "'batch_size'")
         if self.reset_bn is not None and not isinstance(self.reset_bn, bool):
             raise InvalidParameterError(f"'reset_bn' must be true or false, got {self.reset_bn!r}.")
-        if (
-            isinstance(self.seed, bool)
-            or not isinstance(self.seed, int)
-            or not 0 <= self.seed <= MAX_SEED
-        ):
-            raise InvalidParameterError(
-                f"'seed' must be an integer from 0 to {MAX_SEED}, got {self.seed!r}."
-            )
+        check_int(self.seed, 0, MAX_SEED, "'seed'")
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AnalysisConfig:
         """Build from job parameters; unknown keys are refused so typos do not pass silently."""
-        known = {"alphas", "llfc_alphas", "match", "batch_size", "reset_bn", "seed"}
+        known = set(ANALYSIS_FIELDS)
         unknown = sorted(set(params) - known - DATA_SELECTION_KEYS)
         if unknown:
             raise InvalidParameterError(
@@ -97,6 +81,10 @@ class AnalysisConfig:
     def all_alphas(self) -> tuple[float, ...]:
         """Every alpha at which theta_alpha is evaluated."""
         return tuple(sorted(set(self.alphas) | set(self.llfc_alphas)))
+
+
+ANALYSIS_FIELDS = tuple(field.name for field in fields(AnalysisConfig))
+"""The job parameters an :class:`AnalysisConfig` is built from."""
 
 
 def alpha_key(alpha: float) -> str:

@@ -59,6 +59,7 @@ from llfc_core.interpolation import batch_norm_modules, interpolate_states, rese
 from llfc_core.metrics import relative_squared_distance_from_sums
 from llfc_core.models import load_model
 from llfc_core.progress import Reporter
+from llfc_results import Lemma, Llfc, Lmc, LossError, PairResult
 
 LOGITS = "logits"
 TINY = 1e-300
@@ -186,7 +187,8 @@ def _probe(
 def _prepared(model: nn.Module, device: torch.device) -> nn.Module:
     model.requires_grad_(False)
     if _prefers_channels_last(model, device):
-        return model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        converted: nn.Module = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        return converted
     return model
 
 
@@ -197,7 +199,7 @@ class _Path:
     they are large next to one batch's features (an MLP: re-making them every batch would cost
     about as much as running them). Otherwise (a conv net) one work model holds them: for each
     alpha and batch its parameters are re-made in place with ``torch.lerp`` from A's and B's and
-    its saved BatchNorm statistics copied in, which costs about 2% of running it and keeps one
+    its saved BatchNorm statistics copied in, which costs little next to running it and keeps one
     model in memory instead of one per alpha (VGG-16: 59 MB instead of 650 MB).
     """
 
@@ -518,8 +520,8 @@ def measure_pair(
     bn_data: Dataset,
     device: torch.device,
     reporter: Reporter,
-) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
-    """The PAIR object of the API (lmc, llfc, conditions, lemma) and the endpoints' loss/error.
+) -> tuple[PairResult, dict[str, LossError]]:
+    """The pair's measurements (lmc, llfc, conditions, lemma) and the endpoints' loss/error.
 
     ``dataset`` and ``bn_data`` must already be shaped for the arch. A and B are re-estimated
     like every other point of the path, so A compared with itself gives a flat path and zero
@@ -597,57 +599,51 @@ def _barrier(values: list[float], alphas: tuple[float, ...], at_a: float, at_b: 
 
 def _summarise(
     pair_pass: _PairPass, config: AnalysisConfig, weight_distance: list[float]
-) -> tuple[dict[str, Any], dict[str, dict[str, float]]]:
+) -> tuple[PairResult, dict[str, LossError]]:
     totals = pair_pass.totals
     layer_order = pair_pass.layer_order
     weighted = pair_pass.weighted
     n = max(pair_pass.num_examples, 1)
-    endpoints = {
-        side: {"loss": totals.get("loss", side) / n, "error": totals.get("errors", side) / n}
-        for side in ("a", "b")
-    }
+    loss_at = {side: totals.get("loss", side) / n for side in ("a", "b")}
+    error_at = {side: totals.get("errors", side) / n for side in ("a", "b")}
     loss = [totals.get("loss", alpha) / n for alpha in config.alphas]
     error = [totals.get("errors", alpha) / n for alpha in config.alphas]
     relu_layers = layer_order[:-1]
-    epsilon = max(endpoints["a"]["error"], endpoints["b"]["error"])
+    epsilon = max(error_at["a"], error_at["b"])
     max_error = max(error)
 
     def scale(alpha: float, name: str) -> float | None:
         norm = totals.get("scale_norm", alpha, name)
         return totals.get("scale_dot", alpha, name) / norm if norm > 0 else None
 
-    pair = {
-        "lmc": {
-            "alphas": list(config.alphas),
-            "loss": loss,
-            "error": error,
-            "loss_barrier": _barrier(
-                loss, config.alphas, endpoints["a"]["loss"], endpoints["b"]["loss"]
-            ),
-            "error_barrier": _barrier(
-                error, config.alphas, endpoints["a"]["error"], endpoints["b"]["error"]
-            ),
-        },
-        "llfc": {
-            "layers": layer_order,
-            "cos_ab": [totals.get("cos_ab", name) / n for name in layer_order],
-            "cos_alpha": {
+    pair = PairResult(
+        lmc=Lmc(
+            alphas=list(config.alphas),
+            loss=loss,
+            error=error,
+            loss_barrier=_barrier(loss, config.alphas, loss_at["a"], loss_at["b"]),
+            error_barrier=_barrier(error, config.alphas, error_at["a"], error_at["b"]),
+        ),
+        llfc=Llfc(
+            layers=layer_order,
+            cos_ab=[totals.get("cos_ab", name) / n for name in layer_order],
+            cos_alpha={
                 alpha_key(alpha): [totals.get("cos_alpha", alpha, name) / n for name in layer_order]
                 for alpha in config.llfc_alphas
             },
-            "scale_c": {
+            scale_c={
                 alpha_key(alpha): [scale(alpha, name) for name in layer_order]
                 for alpha in config.llfc_alphas
             },
-        },
-        "weak_additivity": {
+        ),
+        weak_additivity={
             alpha_key(alpha): [
                 totals.get("weak_additivity", alpha, name) / n for name in relu_layers
             ]
             for alpha in config.llfc_alphas
         },
-        "weak_additivity_layers": relu_layers,
-        "commutativity": [
+        weak_additivity_layers=relu_layers,
+        commutativity=[
             relative_squared_distance_from_sums(
                 totals.get("commutativity", name, "difference"),
                 totals.get("commutativity", name, "same"),
@@ -655,8 +651,8 @@ def _summarise(
             )
             for name in weighted
         ],
-        "commutativity_layers": weighted,
-        "commutativity_factors": {
+        commutativity_layers=weighted,
+        commutativity_factors={
             "weights": weight_distance,
             "features": [
                 relative_squared_distance_from_sums(
@@ -667,10 +663,11 @@ def _summarise(
                 for name in weighted
             ],
         },
-        "lemma": {
-            "epsilon": epsilon,
-            "max_error_on_path": max_error,
-            "holds": max_error <= 2 * epsilon + 1e-12,
-        },
-    }
+        lemma=Lemma(
+            epsilon=epsilon,
+            max_error_on_path=max_error,
+            holds=max_error <= 2 * epsilon + 1e-12,
+        ),
+    )
+    endpoints = {side: LossError(loss=loss_at[side], error=error_at[side]) for side in ("a", "b")}
     return pair, endpoints

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from llfc_core.errors import ArchitectureError
+from llfc_core.params import check_int
 from llfc_core.permutation import PermutationSpec
 
 DEFAULT_MAX_PARAMS = 500_000_000
@@ -81,11 +82,7 @@ def require_int(spec: Mapping[str, Any], key: str, default: int | None, low: int
     value = spec.get(key, default)
     if value is None:
         raise ArchitectureError(f"The arch needs an integer '{key}'.")
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ArchitectureError(
-            f"The arch field '{key}' must be an integer from {low} to {high}, got {value!r}."
-        )
-    return value
+    return check_int(value, low, high, f"The arch field '{key}'", ArchitectureError)
 
 
 def require_bool(spec: Mapping[str, Any], key: str, default: bool) -> bool:

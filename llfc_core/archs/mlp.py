@@ -10,6 +10,7 @@ from torch import nn
 
 from llfc_core.archs.base import Architecture, reject_unknown_fields
 from llfc_core.errors import ArchitectureError
+from llfc_core.params import check_int
 from llfc_core.permutation import PermutationSpec
 
 MAX_WIDTH = 1_000_000
@@ -33,10 +34,7 @@ class MLP(Architecture):
                 "[inputs, hidden..., classes]."
             )
         for width in widths:
-            if isinstance(width, bool) or not isinstance(width, int) or not 1 <= width <= MAX_WIDTH:
-                raise ArchitectureError(
-                    f"Every mlp width must be an integer from 1 to {MAX_WIDTH:,}, got {width!r}."
-                )
+            check_int(width, 1, MAX_WIDTH, "Every mlp width", ArchitectureError, grouped=True)
         return cls(widths=tuple(widths))
 
     @property

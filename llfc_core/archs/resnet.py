@@ -69,7 +69,8 @@ class BasicBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.relu1(self.bn1(self.conv1(x)))
-        return self.relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
+        activated: torch.Tensor = self.relu2(self.bn2(self.conv2(out)) + self.shortcut(x))
+        return activated
 
 
 class ResNetNetwork(nn.Module):
@@ -99,7 +100,8 @@ class ResNetNetwork(nn.Module):
         out = self.relu(self.bn1(self.conv1(x)))
         for stage in range(1, len(STAGE_CHANNELS) + 1):
             out = getattr(self, f"layer{stage}")(out)
-        return self.linear(torch.flatten(self.avgpool(out), 1))
+        logits: torch.Tensor = self.linear(torch.flatten(self.avgpool(out), 1))
+        return logits
 
 
 @dataclass(frozen=True)

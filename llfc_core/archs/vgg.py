@@ -1,4 +1,5 @@
-"""VGG in torchvision's layout (as in most CIFAR code), with or without BatchNorm.
+"""VGG as in most CIFAR code, with or without BatchNorm: torchvision's ``features`` numbering,
+but one Linear for a classifier (torchvision's VGG has three, ``classifier.0/3/6``).
 
 State-dict keys, for ``{"name": "vgg", "depth": 11, "batch_norm": true}``::
 
@@ -66,7 +67,8 @@ class VGGNetwork(nn.Module):
         self.classifier = nn.Linear(num_channels, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        logits: torch.Tensor = self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+        return logits
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from llfc_core.matching.activation import activation_matching
 from llfc_core.matching.weight import weight_matching, weight_objective
 from llfc_core.models import load_model
 from llfc_core.pair import check_same_layout
+from llfc_core.params import DEFAULT_BATCH_SIZE, MATCH_METHODS
 from llfc_core.permutation import (
     StateDict,
     apply_permutation,
@@ -23,8 +24,6 @@ from llfc_core.permutation import (
     permutation_to_lists,
 )
 from llfc_core.progress import Reporter
-
-MATCH_METHODS = ("weight", "activation")
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def match_models(
     dataset: Dataset | None = None,
     *,
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = DEFAULT_BATCH_SIZE,
     max_iter: int = 100,
     device: torch.device | None = None,
     reporter: Reporter | None = None,

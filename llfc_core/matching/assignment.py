@@ -1,10 +1,10 @@
 """Linear assignment: the column each row takes so that the summed score is largest.
 
 Both matchings reduce to it, once per permutation and step. The solver is ``lapjv`` from the
-``lap`` package (Jonker-Volgenant, exact): on the very same weight-matching cost matrices it takes
-1.3-1.7x less time than scipy's ``linear_sum_assignment`` at MLP widths 512-2048, and as long on
-ResNet-20's small ones (``benchmarks/weight_matching.py`` times both). Both return an optimal
-assignment, so they can differ only where several assignments score exactly the same.
+``lap`` package (Jonker-Volgenant, exact): on the very same weight-matching cost matrices it is
+faster than scipy's ``linear_sum_assignment`` at MLP widths, and as fast on ResNet-20's small ones
+(``benchmarks/weight_matching.py`` times both; benchmarks/RESULTS.md has the numbers). Both return
+an optimal assignment, so they can differ only where several assignments score exactly the same.
 """
 
 from __future__ import annotations

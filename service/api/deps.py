@@ -14,7 +14,7 @@ from service.core.config import Settings, get_settings
 from service.db.models import Owner
 from service.db.session import get_engine, make_sessionmaker, session_scope
 from service.schemas import RESOURCE_ID_PATTERN
-from service.security import LOCAL_OWNER_NAME, get_or_create_owner, key_problem, owner_for_key
+from service.security import LOCAL_OWNER_NAME, get_or_create_owner, key_error, owner_for_key
 from service.storage import BlobStore
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
@@ -79,13 +79,13 @@ def get_current_owner(
     if not settings.auth:
         return _local_owner(session)
     if credentials is None:
-        raise key_problem(missing=True)
+        raise key_error(missing=True)
     key = credentials.credentials.strip()
     owner = owner_for_key(session, key, settings.secret_key.get_secret_value()) if key else None
     # End the read transaction now: an upload may stream for minutes after this check.
     session.commit()
     if owner is None:
-        raise key_problem(missing=False)
+        raise key_error(missing=False)
     return owner
 
 

@@ -25,9 +25,27 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 def json_body_openapi(model: type[BaseModel]) -> dict[str, Any]:
-    """``openapi_extra`` declaring a required ``application/json`` body of ``model``."""
+    """``openapi_extra`` declaring a required ``application/json`` body of ``model``.
+
+    The schema is inlined whole: ``openapi_extra`` is merged into the operation as it is, so a
+    ``$ref`` into the model's own ``$defs`` would point nowhere in the OpenAPI document.
+    """
     schema = model.model_json_schema()
-    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
+    definitions = schema.pop("$defs", {})
+    inlined = _inline_references(schema, definitions)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": inlined}}}}
+
+
+def _inline_references(node: Any, definitions: dict[str, Any]) -> Any:
+    """``node`` with every ``{"$ref": "#/$defs/Name"}`` replaced by that definition."""
+    if isinstance(node, dict):
+        reference = node.get("$ref")
+        if isinstance(reference, str) and reference.startswith("#/$defs/"):
+            return _inline_references(definitions[reference.removeprefix("#/$defs/")], definitions)
+        return {key: _inline_references(value, definitions) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_inline_references(item, definitions) for item in node]
+    return node
 
 
 def _is_json_media_type(content_type: str) -> bool:

@@ -1,8 +1,9 @@
 """Every error leaves the service as an RFC 9457 problem detail, mapped here and only here.
 
-User-causable engine errors (:class:`llfc_core.errors.LLFCError`) become 4xx with their sentence;
-request validation becomes 422 naming the field; anything else is a 500 whose details stay in the
-logs, so no traceback ever reaches a client.
+Errors a user can cause, the engine's (:class:`llfc_core.errors.LLFCError`) and the service's
+domain's (:class:`service.errors.ServiceError`), become 4xx with their sentence through the one
+table :data:`ERROR_TYPES`; request validation becomes 422 naming the field; anything else is a 500
+whose details stay in the logs, so no traceback ever reaches a client.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llfc_core import errors as engine_errors
+from service import errors as service_errors
 from service.storage import UploadTooLargeError
 
 logger = logging.getLogger(__name__)
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
+UNAUTHORIZED_HEADERS = {"WWW-Authenticate": 'Bearer realm="llfc"'}
 
-ENGINE_ERROR_TYPES: dict[type[engine_errors.LLFCError], tuple[int, str]] = {
+UserError = engine_errors.LLFCError | service_errors.ServiceError
+
+ERROR_TYPES: dict[type[Exception], tuple[int, str]] = {
     engine_errors.ArchitectureError: (422, "invalid-arch"),
     engine_errors.CheckpointMismatchError: (422, "checkpoint-mismatch"),
     engine_errors.CheckpointFormatError: (422, "unreadable-checkpoint"),
@@ -33,7 +38,17 @@ ENGINE_ERROR_TYPES: dict[type[engine_errors.LLFCError], tuple[int, str]] = {
     engine_errors.InvalidParameterError: (422, "invalid-parameter"),
     engine_errors.JobTooLargeError: (422, "job-too-large"),
     engine_errors.CancelledError: (409, "cancelled"),
+    service_errors.UnauthorizedError: (401, "unauthorized"),
+    service_errors.NotFoundError: (404, "not-found"),
+    service_errors.InUseError: (409, "in-use"),
+    service_errors.AlreadyFinishedError: (409, "already-finished"),
+    service_errors.InvalidIdempotencyKeyError: (422, "validation"),
+    service_errors.IdempotencyKeyReusedError: (422, "idempotency-key-reused"),
+    service_errors.TooManyQueuedJobsError: (429, "too-many-queued-jobs"),
+    service_errors.StorageQuotaError: (507, "storage-quota-exceeded"),
 }
+"""Status and problem type (``/problems/<slug>``) of every error a user can cause; a subclass
+not listed takes its nearest listed base's, an unlisted engine error 422 invalid-request."""
 
 
 class ProblemDetail(BaseModel):
@@ -105,12 +120,6 @@ class ProblemError(Exception):
         self.extra = extra or {}
 
 
-def not_found(resource: str, resource_id: str) -> ProblemError:
-    """404 for a missing resource; also what another owner's resource looks like."""
-    detail = f"No {resource} with id {resource_id!r} exists."
-    return ProblemError(404, detail, type_slug="not-found")
-
-
 def problem_response(
     status: int,
     detail: str,
@@ -129,20 +138,29 @@ def problem_response(
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_MEDIA_TYPE)
 
 
-def engine_error_response(error: engine_errors.LLFCError) -> JSONResponse:
+def user_error_response(error: UserError) -> JSONResponse:
+    """The problem detail of an engine or domain error, as :data:`ERROR_TYPES` maps it, with the
+    fields and headers that kind of error carries."""
     status, slug = 422, "invalid-request"
     for error_type in type(error).__mro__:
-        if error_type in ENGINE_ERROR_TYPES:
-            status, slug = ENGINE_ERROR_TYPES[error_type]
+        if error_type in ERROR_TYPES:
+            status, slug = ERROR_TYPES[error_type]
             break
     extra: dict[str, Any] = {}
+    headers: dict[str, str] = {}
+    if isinstance(error, service_errors.ServiceError):
+        extra = dict(error.fields)
     if isinstance(error, engine_errors.CheckpointMismatchError):
         extra = {
             "missing": error.missing,
             "unexpected": error.unexpected,
             "mis_shaped": error.mis_shaped,
         }
-    return problem_response(status, error.message, type_slug=slug, extra=extra)
+    elif isinstance(error, service_errors.TooManyQueuedJobsError):
+        headers["Retry-After"] = str(error.retry_after_s)
+    elif isinstance(error, service_errors.UnauthorizedError):
+        headers.update(UNAUTHORIZED_HEADERS)
+    return problem_response(status, error.message, type_slug=slug, headers=headers, extra=extra)
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -195,9 +213,9 @@ def install_problem_handlers(app: FastAPI) -> None:
             extra=error.extra,
         )
 
-    async def on_engine_error(_request: Request, error: Exception) -> JSONResponse:
-        assert isinstance(error, engine_errors.LLFCError)
-        return engine_error_response(error)
+    async def on_user_error(_request: Request, error: Exception) -> JSONResponse:
+        assert isinstance(error, engine_errors.LLFCError | service_errors.ServiceError)
+        return user_error_response(error)
 
     async def on_too_large(_request: Request, error: Exception) -> JSONResponse:
         assert isinstance(error, UploadTooLargeError)
@@ -234,7 +252,8 @@ def install_problem_handlers(app: FastAPI) -> None:
         )
 
     app.add_exception_handler(ProblemError, on_problem)
-    app.add_exception_handler(engine_errors.LLFCError, on_engine_error)
+    app.add_exception_handler(engine_errors.LLFCError, on_user_error)
+    app.add_exception_handler(service_errors.ServiceError, on_user_error)
     app.add_exception_handler(UploadTooLargeError, on_too_large)
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)

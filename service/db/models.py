@@ -1,7 +1,7 @@
 """SQL tables. The job row is the system of record for every job; Celery only carries its id.
 
 The schema is created and changed only by the Alembic migrations in ``migrations/``; these
-classes must match them (``tests/service/test_migrations.py`` compares the two).
+classes must match them (``tests/api/test_migrations.py`` compares the two).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Boolean,
     DateTime,
     Dialect,
+    Enum,
     Float,
     ForeignKey,
     Index,
@@ -31,10 +33,24 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
-JOB_KINDS = ("match", "interpolate", "analyze", "train")
-JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
-ACTIVE_STATUSES = ("queued", "running")
-FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+# Re-exported: the service imports the job vocabulary with its tables.
+from llfc_results.jobs import FINISHED_STATUSES as FINISHED_STATUSES
+from llfc_results.jobs import JobKind as JobKind
+from llfc_results.jobs import JobStatus as JobStatus
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+def _stored_as_text(enum: type[StrEnum]) -> Enum:
+    """A column holding ``enum``'s values as VARCHAR(20), as the migrations create it (no
+    database enum type and no CHECK constraint, so a new member needs no migration)."""
+    return Enum(
+        enum,
+        native_enum=False,
+        create_constraint=False,
+        length=20,
+        values_callable=lambda members: [member.value for member in members],
+    )
 
 
 def arch_key(arch: Any) -> str:
@@ -195,7 +211,7 @@ class Job(Base):
     A claim is a lease: ``claimed_by`` names the worker process (``host:pid``) that holds it,
     ``attempts`` numbers it (every write of a run is conditional on its number, so a run that
     lost its lease can change nothing), and ``heartbeat_at`` must stay fresh or the lease is
-    taken back (``service/leases.py``). ``published_at`` is when the job's message was last
+    taken back (``service/lifecycle.py``). ``published_at`` is when the job's message was last
     sent again by the republisher (the first publish is at ``created_at``).
 
     ``reserved_bytes`` is the worst-case size of the job's outputs, counted against the owner's
@@ -216,8 +232,8 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
-    kind: Mapped[str] = mapped_column(String(20))
-    status: Mapped[str] = mapped_column(String(20), default="queued")
+    kind: Mapped[JobKind] = mapped_column(_stored_as_text(JobKind))
+    status: Mapped[JobStatus] = mapped_column(_stored_as_text(JobStatus), default=JobStatus.QUEUED)
     progress_fraction: Mapped[float] = mapped_column(Float, default=0.0)
     progress_stage: Mapped[str] = mapped_column(String(200), default="queued")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

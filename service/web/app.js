@@ -1,10 +1,14 @@
-// The web view of LLFC Align: plain JavaScript over the JSON API (API.md), no build step.
+// The web view of LLFC Align: plain JavaScript over the JSON API (docs/API.md), no build step.
 //
-// "/" lists the owner's jobs and refreshes while any is queued or running; "/jobs/{id}" shows
-// one job, and for a succeeded analyze job its plots and metric tables. Every request carries
+// "/" lists the owner's jobs (what each compared, by the models' names, its method, barriers and
+// duration) and refreshes while any is queued or running; "/jobs/{id}" shows one job, its
+// artifacts to download, and for a succeeded analyze job its plots, metric tables and the result
+// as CSV (GET /v1/jobs/{id}/result.csv, the CSV `llfc results` writes). Every request carries
 // the API key from sessionStorage when there is one, images included (fetched as blobs), because
 // a plain <img src> cannot send an Authorization header. The key lives only as long as the tab:
-// sessionStorage is not shared with other tabs and is gone when the tab closes.
+// sessionStorage is not shared with other tabs and is gone when the tab closes. Downloads are
+// fetched the same way and handed to the browser through an object URL. "set API key" shows only
+// when GET /v1/config says the service asks for one.
 "use strict";
 
 const KEY_STORAGE = "llfc.apiKey";
@@ -62,10 +66,30 @@ function formatTime(text) {
   return text ? new Date(text).toLocaleString() : "—";
 }
 
+function formatDuration(seconds) {
+  if (seconds < 60) return `${seconds.toFixed(1)} s`;
+  const minutes = Math.floor(seconds / 60);
+  if (minutes < 60) return `${minutes} min ${Math.round(seconds - 60 * minutes)} s`;
+  return `${Math.floor(minutes / 60)} h ${minutes % 60} min`;
+}
+
 // --- The API, with the key when there is one. --------------------------------------------------
+
+// Whether the service asks for a key: GET /v1/config says; the key control shows once it has.
+let authRequired = true;
 
 function apiKey() {
   return window.sessionStorage.getItem(KEY_STORAGE) || "";
+}
+
+async function loadConfig() {
+  try {
+    const config = await api("/v1/config");
+    authRequired = config.auth !== false;
+  } catch (error) {
+    // A service from before /v1/config: keep offering the key.
+  }
+  renderKeyStatus();
 }
 
 async function api(path, { method = "GET", as = "json" } = {}) {
@@ -94,6 +118,8 @@ function showKeyPanel(message) {
 function renderKeyStatus() {
   const box = document.getElementById("key-status");
   box.replaceChildren();
+  box.dataset.auth = authRequired ? "on" : "off";
+  if (!authRequired) return;
   if (apiKey()) {
     box.append(
       h("span", { className: "muted" }, "API key saved "),
@@ -207,6 +233,60 @@ function jobLink(id) {
   return h("a", { href: `/jobs/${encodeURIComponent(id)}`, "data-internal": true }, id);
 }
 
+// A checkpoint's name, asked for once per id; null while unknown (deleted, or the request failed:
+// then it is asked again next time).
+const checkpointNames = new Map();
+
+function checkpointName(id) {
+  if (!checkpointNames.has(id)) {
+    const name = api(`/v1/checkpoints/${encodeURIComponent(id)}`).then(
+      (checkpoint) => checkpoint.name,
+      () => {
+        checkpointNames.delete(id);
+        return null;
+      },
+    );
+    checkpointNames.set(id, name);
+  }
+  return checkpointNames.get(id);
+}
+
+// A model named by its checkpoint's name once known, by its id until then (and in the tooltip).
+function modelName(id) {
+  const node = h("span", { className: "model", title: id, dataset: { checkpointId: id } }, id);
+  checkpointName(id).then((name) => {
+    if (name) node.textContent = name;
+  });
+  return node;
+}
+
+// A link that downloads `path` with the key: fetched as a blob, then saved through an object URL.
+function downloadLink(path, filename, text) {
+  return h("a", {
+    href: path,
+    download: filename,
+    className: "download",
+    onclick: (event) => {
+      event.preventDefault();
+      download(path, filename, event.currentTarget);
+    },
+  }, text);
+}
+
+async function download(path, filename, link) {
+  try {
+    const blob = await api(path, { as: "blob" });
+    const url = URL.createObjectURL(blob);
+    const anchor = h("a", { href: url, download: filename });
+    document.body.append(anchor);
+    anchor.click();
+    anchor.remove();
+    window.setTimeout(() => URL.revokeObjectURL(url), 60000);
+  } catch (error) {
+    link.after(h("span", { className: "error" }, ` (could not download: ${error.message})`));
+  }
+}
+
 // --- The jobs table. ------------------------------------------------------------------------------
 
 async function showJobs(generation) {
@@ -225,8 +305,12 @@ async function showJobs(generation) {
       { dataset: { jobId: job.id, status: job.status } },
       h("td", { className: "mono" }, jobLink(job.id)),
       h("td", {}, job.kind),
+      h("td", { className: "compared" }, compared(job)),
+      h("td", {}, method(job)),
+      h("td", { className: "nowrap" }, lossBarriers(job)),
       h("td", {}, statusBadge(job.status)),
       h("td", {}, progressBar(job.progress, job.status)),
+      h("td", { className: "nowrap" }, duration(job)),
       h("td", { className: "nowrap" }, formatTime(job.created_at)),
     ),
   );
@@ -247,7 +331,7 @@ async function showJobs(generation) {
           h(
             "thead",
             {},
-            h("tr", {}, ["id", "kind", "status", "progress", "created"].map((t) => h("th", {}, t))),
+            h("tr", {}, JOB_COLUMNS.map((title) => h("th", {}, title))),
           ),
           h("tbody", {}, rows),
         )
@@ -255,6 +339,45 @@ async function showJobs(generation) {
     page.next_cursor ? h("p", { className: "muted" }, "Showing the newest 100 jobs.") : null,
   );
   scheduleRefresh(generation, active ? ACTIVE_REFRESH_MS : IDLE_REFRESH_MS, showJobs);
+}
+
+const JOB_COLUMNS = [
+  "id", "kind", "compared", "method", "loss barrier", "status", "progress", "duration", "created",
+];
+
+// What the job compared: A and B by name (a train job: its arch and modes), and on what data.
+function compared(job) {
+  const parts = [];
+  if (job.model_a && job.model_b) {
+    parts.push(modelName(job.model_a), " vs ", modelName(job.model_b));
+  } else if (job.kind === "train" && job.params.arch) {
+    parts.push(`${job.params.num_modes} × ${job.params.arch.name}`);
+  }
+  if (job.dataset) parts.push(h("span", { className: "muted" }, ` on ${job.dataset}`));
+  return parts;
+}
+
+function method(job) {
+  const params = job.params || {};
+  if (job.kind === "analyze") return params.match === "none" ? "no matching" : `${params.match} matching`;
+  if (job.kind === "match") return `${params.method} matching`;
+  if (job.kind === "interpolate") return `α = ${params.alpha}`;
+  if (job.kind === "train") return `${params.epochs} epochs`;
+  return "";
+}
+
+// A finished analysis's loss barrier: naive → matched when it matched, naive alone otherwise.
+function lossBarriers(job) {
+  const pairs = job.kind === "analyze" && job.result && job.result.pairs;
+  if (!pairs) return "—";
+  const naive = formatNumber(pairs.naive.lmc.loss_barrier);
+  return pairs.matched ? `${naive} → ${formatNumber(pairs.matched.lmc.loss_barrier)}` : naive;
+}
+
+function duration(job) {
+  if (!job.started_at) return "—";
+  const end = job.finished_at ? new Date(job.finished_at) : new Date();
+  return formatDuration((end - new Date(job.started_at)) / 1000);
 }
 
 // --- One job. --------------------------------------------------------------------------------------
@@ -274,7 +397,13 @@ async function showJob(jobId, generation) {
     jobSummary(job),
   ];
   if (job.kind === "analyze" && job.status === "succeeded" && job.result) {
-    sections.push(plotsSection(job), ...analysisTables(job.result));
+    sections.push(
+      h("p", { id: "result-csv" }, "The result's numbers, one per line: ",
+        downloadLink(`/v1/jobs/${encodeURIComponent(job.id)}/result.csv`, `${job.id}.csv`,
+          "download CSV")),
+      plotsSection(job),
+      ...analysisTables(job.result),
+    );
   } else if (job.result) {
     sections.push(
       h("h2", {}, "Result"),
@@ -291,8 +420,10 @@ function jobSummary(job) {
   const rows = [
     ["status", statusBadge(job.status)],
     ["progress", progressBar(job.progress, job.status)],
-    ["model A", job.model_a],
-    ["model B", job.model_b],
+    ["model A", job.model_a && modelName(job.model_a)],
+    ["model B", job.model_b && modelName(job.model_b)],
+    ["method", method(job)],
+    ["duration", duration(job)],
     ["dataset", job.dataset],
     ["created", formatTime(job.created_at)],
     ["started", formatTime(job.started_at)],
@@ -316,10 +447,7 @@ function jobSummary(job) {
       h(
         "ul",
         { id: "artifacts" },
-        job.artifacts.map((artifact) =>
-          h("li", {}, `${artifact.name}: `,
-            h("span", { className: "mono" }, artifact.checkpoint_id || artifact.url || "")),
-        ),
+        job.artifacts.map((artifact) => h("li", {}, `${artifact.name}: `, artifactLink(job, artifact))),
       ),
     );
   }
@@ -328,6 +456,19 @@ function jobSummary(job) {
       h("pre", { className: "json" }, JSON.stringify(job.params, null, 2))),
   );
   return h("section", { className: "job" }, parts);
+}
+
+function artifactLink(job, artifact) {
+  if (artifact.checkpoint_id) {
+    const path = `/v1/checkpoints/${encodeURIComponent(artifact.checkpoint_id)}/file`;
+    return [
+      h("span", { className: "mono" }, artifact.checkpoint_id), " ",
+      downloadLink(path, `${job.id}-${artifact.name}.safetensors`, "download"),
+    ];
+  }
+  const suffix = (artifact.url.match(/\.[a-z0-9]+$/i) || [""])[0];
+  const filename = `${job.id}-${artifact.name}${suffix}`;
+  return downloadLink(artifact.url, filename, "download");
 }
 
 async function cancelJob(jobId) {
@@ -362,6 +503,8 @@ async function loadPlot(jobId, name, image, caption) {
     const url = URL.createObjectURL(blob);
     objectUrls.push(url);
     image.src = url;
+    caption.append(" ", h("a", { href: url, download: `${jobId}-${name}.png`, className: "download" },
+      "PNG"));
   } catch (error) {
     caption.append(h("span", { className: "error" }, ` (could not load: ${error.message})`));
   }
@@ -537,6 +680,6 @@ document.addEventListener("DOMContentLoaded", () => {
   document.getElementById("key-form").addEventListener("submit", saveKey);
   document.addEventListener("click", navigate);
   window.addEventListener("popstate", route);
-  renderKeyStatus();
+  loadConfig();
   route();
 });

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -102,3 +103,28 @@ def test_service_latency_times_every_job_from_submission_to_running() -> None:
     assert record["ratio_p50"] == pytest.approx(
         ours["p50_ms"] / baseline["p50_ms"], rel=0.01, abs=0.01
     )
+
+
+@pytest.mark.slow
+def test_service_path_times_the_job_and_the_engine_alone_on_the_same_data() -> None:
+    [record] = _run("service_path")
+    assert record["benchmark"] == "service_path"
+    assert record["examples"] == 300
+    for side in ("ours", "baseline"):
+        runs = record[side]["runs_s"]
+        assert len(runs) == record["repeats"] >= 1
+        assert all(run > 0 for run in runs)
+        assert record[side]["median_s"] == pytest.approx(statistics.median(runs), abs=1e-4)
+    assert record["ratio_median"] == pytest.approx(
+        record["ours"]["median_s"] / record["baseline"]["median_s"], abs=0.002
+    )
+    assert record["ratio_paired_median"] == pytest.approx(
+        statistics.median(
+            ours / engine
+            for ours, engine in zip(
+                record["ours"]["runs_s"], record["baseline"]["runs_s"], strict=True
+            )
+        ),
+        abs=0.01,
+    )
+    assert record["met"] == (record["ratio_median"] <= record["target_ratio"])

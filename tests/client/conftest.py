@@ -9,8 +9,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from client_testing import JOB_TIMEOUT_S, MLP_ARCH, SERVICE_SETTINGS, RunningService
-from servers import serve
+from support.client_service import JOB_TIMEOUT_S, MLP_ARCH, SERVICE_SETTINGS, RunningService
+from support.servers import serve
 
 from llfc_client import Client, Job
 

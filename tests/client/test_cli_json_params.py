@@ -7,7 +7,7 @@ from __future__ import annotations
 import click
 import pytest
 
-from llfc_cli.client_commands import build_params
+from llfc_client.cli.commands import build_params
 
 TOO_DEEP = "[" * 20_000 + "]" * 20_000
 TOO_LONG = "9" * 5_000

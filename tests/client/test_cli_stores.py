@@ -18,12 +18,12 @@ from pathlib import Path
 
 import click
 import pytest
-from servers import llfc, service_env, start, wait_ready, wait_until
 from sqlalchemy import create_engine
-from stores import own_database, port_open
+from support.servers import llfc, service_env, start, wait_ready, wait_until
+from support.stores import own_database, port_open
 
 from llfc_cli.embedded import free_port
-from llfc_cli.main import main
+from llfc_client.cli import main
 from service.db.migrate import current_revision, head_revision
 
 CommandPath = tuple[str, ...]
@@ -73,6 +73,9 @@ SERVICE_COMMANDS: dict[CommandPath, tuple[str, ...]] = {
     ("results",): ("job_x",),
     ("cancel",): ("job_x",),
     ("download",): ("job_x", "--output", "{folder}"),
+    ("checkpoints", "list"): (),
+    ("checkpoints", "show"): ("ckpt_x",),
+    ("checkpoints", "delete"): ("ckpt_x",),
     ("demo",): ("--url", "{url}", "--out", "{folder}", "--small"),
 }
 """Commands that use no database but a running service (LLFC_URL), with their arguments."""

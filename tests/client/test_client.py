@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -11,20 +12,28 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from client_testing import (
+from safetensors.torch import load as safetensors_load
+from safetensors.torch import load_file
+from support.client_service import (
     JOB_TIMEOUT_S,
     MLP_ARCH,
     MLP_NUM_PARAMS,
     RETRY_AFTER_S,
     RunningService,
+    mlp_state_dict,
     write_mlp_checkpoint,
 )
-from safetensors.torch import load_file
 
 import llfc_client.client as client_module
 from llfc_cli.embedded import free_port
-from llfc_client import ApiError, Client, ConnectionFailed, Job, JobTimeout
-from llfc_client.client import MAX_POLL_S, MIN_POLL_S, poll_delay, retry_after_seconds
+from llfc_client import ApiError, Client, ConnectionFailed, Job, JobTimeout, LLFCClientError
+from llfc_client.client import (
+    MAX_POLL_S,
+    MIN_POLL_S,
+    poll_delay,
+    retry_after_seconds,
+    state_dict_bytes,
+)
 
 
 def long_train_job(client: Client) -> Job:
@@ -102,6 +111,42 @@ def test_a_non_json_error_body_still_becomes_an_api_error() -> None:
     assert caught.value.detail == "Bad gateway from the proxy"
 
 
+def _refuse_every_request(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"nothing should have been sent, but {request.url} was")
+
+
+def test_a_state_dict_upload_without_safetensors_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As if safetensors were not installed: importing it raises ImportError.
+    monkeypatch.setitem(sys.modules, "safetensors.torch", None)
+    with (
+        Client(
+            "http://llfc.example", transport=httpx.MockTransport(_refuse_every_request)
+        ) as client,
+        pytest.raises(LLFCClientError, match="needs torch and safetensors"),
+    ):
+        client.upload_checkpoint(mlp_state_dict(seed=1), MLP_ARCH)
+
+
+def test_a_state_dict_holding_something_else_than_tensors_is_refused_by_name() -> None:
+    state = {**mlp_state_dict(seed=1), "epoch": 3}
+    with (
+        Client(
+            "http://llfc.example", transport=httpx.MockTransport(_refuse_every_request)
+        ) as client,
+        pytest.raises(LLFCClientError, match=r"not tensors \(epoch\)"),
+    ):
+        client.upload_checkpoint(state, MLP_ARCH)
+
+
+def test_a_state_dict_with_tensors_sharing_memory_is_sent_with_each_of_them() -> None:
+    tied = torch.arange(6.0).reshape(2, 3)
+    sent = safetensors_load(state_dict_bytes({"encoder": tied, "decoder": tied, "row": tied[0]}))
+    assert sorted(sent) == ["decoder", "encoder", "row"]
+    assert torch.equal(sent["decoder"], tied) and torch.equal(sent["row"], tied[0])
+
+
 # --- Against the running service ---------------------------------------------------------------
 
 
@@ -153,6 +198,24 @@ def test_checkpoint_upload_is_deduplicated_and_downloads_the_same_tensors(
     for key, tensor in original.items():
         assert torch.equal(returned[key], tensor)
     assert not list(downloaded.parent.glob("*.part"))
+
+
+def test_an_in_memory_state_dict_uploads_as_safetensors_and_downloads_the_same_tensors(
+    client: Client, tmp_path: Path
+) -> None:
+    state = mlp_state_dict(seed=12)
+    uploaded = client.upload_checkpoint(state, MLP_ARCH)
+    assert uploaded.name == "state_dict"
+    assert uploaded.format == "safetensors"
+    assert uploaded.num_params == MLP_NUM_PARAMS
+    # The same tensors serialise to the same bytes, so they are the same checkpoint.
+    assert client.upload_checkpoint(mlp_state_dict(seed=12), MLP_ARCH, name="again").id == (
+        uploaded.id
+    )
+    returned = load_file(str(client.download_checkpoint(uploaded.id, tmp_path / "s.safetensors")))
+    assert sorted(returned) == sorted(state)
+    for key, tensor in state.items():
+        assert torch.equal(returned[key], tensor)
 
 
 def test_checkpoints_page_by_cursor_and_iterate_all(client: Client, tmp_path: Path) -> None:

@@ -11,21 +11,22 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
-import servers
 from click.testing import CliRunner, Result
-from client_testing import (
+from safetensors.torch import load_file
+from support import servers
+from support.client_service import (
     JOB_TIMEOUT_S,
     MLP_ARCH,
     SERVICE_SETTINGS,
     RunningService,
+    mlp_state_dict,
     write_mlp_checkpoint,
 )
-from safetensors.torch import load_file
 
-from llfc_cli.client_commands import ProgressDisplay, build_params
 from llfc_cli.embedded import free_port
-from llfc_cli.main import main
 from llfc_client import Client, Job, Progress
+from llfc_client.cli import main
+from llfc_client.cli.commands import ProgressDisplay, build_params
 
 Cli = Callable[..., Result]
 
@@ -312,9 +313,122 @@ def test_cancel_then_wait_and_results_exit_nonzero(llfc: Cli, client: Client) ->
     assert client.get_job(job.id).status == "cancelled"
 
 
-def test_submit_refused_by_the_service_fails_with_its_detail(llfc: Cli) -> None:
-    result = llfc("submit", "analyze", "ckpt_a", "ckpt_b", "--dataset", "builtin:digits")
-    assert_one_line_error(result, "ckpt_a")
+def test_submit_takes_a_checkpoint_name_and_uploads_a_local_file_with_its_arch(
+    llfc: Cli, client: Client, tmp_path: Path
+) -> None:
+    named = client.upload_checkpoint(mlp_state_dict(seed=61), MLP_ARCH, name="cli named a")
+    path = write_mlp_checkpoint(tmp_path / "cli-local-b.safetensors", seed=62)
+    submitted = llfc(
+        "submit", "analyze", "cli named a", str(path), "--arch", json.dumps(MLP_ARCH),
+        "--dataset", "builtin:digits", "--param", "max_examples=100",
+    )  # fmt: skip
+    assert submitted.exit_code == 0, submitted.output
+    job = client.wait(submitted.stdout.strip(), timeout=JOB_TIMEOUT_S)
+    assert job.model_a == named.id
+    assert job.model_b is not None
+    uploaded = client.get_checkpoint(job.model_b)
+    assert uploaded.name == "cli-local-b"
+    assert f"Uploaded {path} as checkpoint {uploaded.id}." in submitted.stderr
+    assert job.status == "succeeded", job.error
+
+
+def test_submit_of_a_local_file_without_an_arch_says_it_needs_one(
+    llfc: Cli, trained_pair: tuple[str, str], tmp_path: Path
+) -> None:
+    path = write_mlp_checkpoint(tmp_path / "no-arch.safetensors", seed=63)
+    result = llfc("submit", "match", trained_pair[0], str(path), "--dataset", "builtin:digits")
+    assert_one_line_error(result, "B", "is a local file", "needs its arch", "--arch")
+
+
+def test_a_name_two_checkpoints_share_is_refused_listing_their_ids(
+    llfc: Cli, client: Client
+) -> None:
+    twins = [
+        client.upload_checkpoint(mlp_state_dict(seed), MLP_ARCH, name="twin") for seed in (64, 65)
+    ]
+    for args in (("submit", "analyze", "twin", "twin"), ("checkpoints", "show", "twin")):
+        result = llfc(*args, "--dataset", "builtin:digits") if args[0] == "submit" else llfc(*args)
+        assert_one_line_error(result, "2 checkpoints are named 'twin'", *(t.id for t in twins))
+
+
+def test_an_unknown_model_is_neither_a_file_nor_a_checkpoint(llfc: Cli) -> None:
+    result = llfc("submit", "analyze", "no-such-model", "ckpt_b", "--dataset", "builtin:digits")
+    assert_one_line_error(
+        result, "'no-such-model' is neither a local file nor", "llfc checkpoints list"
+    )
+
+
+def test_checkpoints_list_shows_the_newest_as_a_table_or_json(llfc: Cli, client: Client) -> None:
+    newest = client.upload_checkpoint(mlp_state_dict(seed=66), MLP_ARCH, name="listed")
+    table = llfc("checkpoints", "list", "--limit", "1")
+    assert table.exit_code == 0, table.output
+    header, row = table.stdout.splitlines()
+    assert header.split() == ["id", "name", "arch", "parameters", "created", "from"]
+    assert row.split()[:4] == [newest.id, "listed", '{"name":"mlp","widths":[64,32,10]}', "2,410"]
+    assert row.split()[-1] == "upload"
+    assert "(newest 1 shown; --limit shows more)" in table.stderr
+    as_json = llfc("checkpoints", "list", "--format", "json", "--limit", "200")
+    assert as_json.exit_code == 0, as_json.output
+    listed = json.loads(as_json.stdout)
+    assert listed[0] == newest.raw
+    assert [item["id"] for item in listed] == [c.id for c in client.list_checkpoints(200).items]
+
+
+def test_checkpoints_show_by_id_or_name(
+    llfc: Cli, client: Client, trained_pair: tuple[str, str], train_job: Job
+) -> None:
+    by_id = llfc("checkpoints", "show", trained_pair[0])
+    assert by_id.exit_code == 0, by_id.output
+    checkpoint = client.get_checkpoint(trained_pair[0])
+    assert by_id.stdout.splitlines()[0] == f"Checkpoint {checkpoint.id}: {checkpoint.name}"
+    assert f"sha256: {checkpoint.sha256}" in by_id.stdout
+    assert f"from: job {train_job.id}" in by_id.stdout
+    client.upload_checkpoint(mlp_state_dict(seed=67), MLP_ARCH, name="shown by name")
+    by_name = llfc("checkpoints", "show", "shown by name")
+    assert by_name.exit_code == 0, by_name.output
+    assert "parameters: 2,410" in by_name.stdout and "from: upload" in by_name.stdout
+    assert_one_line_error(llfc("checkpoints", "show", "nothing-so-named"), "'nothing-so-named'")
+
+
+def test_checkpoints_delete_by_name_and_refused_while_a_job_uses_it(
+    llfc: Cli, client: Client, trained_pair: tuple[str, str]
+) -> None:
+    doomed = client.upload_checkpoint(mlp_state_dict(seed=68), MLP_ARCH, name="doomed")
+    deleted = llfc("checkpoints", "delete", "doomed")
+    assert deleted.exit_code == 0, deleted.output
+    assert deleted.stdout.strip() == f"Checkpoint {doomed.id} (doomed) deleted."
+    assert doomed.id not in {c.id for c in client.iter_checkpoints()}
+
+    # The one worker runs the long train job, so the analysis using `kept` waits, queued.
+    kept = client.upload_checkpoint(mlp_state_dict(seed=69), MLP_ARCH, name="kept")
+    blocker = client.submit_job(
+        "train", dataset="builtin:digits", params={"arch": MLP_ARCH, "epochs": 400}
+    )
+    user = client.submit_job("analyze", kept.id, trained_pair[1], "builtin:digits")
+    try:
+        refused = llfc("checkpoints", "delete", kept.id)
+        assert_one_line_error(refused, f"is used by job {user.id}", "cancel it or wait")
+        assert client.get_checkpoint(kept.id) == kept
+    finally:
+        for job in (user, blocker):
+            client.cancel_job(job.id)
+            client.wait(job.id, timeout=JOB_TIMEOUT_S)
+
+
+def test_download_of_a_checkpoint_by_name(llfc: Cli, client: Client, tmp_path: Path) -> None:
+    state = mlp_state_dict(seed=70)
+    client.upload_checkpoint(state, MLP_ARCH, name="fetch me")
+    dest = tmp_path / "fetched.safetensors"
+    result = llfc("download", "fetch me", "-o", str(dest))
+    assert result.exit_code == 0, result.output
+    assert load_file(str(dest))["0.weight"].equal(state["0.weight"])
+
+
+def test_submit_refused_by_the_service_fails_with_its_detail(
+    llfc: Cli, trained_pair: tuple[str, str]
+) -> None:
+    result = llfc("submit", "analyze", *trained_pair, "--dataset", "builtin:nothing")
+    assert_one_line_error(result, "builtin:nothing")
 
 
 def test_a_malformed_param_is_a_usage_error(llfc: Cli) -> None:

@@ -3,23 +3,26 @@ and, for a BatchNorm pair whose statistics were re-estimated, as uploaded, each 
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 import torch
-from batch_norm_testing import trained_resnet_pair, with_wrong_running_statistics
+from support.batch_norm import trained_resnet_pair, with_wrong_running_statistics
 
-from llfc_cli.client_commands import analysis_rows, analysis_table, format_number, format_percent
-from llfc_core.analysis import analyze_pair
+from llfc_client.cli.tables import (
+    analysis_table,
+    format_number,
+    format_percent,
+)
+from llfc_core.analysis import AnalysisResult, analyze_pair
 from llfc_core.archs import parse_arch
 from llfc_core.data import digits
 from llfc_core.training import TrainConfig, train_modes
+from llfc_results import analysis_csv_rows
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def batch_norm_result() -> dict[str, Any]:
+def batch_norm_result() -> AnalysisResult:
     """A ResNet-8 pair analysed on digits, A uploaded with wrong running statistics."""
     arch, state_a, state_b = trained_resnet_pair()
     uploaded_a = with_wrong_running_statistics(state_a)
@@ -27,7 +30,7 @@ def batch_norm_result() -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def mlp_result() -> dict[str, Any]:
+def mlp_result() -> AnalysisResult:
     arch = parse_arch({"name": "mlp", "widths": [64, 32, 10]})
     state_a, state_b = train_modes(arch, digits("train"), TrainConfig(epochs=1), device=CPU)
     return analyze_pair(arch, state_a, state_b, digits("test").limit(300), device=CPU)
@@ -46,9 +49,9 @@ def _endpoint_lines(table: str) -> dict[str, list[str]]:
 
 
 def test_the_table_shows_a_batch_norm_pair_re_estimated_and_as_uploaded(
-    batch_norm_result: dict[str, Any],
+    batch_norm_result: AnalysisResult,
 ) -> None:
-    endpoints = batch_norm_result["endpoints"]
+    endpoints = batch_norm_result.to_json()["endpoints"]
     uploaded_a, uploaded_b = endpoints["a"]["as_uploaded"], endpoints["b"]["as_uploaded"]
     assert uploaded_a["error"] > endpoints["a"]["error"] + 0.3
 
@@ -73,11 +76,11 @@ def test_the_table_shows_a_batch_norm_pair_re_estimated_and_as_uploaded(
     ]
 
 
-def test_the_csv_rows_label_the_endpoints_as_uploaded(batch_norm_result: dict[str, Any]) -> None:
-    endpoints = batch_norm_result["endpoints"]
+def test_the_csv_rows_label_the_endpoints_as_uploaded(batch_norm_result: AnalysisResult) -> None:
+    endpoints = batch_norm_result.to_json()["endpoints"]
     rows = {
         (metric, side): value
-        for pair, metric, side, _, value in analysis_rows(batch_norm_result)
+        for pair, metric, side, _, value in analysis_csv_rows(batch_norm_result)
         if pair == "endpoints"
     }
     for side in ("a", "b"):
@@ -90,9 +93,9 @@ def test_the_csv_rows_label_the_endpoints_as_uploaded(batch_norm_result: dict[st
 
 
 def test_the_table_of_a_batch_norm_free_pair_says_its_numbers_are_as_uploaded(
-    mlp_result: dict[str, Any],
+    mlp_result: AnalysisResult,
 ) -> None:
-    endpoints = mlp_result["endpoints"]
+    endpoints = mlp_result.to_json()["endpoints"]
     rows = _endpoint_lines(analysis_table(mlp_result))
     assert rows == {
         "header": ["Endpoints,", "as", "uploaded", "A", "B"],

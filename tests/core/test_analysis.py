@@ -31,7 +31,7 @@ def test_a_model_against_itself_has_zero_barriers_and_zero_distances() -> None:
     for arch_json in (SMALL_MLP, {"name": "resnet", "depth": 8, "in_channels": 1, "input_size": 8}):
         arch = parse_arch(arch_json)
         state = _state(arch_json, 0)
-        result = analyze_pair(arch, state, state, digits("test").limit(100), device=CPU)
+        result = analyze_pair(arch, state, state, digits("test").limit(100), device=CPU).to_json()
         pair = result["pairs"]["naive"]
         assert pair["lmc"]["loss_barrier"] == pytest.approx(0.0, abs=1e-6)
         assert pair["lmc"]["error_barrier"] == pytest.approx(0.0, abs=1e-9)
@@ -85,7 +85,7 @@ def test_barrier_and_curve_match_a_direct_full_batch_computation() -> None:
     alphas = [0.0, 0.2, 0.5, 0.9, 1.0]
     config = AnalysisConfig(alphas=alphas, batch_size=50)
 
-    result = analyze_pair(arch, state_a, state_b, data, config, device=CPU)
+    result = analyze_pair(arch, state_a, state_b, data, config, device=CPU).to_json()
     lmc = result["pairs"]["naive"]["lmc"]
 
     losses, errors = _direct_metrics(arch, state_a, state_b, data, alphas)
@@ -108,7 +108,7 @@ def test_llfc_and_conditions_match_direct_computations() -> None:
     alpha = 0.25
     config = AnalysisConfig(llfc_alphas=[alpha], batch_size=64)
 
-    pair = analyze_pair(arch, state_a, state_b, data, config, device=CPU)["pairs"]["naive"]
+    pair = analyze_pair(arch, state_a, state_b, data, config, device=CPU).pairs["naive"].to_json()
 
     def hidden(state, x):
         pre = F.linear(x, state["0.weight"], state["0.bias"])
@@ -210,7 +210,7 @@ def test_matching_makes_independently_trained_digit_mlps_connected(digits_modes,
         AnalysisConfig(match=method),
         train_dataset=digits("train"),
         device=CPU,
-    )
+    ).to_json()
     naive, matched = result["pairs"]["naive"], result["pairs"]["matched"]
     assert result["endpoints"]["a"]["error"] < 0.15
     assert naive["lmc"]["loss_barrier"] > 0.1

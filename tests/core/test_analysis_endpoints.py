@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from batch_norm_testing import trained_resnet_pair, with_wrong_running_statistics
+from support.batch_norm import trained_resnet_pair, with_wrong_running_statistics
 
 from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.archs import parse_arch
@@ -29,7 +29,7 @@ def test_a_batch_norm_pair_reports_its_endpoints_as_uploaded_and_re_estimated(
     uploaded_a = with_wrong_running_statistics(state_a)
     data = digits("test")
 
-    result = analyze_pair(arch, uploaded_a, state_b, data, device=CPU)
+    result = analyze_pair(arch, uploaded_a, state_b, data, device=CPU).to_json()
 
     endpoints = result["endpoints"]
     for side, uploaded in (("a", uploaded_a), ("b", state_b)):
@@ -58,7 +58,7 @@ def test_a_batch_norm_pair_analysed_without_re_estimation_reports_one_set_of_num
 
     result = analyze_pair(
         arch, uploaded_a, state_b, data, AnalysisConfig(reset_bn=False), device=CPU
-    )
+    ).to_json()
 
     endpoint_a = result["endpoints"]["a"]
     assert endpoint_a["batch_norm_reestimated"] is False
@@ -73,7 +73,7 @@ def test_a_batch_norm_free_mlp_reports_its_endpoints_as_uploaded() -> None:
     state_a, state_b = train_modes(arch, digits("train"), TrainConfig(epochs=2, seed=1), device=CPU)
     data = digits("test")
 
-    result = analyze_pair(arch, state_a, state_b, data, device=CPU)
+    result = analyze_pair(arch, state_a, state_b, data, device=CPU).to_json()
 
     for side, uploaded in (("a", state_a), ("b", state_b)):
         endpoint = result["endpoints"][side]

@@ -14,14 +14,14 @@ from typing import Any
 
 import pytest
 import torch
-from checkpoint_archives import (
+from safetensors.torch import load as load_safetensors_bytes
+from support.checkpoint_archives import (
     deflate_bomb,
     repacked,
     torch_saved,
     torchscript_archive,
     with_lying_member_size,
 )
-from safetensors.torch import load as load_safetensors_bytes
 
 from llfc_core.archs import Architecture, parse_arch
 from llfc_core.checkpoints import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from llfc_core.analysis import AnalysisConfig, analyze_pair, pair_metrics
+from llfc_core.analysis import AnalysisConfig, AnalysisResult, analyze_pair, pair_metrics
 from llfc_core.archs import parse_arch
 from llfc_core.data import digits
 
@@ -21,8 +21,8 @@ def _states(arch_json: dict) -> tuple[dict, dict]:
     return arch.build().state_dict(), arch.build().state_dict()
 
 
-def _numbers(result: dict) -> list[float]:
-    pair = result["pairs"]["naive"]
+def _numbers(result: AnalysisResult) -> list[float]:
+    pair = result.to_json()["pairs"]["naive"]
     values = [*pair["lmc"]["loss"], *pair["lmc"]["error"], *pair["llfc"]["cos_ab"]]
     for table in ("cos_alpha", "scale_c"):
         for row in pair["llfc"][table].values():

@@ -432,7 +432,7 @@ def test_every_llfc_command_of_the_deployment_is_a_real_subcommand(
             [
                 sys.executable,
                 "-c",
-                "import sys; from llfc_cli.main import main; sys.exit(main())",
+                "import sys; from llfc_client.cli import main; sys.exit(main())",
                 subcommand,
                 "--help",
             ],

@@ -1,4 +1,4 @@
-"""The production shape under load: the run's own PostgreSQL database and Redis (tests/stores.py),
+"""The production shape under load: the run's own PostgreSQL database and Redis (support.stores),
 `llfc api` and two `llfc worker` processes, one API key per client."""
 
 from __future__ import annotations
@@ -8,11 +8,11 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from load_testing import NUM_CLIENTS, NUM_WORKERS, LoadStack
-from servers import Process, llfc, start, wait_ready
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
-from stores import production_stores
+from support.load import NUM_CLIENTS, NUM_WORKERS, LoadStack
+from support.servers import Process, llfc, start, wait_ready
+from support.stores import production_stores
 
 from llfc_cli.embedded import free_port
 from service.security import create_api_key

@@ -10,9 +10,9 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
-from load_testing import NUM_CLIENTS, LoadStack
-from service_testing import FINISHED, client, upload_mlp
 from sqlalchemy import create_engine, text
+from support.api import FINISHED, client, upload_mlp
+from support.load import NUM_CLIENTS, LoadStack
 
 pytestmark = [pytest.mark.postgres, pytest.mark.slow]
 

@@ -1,22 +1,16 @@
 """The production stack the crash tests break: the run's own PostgreSQL database and Redis
-(tests/stores.py), `llfc api` with leases of seconds; each test starts its own workers."""
+(support.stores), `llfc api` with leases of seconds; each test starts its own workers."""
 
 from __future__ import annotations
 
 import signal
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine
-
-# The HTTP, model and job helpers of the service tests (tests/ holds no packages).
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
-
-from reliability_testing import FAST_RECOVERY, Stack
-from servers import create_key, llfc, start, wait_ready
-from stores import production_stores
+from support.reliability import FAST_RECOVERY, Stack
+from support.servers import create_key, llfc, start, wait_ready
+from support.stores import production_stores
 
 from llfc_cli.embedded import free_port
 

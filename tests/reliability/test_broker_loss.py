@@ -7,8 +7,8 @@ no-op.
 
 from __future__ import annotations
 
-from reliability_testing import Stack, interpolate_body, submitted
-from service_testing import wait_for_job
+from support.api import wait_for_job
+from support.reliability import Stack, interpolate_body, submitted
 
 
 def test_jobs_queued_when_redis_loses_its_messages_all_run_once(stack: Stack) -> None:

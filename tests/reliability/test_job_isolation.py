@@ -12,9 +12,7 @@ import itertools
 from datetime import datetime
 from pathlib import Path
 
-from reliability_testing import Stack, submitted
-from servers import create_key, serve
-from service_testing import (
+from support.api import (
     client,
     mlp_arch,
     mlp_state,
@@ -23,6 +21,8 @@ from service_testing import (
     upload_checkpoint,
     wait_for_job,
 )
+from support.reliability import Stack, submitted
+from support.servers import create_key, serve
 
 from llfc_core.archs import parse_arch
 from llfc_core.footprint import stored_checkpoint_bytes

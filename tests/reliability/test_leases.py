@@ -4,6 +4,7 @@ the reaper requeues, fails or cancels lost runs; plus the quota checks and their
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -14,12 +15,24 @@ from pydantic import ValidationError
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from service.api.problems import ProblemError
+from service.api.problems import user_error_response
 from service.core.config import Settings
 from service.db.migrate import alembic_config
-from service.db.models import Checkpoint, Job, Owner, utcnow
+from service.db.models import Checkpoint, Job, JobArtifact, JobStatus, Owner, utcnow
 from service.db.session import make_engine, make_sessionmaker
-from service.leases import beat, claim_job, exhausted_sentence, reap_lost_runs
+from service.errors import StorageQuotaError, TooManyQueuedJobsError
+from service.lifecycle import (
+    RunCheck,
+    beat,
+    cancel,
+    check_run,
+    claim_job,
+    end_run,
+    exhausted_sentence,
+    reap_lost_runs,
+    report_progress,
+    succeed_run,
+)
 from service.quotas import check_queued_jobs, check_stored_bytes
 
 LEASE_S = 30.0
@@ -123,7 +136,7 @@ def test_the_reaper_requeues_fails_or_cancels_runs_whose_heartbeat_stopped(
 
     report = reap_lost_runs(session, settings)
 
-    assert report.requeued == [(again, "train")]
+    assert report.requeued == [again]
     assert report.failed == [exhausted]
     assert report.cancelled == [cancelled]
     requeued = _row(session, again)
@@ -149,6 +162,78 @@ def test_a_run_at_its_last_attempt_is_not_taken_over_by_a_claim(
     assert claim_job(session, job_id, "host:2", settings, now=_later(LEASE_S + 1)) is None
 
 
+def test_a_fenced_run_can_neither_report_progress_nor_end_the_job(
+    session: Session, settings: Settings
+) -> None:
+    job_id = _job(session, "job_fence")
+    first = claim_job(session, job_id, "host:101", settings)
+    assert first is not None
+    assert check_run(session, job_id, 1) is RunCheck.HELD
+    assert claim_job(session, job_id, "host:202", settings, now=_later(LEASE_S + 1)) is not None
+    assert check_run(session, job_id, 1) is RunCheck.LEASE_LOST
+    report_progress(session, job_id, 1, 0.7, "from the old run", utcnow())
+    assert end_run(session, job_id, 1, JobStatus.FAILED, first.started_at, "old") is False
+    assert (
+        succeed_run(session, job_id, 1, first.started_at, {}, [("model", "ckpt_x")], [], utcnow())
+        is False
+    )
+    row = _row(session, job_id)
+    assert (row.status, row.attempts, row.progress_stage) == ("running", 2, "starting")
+    assert session.query(JobArtifact).filter_by(job_id=job_id).count() == 0
+    assert end_run(session, job_id, 2, JobStatus.FAILED, row.started_at, "a sentence") is True
+    row = _row(session, job_id)
+    assert (row.status, row.error, row.progress_stage) == ("failed", "a sentence", "failed")
+    assert row.run_seconds is not None
+
+
+def test_a_succeeded_run_stores_its_result_artifacts_and_metric_rows_together(
+    session: Session, settings: Settings
+) -> None:
+    job_id = _job(session, "job_ok", kind="analyze")
+    claimed = claim_job(session, job_id, "host:101", settings)
+    assert claimed is not None
+    metric = {"pair": "naive", "metric": "lmc_loss", "layer": None, "layer_index": None}
+    assert succeed_run(
+        session,
+        job_id,
+        1,
+        claimed.started_at,
+        {"loss_barrier": 0.5},
+        [("model_b_permuted", "ckpt_y")],
+        [{**metric, "alpha": 0.5, "value": 1.25}],
+        utcnow(),
+    )
+    row = _row(session, job_id)
+    assert (row.status, row.result, row.progress_fraction) == (
+        "succeeded",
+        {"loss_barrier": 0.5},
+        1.0,
+    )
+    assert row.progress_stage == "done"
+    assert [a.checkpoint_id for a in session.query(JobArtifact).filter_by(job_id=job_id)] == [
+        "ckpt_y"
+    ]
+
+
+def test_cancel_ends_a_queued_job_at_once_and_only_flags_a_running_one(
+    session: Session, settings: Settings
+) -> None:
+    queued = _job(session, "job_cq")
+    cancel(session, queued)
+    row = _row(session, queued)
+    assert (row.status, row.progress_stage) == ("cancelled", "cancelled before it started")
+    assert row.finished_at is not None
+    assert claim_job(session, queued, "host:101", settings) is None
+    running = _job(session, "job_cr")
+    assert claim_job(session, running, "host:101", settings) is not None
+    cancel(session, running)
+    assert (_row(session, running).status, _row(session, running).cancel_requested) == (
+        "running",
+        True,
+    )
+    assert check_run(session, running, 1) is RunCheck.CANCEL_REQUESTED
+
+
 def test_the_queued_job_quota_counts_only_queued_jobs_of_the_owner(
     session: Session, settings: Settings
 ) -> None:
@@ -157,11 +242,13 @@ def test_the_queued_job_quota_counts_only_queued_jobs_of_the_owner(
     _job(session, "job_s1", status="succeeded")
     check_queued_jobs(session, settings, "own_1")
     _job(session, "job_q2")
-    with pytest.raises(ProblemError) as refused:
+    with pytest.raises(TooManyQueuedJobsError) as refused:
         check_queued_jobs(session, settings, "own_1")
-    assert refused.value.status == 429
-    assert refused.value.headers == {"Retry-After": "30"}
-    assert refused.value.extra == {"queued": 2, "limit": 2}
+    response = user_error_response(refused.value)
+    assert response.status_code == 429
+    assert response.headers["Retry-After"] == "30"
+    body = json.loads(response.body)
+    assert (body["type"], body["queued"], body["limit"]) == ("/problems/too-many-queued-jobs", 2, 2)
 
 
 def test_the_storage_quota_refuses_what_would_pass_it_and_jobs_once_it_is_reached(
@@ -183,14 +270,20 @@ def test_the_storage_quota_refuses_what_would_pass_it_and_jobs_once_it_is_reache
     )
     session.commit()
     check_stored_bytes(session, settings, "own_1", 400, "this upload")
-    with pytest.raises(ProblemError) as refused:
+    with pytest.raises(StorageQuotaError) as refused:
         check_stored_bytes(session, settings, "own_1", 401, "this upload")
-    assert refused.value.status == 507
-    assert refused.value.extra == {"stored_bytes": 600, "reserved_bytes": 0, "limit": 1000}
+    response = user_error_response(refused.value)
+    assert response.status_code == 507
+    body = json.loads(response.body)
+    assert {key: body[key] for key in ("stored_bytes", "reserved_bytes", "limit")} == {
+        "stored_bytes": 600,
+        "reserved_bytes": 0,
+        "limit": 1000,
+    }
     check_stored_bytes(session, settings, "own_1", 0, "the checkpoints of this job")
     session.execute(update(Checkpoint).values(size_bytes=1000))
     session.commit()
-    with pytest.raises(ProblemError, match="the checkpoints of this job cannot be stored"):
+    with pytest.raises(StorageQuotaError, match="the checkpoints of this job cannot be stored"):
         check_stored_bytes(session, settings, "own_1", 0, "the checkpoints of this job")
 
 

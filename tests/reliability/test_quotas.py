@@ -9,8 +9,8 @@ from dataclasses import dataclass
 
 import httpx
 import pytest
-from servers import Process, create_key, llfc, service_env, start, wait_ready
-from service_testing import client, mlp_arch, mlp_state, submit, torch_file, upload_checkpoint
+from support.api import client, mlp_arch, mlp_state, submit, torch_file, upload_checkpoint
+from support.servers import Process, create_key, llfc, service_env, start, wait_ready
 
 from llfc_cli.embedded import free_port
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 
-from reliability_testing import Stack, interpolate_body, submitted, train_body
-from servers import wait_until
-from service_testing import wait_for_job
+from support.api import wait_for_job
+from support.reliability import Stack, interpolate_body, submitted, train_body
+from support.servers import wait_until
 
 ENDLESS_EPOCHS = 300
 """Minutes of training: only a time limit ends it within the test."""

@@ -10,8 +10,8 @@ import socket
 import time
 from pathlib import Path
 
-from servers import llfc, service_env, start, wait_ready, wait_until
-from service_testing import client, mlp_arch, mlp_state, safetensors_file, upload_checkpoint
+from support.api import client, mlp_arch, mlp_state, safetensors_file, upload_checkpoint
+from support.servers import llfc, service_env, start, wait_ready, wait_until
 
 from llfc_cli.embedded import free_port
 from service.storage import BlobStore

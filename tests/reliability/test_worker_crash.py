@@ -12,7 +12,8 @@ import signal
 import time
 
 from celery import Celery
-from reliability_testing import (
+from support.api import wait_for_job
+from support.reliability import (
     HEARTBEAT_S,
     LEASE_S,
     MAX_ATTEMPTS,
@@ -20,8 +21,7 @@ from reliability_testing import (
     submitted,
     train_body,
 )
-from servers import wait_until
-from service_testing import wait_for_job
+from support.servers import wait_until
 
 SHORT_EPOCHS = 5
 """A train job of about 4 s on two busy cores: caught running, then run again to its end."""

@@ -10,9 +10,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from security_testing import MAX_UPLOAD_BYTES, OWNERS, GuardedService
-from servers import serve
-from service_testing import client
+from support.api import client
+from support.security import MAX_UPLOAD_BYTES, OWNERS, GuardedService
+from support.servers import serve
 
 
 @pytest.fixture(scope="session")

@@ -13,15 +13,15 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
-from checkpoint_archives import (
+from support.api import mlp_arch, mlp_state, upload_checkpoint
+from support.checkpoint_archives import (
     deflate_bomb,
     repacked,
     torch_saved,
     torchscript_archive,
     with_lying_member_size,
 )
-from security_testing import MAX_UPLOAD_BYTES, GuardedService, assert_problem
-from service_testing import mlp_arch, mlp_state, upload_checkpoint
+from support.security import MAX_UPLOAD_BYTES, GuardedService, assert_problem
 
 SMALL = [64, 16, 10]
 

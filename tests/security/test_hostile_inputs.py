@@ -20,8 +20,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
-from security_testing import MAX_UPLOAD_BYTES, GuardedService, assert_problem
-from service_testing import (
+from support.api import (
     mlp_arch,
     mlp_state,
     safetensors_file,
@@ -30,6 +29,7 @@ from service_testing import (
     upload_checkpoint,
     upload_mlp,
 )
+from support.security import MAX_UPLOAD_BYTES, GuardedService, assert_problem
 
 SMALL = [64, 16, 10]
 

@@ -21,9 +21,9 @@ import httpx
 import numpy as np
 import pytest
 import yaml
-from security_testing import GuardedService, assert_problem
-from servers import REPOSITORY_ROOT, create_key, llfc, service_env
-from service_testing import run_job, upload_mlp
+from support.api import run_job, upload_mlp
+from support.security import GuardedService, assert_problem
+from support.servers import REPOSITORY_ROOT, create_key, llfc, service_env
 
 from llfc_cli.embedded import free_port
 from service.core.config import DEVELOPMENT_SECRET_KEY
@@ -90,9 +90,12 @@ def test_every_protected_route_is_401_without_a_valid_key(
             assert response.headers["www-authenticate"].startswith("Bearer"), (method, path)
 
 
-def test_only_health_and_readiness_are_public(document: dict[str, Any]) -> None:
+def test_only_health_readiness_and_the_service_config_are_public(
+    document: dict[str, Any],
+) -> None:
+    # /v1/config says only whether auth is on, which the web view needs before it has a key.
     public = {(m, p) for m, p, op in operations(document) if not op.get("security")}
-    assert public == {("GET", "/healthz"), ("GET", "/readyz")}
+    assert public == {("GET", "/healthz"), ("GET", "/readyz"), ("GET", "/v1/config")}
 
 
 def test_metrics_open_only_to_the_scrape_token_not_to_an_api_key(

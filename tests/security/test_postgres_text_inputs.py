@@ -2,7 +2,7 @@
 
 SQLite stores such text; PostgreSQL fails the whole query, which the service turned into a 500
 before ids, cursors and filters were checked at the edge. Runs `llfc api` on the run's own
-PostgreSQL database and Redis (tests/stores.py).
+PostgreSQL database and Redis (support.stores).
 """
 
 from __future__ import annotations
@@ -15,12 +15,12 @@ from pathlib import Path
 
 import httpx
 import pytest
-from security_testing import assert_problem
-from servers import llfc, start, wait_ready
-from service_testing import client, mlp_arch, mlp_state, torch_file, upload_checkpoint
 from sqlalchemy import create_engine
 from sqlalchemy.orm import Session
-from stores import production_stores
+from support.api import client, mlp_arch, mlp_state, torch_file, upload_checkpoint
+from support.security import assert_problem
+from support.servers import llfc, start, wait_ready
+from support.stores import production_stores
 
 from llfc_cli.embedded import free_port
 from service.security import create_api_key

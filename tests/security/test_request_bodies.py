@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from security_testing import GuardedService, assert_problem
+from support.security import GuardedService, assert_problem
 
 BOUNDARY = "llfc-edge"
 

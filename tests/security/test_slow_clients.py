@@ -12,7 +12,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
-from servers import Served, serve
+from support.servers import Served, serve
 
 HEADER_TIMEOUT_S = 2.0
 BODY_IDLE_TIMEOUT_S = 2.0

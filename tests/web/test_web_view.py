@@ -1,7 +1,8 @@
 """The web view against `llfc serve` with auth on: the page and its two assets are served
 without a key, and in headless Chromium the page asks for the key once, the jobs table lists jobs
-and refreshes by itself, and a finished analyze job's page shows its plots (fetched with the key)
-and its metric tables.
+(by what they compared) and refreshes by itself, and a finished job's page shows its plots
+(fetched with the key) and metric tables and downloads its artifacts, plots and CSV. Against a
+service with auth off the page offers no key.
 
 The browser tests need Debian's `chromium` and `chromium-driver` and the `selenium` package;
 they are skipped, with the reason, when those are missing.
@@ -14,14 +15,17 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from batch_norm_testing import RESNET, trained_resnet_pair, with_wrong_running_statistics
-from safetensors.torch import save
-from servers import serve
+from safetensors.torch import load, save
+from support.batch_norm import RESNET, trained_resnet_pair, with_wrong_running_statistics
+from support.servers import serve
+
+from llfc_results import AnalysisResult, analysis_csv
 
 try:
     from selenium import webdriver
@@ -79,6 +83,14 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedApp]:
         LLFC_WORKER_STOP_GRACE_SECONDS="2",
     ) as running:
         yield ServedApp(running.base_url, running.keys["web"])
+
+
+@pytest.fixture(scope="module")
+def served_without_auth(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`llfc serve` with auth off (the embedded default); its base URL."""
+    data_dir = tmp_path_factory.mktemp("web-data-open")
+    with serve(data_dir, [], data_dir / "serve.log", LLFC_AUTH="off") as running:
+        yield running.base_url
 
 
 def _run_job(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
@@ -211,12 +223,51 @@ def test_the_jobs_table_asks_for_the_key_once_then_lists_and_refreshes_jobs(
         lambda b: _job_row_status(b, analyze_id) == "succeeded",
         "the jobs table did not refresh to show the new job succeeded",
     )
+    headers = browser.find_elements(By.CSS_SELECTOR, "#jobs-table thead th")
+    assert [header.text for header in headers] == [
+        "id", "kind", "compared", "method", "loss barrier", "status", "progress", "duration",
+        "created",
+    ]  # fmt: skip
+    analysis = _wait_for_job(api, analyze_id)
+    names = [
+        api.get(f"/v1/checkpoints/{analysis[side]}").json()["name"]
+        for side in ("model_a", "model_b")
+    ]
+    pairs = analysis["result"]["pairs"]
+    barriers = [f"{pairs[pair]['lmc']['loss_barrier']:.3g}" for pair in ("naive", "matched")]
+    seconds = (
+        datetime.fromisoformat(analysis["finished_at"])
+        - datetime.fromisoformat(analysis["started_at"])
+    ).total_seconds()
+
+    def analyze_cells(b: WebDriver) -> list[str] | None:
+        row = b.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{analyze_id}"]')
+        cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
+        # The models' names replace their ids once fetched.
+        return cells if cells[2].startswith(names[0]) else None
+
+    cells = _wait(browser, analyze_cells, "the jobs table did not name the models")
+    assert cells[:6] == [
+        analyze_id,
+        "analyze",
+        f"{names[0]} vs {names[1]} on builtin:digits",
+        "weight matching",
+        f"{barriers[0]} → {barriers[1]}",
+        "succeeded",
+    ]
+    assert cells[6].startswith("100%")
+    # The browser's clock reads milliseconds, so the last digit may round the other way.
+    assert cells[7].endswith(" s") and float(cells[7][:-2]) == pytest.approx(seconds, abs=0.06)
+    train_row = browser.find_element(
+        By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{train_job["id"]}"]'
+    )
+    train_cells = [cell.text for cell in train_row.find_elements(By.TAG_NAME, "td")]
+    assert train_cells[2:5] == ["2 × mlp on builtin:digits", "2 epochs", "—"]
     row = browser.find_element(By.CSS_SELECTOR, f'#jobs-table tr[data-job-id="{analyze_id}"]')
-    cells = [cell.text for cell in row.find_elements(By.TAG_NAME, "td")]
-    assert cells[:3] == [analyze_id, "analyze", "succeeded"]
-    assert cells[3].startswith("100%")
     fill = row.find_element(By.CSS_SELECTOR, ".fill")
     assert fill.get_attribute("style") == "width: 100%;"
+    # Auth is on: the page offers to set or forget the key.
+    assert browser.find_element(By.ID, "key-status").get_attribute("data-auth") == "on"
     assert _policy_violations(browser) == []
 
 
@@ -378,4 +429,119 @@ def test_a_batch_norm_analyze_job_page_shows_its_endpoints_re_estimated_and_as_u
         assert error == f"{100 * endpoint['error']:.1f}%"
         assert float(loss_as_uploaded) == pytest.approx(endpoint["as_uploaded"]["loss"], rel=5e-3)
         assert error_as_uploaded == f"{100 * endpoint['as_uploaded']['error']:.1f}%"
+    assert _policy_violations(browser) == []
+
+
+def test_the_config_says_whether_a_key_is_needed_and_needs_none_itself(
+    served: ServedApp, served_without_auth: str
+) -> None:
+    assert httpx.get(f"{served.base_url}/v1/config").json() == {"auth": True}
+    assert httpx.get(f"{served_without_auth}/v1/config").json() == {"auth": False}
+
+
+def test_the_result_csv_is_the_rows_of_the_analysis_and_only_of_an_analysis(
+    served: ServedApp, api: httpx.Client, train_job: dict[str, Any]
+) -> None:
+    job = _run_job(api, _analyze_body(train_job))
+    response = api.get(f"/v1/jobs/{job['id']}/result.csv")
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/csv")
+    assert response.headers["content-disposition"] == f'attachment; filename="{job["id"]}.csv"'
+    assert response.text == analysis_csv(AnalysisResult.from_json(job["result"]))
+    lines = response.text.splitlines()
+    assert lines[0] == "pair,metric,layer,alpha,value"
+    naive_barrier = job["result"]["pairs"]["naive"]["lmc"]["loss_barrier"]
+    assert f"naive,loss_barrier,,,{naive_barrier!r}" in lines
+
+    not_analysis = api.get(f"/v1/jobs/{train_job['id']}/result.csv")
+    assert not_analysis.status_code == 404
+    assert "only analyze jobs have result rows" in not_analysis.json()["detail"]
+    assert httpx.get(f"{served.base_url}/v1/jobs/{job['id']}/result.csv").status_code == 401
+
+
+def _downloaded(browser: WebDriver, folder: Path, name: str) -> bytes:
+    """The file Chromium saved as ``name`` in ``folder``, once complete."""
+    path = folder / name
+    _wait(
+        browser,
+        lambda _: path.is_file() and not list(folder.glob("*.crdownload")),
+        f"Chromium did not save {name}",
+    )
+    return path.read_bytes()
+
+
+def _png_links(browser: WebDriver) -> list[Any] | None:
+    """The PNG link of each plot, once all three have loaded."""
+    links = browser.find_elements(By.CSS_SELECTOR, "#plots figcaption a.download")
+    return links if len(links) == 3 else None
+
+
+@needs_selenium
+@needs_chromium
+def test_a_finished_job_page_downloads_its_csv_plots_and_artifacts(
+    served: ServedApp,
+    api: httpx.Client,
+    train_job: dict[str, Any],
+    browser: WebDriver,
+    tmp_path: Path,
+) -> None:
+    job = _run_job(api, _analyze_body(train_job))
+    browser.execute_cdp_cmd(
+        "Browser.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(tmp_path)}
+    )
+    browser.get(f"{served.base_url}/")
+    browser.execute_script("sessionStorage.setItem('llfc.apiKey', arguments[0])", served.key)
+    browser.get(f"{served.base_url}/jobs/{job['id']}")
+
+    # The CSV, fetched with the key: the same bytes as the route's.
+    link = _wait(
+        browser,
+        lambda b: b.find_elements(By.CSS_SELECTOR, "#result-csv a.download"),
+        "the job page offered no CSV",
+    )[0]
+    assert link.text == "download CSV"
+    link.click()
+    csv_text = api.get(f"/v1/jobs/{job['id']}/result.csv").content
+    assert _downloaded(browser, tmp_path, f"{job['id']}.csv") == csv_text
+
+    # Each plot has a PNG link once it has loaded.
+    png_links = _wait(browser, _png_links, "the plots offered no PNG links")
+    assert [a.get_attribute("download") for a in png_links] == [
+        f"{job['id']}-{name}.png" for name in ("lmc", "llfc", "conditions")
+    ]
+    png_links[0].click()
+    assert _downloaded(browser, tmp_path, f"{job['id']}-lmc.png").startswith(b"\x89PNG")
+
+    # A train job's artifacts: its modes' tensors, the checkpoint files.
+    browser.get(f"{served.base_url}/jobs/{train_job['id']}")
+    artifact_links = _wait(
+        browser,
+        lambda b: b.find_elements(By.CSS_SELECTOR, "#artifacts a.download"),
+        "the train job's page offered no artifact downloads",
+    )
+    assert len(artifact_links) == len(train_job["artifacts"])
+    artifact_links[1].click()
+    artifact = train_job["artifacts"][1]
+    saved = _downloaded(browser, tmp_path, f"{train_job['id']}-{artifact['name']}.safetensors")
+    served_file = api.get(f"/v1/checkpoints/{artifact['checkpoint_id']}/file").content
+    assert saved == served_file
+    assert sorted(load(saved)) == ["0.bias", "0.weight", "2.bias", "2.weight", "4.bias", "4.weight"]
+    assert _policy_violations(browser) == []
+
+
+@needs_selenium
+@needs_chromium
+def test_without_auth_the_page_offers_no_api_key(
+    served_without_auth: str, browser: WebDriver
+) -> None:
+    browser.get(f"{served_without_auth}/")
+    status = browser.find_element(By.ID, "key-status")
+    _wait(
+        browser,
+        lambda _: status.get_attribute("data-auth") == "off",
+        "the page did not read the service's config",
+    )
+    assert status.text == ""
+    assert not browser.find_element(By.ID, "key-panel").is_displayed()
+    _wait(browser, lambda b: b.find_elements(By.ID, "no-jobs"), "the jobs view did not load")
     assert _policy_violations(browser) == []

@@ -10,11 +10,12 @@ from fastapi.concurrency import run_in_threadpool
 from llfc_core.data import BUILTIN_DATASETS, builtin_installed
 from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, StoreDep
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, owned_page
-from service.api.problems import not_found, problem_responses
+from service.api.problems import problem_responses
 from service.api.uploads import receive_multipart
 from service.core.config import Settings
 from service.datasets import BUILTIN_PREFIX, delete_dataset, get_owned_dataset, ingest_dataset
 from service.db.models import Dataset
+from service.errors import NotFoundError
 from service.metrics import METRICS
 from service.schemas import DatasetPublic, DatasetsPublic
 
@@ -133,7 +134,7 @@ def read_dataset(
         for builtin in builtin_datasets(settings):
             if builtin.id == dataset_id:
                 return builtin
-        raise not_found("dataset", dataset_id)
+        raise NotFoundError("dataset", dataset_id)
     return dataset_public(get_owned_dataset(session, owner.id, dataset_id))
 
 

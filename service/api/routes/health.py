@@ -10,14 +10,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 
 from service.api.deps import BearerCredentials, SessionDep, SettingsDep, StoreDep
-from service.api.problems import ProblemError, problem_response, problem_responses
+from service.api.problems import (
+    UNAUTHORIZED_HEADERS,
+    ProblemError,
+    problem_response,
+    problem_responses,
+)
+from service.broker import check_connection
 from service.core.config import Settings
 from service.db.migrate import current_revision, head_revision
 from service.db.session import get_engine
 from service.metrics import METRICS, job_lines, render, request_lines
-from service.security import UNAUTHORIZED_HEADERS
 from service.shared_metrics import collect
-from worker.celery_app import celery_app
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -47,8 +51,7 @@ def _database_problem() -> str | None:
 
 def _broker_problem() -> str | None:
     try:
-        with celery_app.connection_for_write() as connection:
-            connection.ensure_connection(max_retries=0, timeout=BROKER_TIMEOUT_S)
+        check_connection(BROKER_TIMEOUT_S)
     except Exception as error:
         logger.warning("Readiness: broker unreachable: %s", error)
         return f"the message broker is unreachable ({type(error).__name__})"

@@ -19,6 +19,7 @@ from service.api.deps import (
 from service.api.json_body import json_body, json_body_openapi
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
 from service.api.problems import problem_responses
+from service.broker import publish_job
 from service.core.config import get_settings
 from service.db.models import Job, LayerMetric
 from service.db.session import get_engine
@@ -31,7 +32,6 @@ from service.jobs import (
     submit_job,
 )
 from service.polls import read_polled_job
-from service.queue import publish_job
 from service.schemas import (
     JobCreate,
     JobKind,
@@ -94,7 +94,7 @@ def create_job(
     """
     job, created = submit_job(session, settings, owner.id, body, idempotency_key)
     if created:
-        publish_job(job.id, job.kind)
+        publish_job(job.id)
     else:
         response.headers["Idempotent-Replayed"] = "true"
     _polling_headers(response, job.id, is_finished(job), settings.retry_after_seconds)
@@ -154,7 +154,7 @@ def cancel(
     A finished job cannot be cancelled (409).
     """
     job = cancel_job(session, get_owned_job(session, owner.id, job_id))
-    if job.status == "running":
+    if job.status == JobStatus.RUNNING:
         response.status_code = 202
     _polling_headers(response, job.id, is_finished(job), settings.retry_after_seconds)
     return job_public(session, job)

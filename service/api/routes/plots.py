@@ -1,4 +1,5 @@
-"""/v1/jobs/{id}/plots: PNG pictures of a finished analysis (see :mod:`service.plots`)."""
+"""/v1/jobs/{id}/plots and /v1/jobs/{id}/result.csv: a finished analysis as PNG pictures (see
+:mod:`llfc_core.plots`) and as CSV (:mod:`llfc_results.export`, the CSV ``llfc results`` writes)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from typing import Any
 
 from fastapi import APIRouter, Response
 
+from llfc_core.plots import UnknownPlotError, check_plot_name, render_plot
+from llfc_results import AnalysisResult, analysis_csv
 from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep
 from service.api.problems import ProblemError, problem_responses
+from service.db.models import Job, JobKind, JobStatus
 from service.jobs import get_owned_job
-from service.plots import UnknownPlotError, check_plot_name, render_plot
 
 router = APIRouter(prefix="/v1/jobs", tags=["plots"], responses=problem_responses(401, 422))
 
@@ -31,8 +34,45 @@ PLOT_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 
+CSV_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": "One line per number: pair, metric, layer, alpha, value.",
+        "content": {"text/csv": {"schema": {"type": "string"}}},
+    },
+    **problem_responses(
+        404,
+        409,
+        s404="No such job of the caller, or not an analyze job.",
+        s409="The job has not succeeded (yet), so it has no result.",
+    ),
+}
+
+
 class PNGResponse(Response):
     media_type = "image/png"
+
+
+class CSVResponse(Response):
+    media_type = "text/csv"
+
+
+def succeeded_analysis(session: SessionDep, owner_id: str, job_id: str, what: str) -> Job:
+    """The owner's analyze job that has succeeded: 404 for another kind, 409 before it
+    succeeded, ``what`` naming what it was asked for."""
+    job = get_owned_job(session, owner_id, job_id)
+    if job.kind != JobKind.ANALYZE:
+        raise ProblemError(
+            404,
+            f"Job {job.id} is a {job.kind} job; only analyze jobs have {what}.",
+            type_slug="not-found",
+        )
+    if job.status != JobStatus.SUCCEEDED or job.result is None:
+        raise ProblemError(
+            409,
+            f"Job {job.id} is {job.status}; its {what} exist once it has succeeded.",
+            type_slug="job-not-finished",
+        )
+    return job
 
 
 @router.get(
@@ -50,21 +90,30 @@ def read_plot(
     E[1 - cos_AB]; `conditions`: Conditions I and II per layer. Naive against matched when the
     analysis matched.
     """
-    job = get_owned_job(session, owner.id, job_id)
-    if job.kind != "analyze":
-        raise ProblemError(
-            404,
-            f"Job {job.id} is a {job.kind} job; only analyze jobs have plots.",
-            type_slug="not-found",
-        )
     try:
         check_plot_name(name)
     except UnknownPlotError as error:
         raise ProblemError(404, error.message, type_slug="not-found") from error
-    if job.status != "succeeded" or job.result is None:
-        raise ProblemError(
-            409,
-            f"Job {job.id} is {job.status}; its plots exist once it has succeeded.",
-            type_slug="job-not-finished",
-        )
+    job = succeeded_analysis(session, owner.id, job_id, "plots")
+    assert job.result is not None
     return PNGResponse(render_plot(job.result, name), headers={"Cache-Control": CACHE_CONTROL})
+
+
+@router.get(
+    "/{job_id}/result.csv",
+    response_class=CSVResponse,
+    responses=CSV_RESPONSES,
+    summary="The result of an analyze job as CSV",
+)
+def read_result_csv(
+    job_id: ResourceIdPath, owner: CurrentOwner, session: SessionDep
+) -> CSVResponse:
+    """Every number of the owner's succeeded analyze job, one line each: `pair,metric,layer,
+    alpha,value`, the endpoints and the Lemma included (the CSV of `llfc results --format csv`)."""
+    job = succeeded_analysis(session, owner.id, job_id, "result rows")
+    assert job.result is not None
+    headers = {
+        "Cache-Control": CACHE_CONTROL,
+        "Content-Disposition": f'attachment; filename="{job.id}.csv"',
+    }
+    return CSVResponse(analysis_csv(AnalysisResult.from_json(job.result)), headers=headers)

@@ -15,7 +15,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from service.api.problems import not_found
+from service.errors import NotFoundError
 
 WEB_DIR = Path(__file__).resolve().parents[2] / "web"
 INDEX = WEB_DIR / "index.html"
@@ -54,7 +54,7 @@ def docs_page() -> FileResponse:
 def _asset(folder: Path, asset: str, what: str) -> FileResponse:
     path = folder / asset
     if path.suffix not in ASSET_TYPES or path.parent != folder or not path.is_file():
-        raise not_found(what, asset)
+        raise NotFoundError(what, asset)
     return FileResponse(path, media_type=ASSET_TYPES[path.suffix], headers=NO_CACHE)
 
 

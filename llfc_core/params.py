@@ -1,0 +1,39 @@
+"""The engine's parameter limits and the one integer check, shared by every layer that validates.
+
+The service refuses a job at submission with the same limits and sentences the engine would give
+at run time, by importing them from here rather than restating them.
+"""
+
+from __future__ import annotations
+
+from llfc_core.errors import InvalidParameterError, LLFCError
+
+MAX_BATCH_SIZE = 65_536
+"""Examples per forward pass; more only costs memory without speeding anything up."""
+DEFAULT_BATCH_SIZE = 256
+"""Batch size of analysis, matching and interpolation when the caller gives none."""
+MAX_SEED = 2**31 - 1
+"""The largest seed: torch and numpy both accept every seed from 0 to this one."""
+MATCH_METHODS = ("weight", "activation")
+"""How B can be permuted onto A (see :func:`llfc_core.matching.match_models`)."""
+
+
+def check_int(
+    value: object,
+    low: int,
+    high: int,
+    described: str,
+    error: type[LLFCError] = InvalidParameterError,
+    *,
+    grouped: bool = False,
+) -> int:
+    """``value`` if it is an integer in ``[low, high]``, else ``error`` saying so.
+
+    ``described`` starts the sentence, e.g. "The parameter 'seed'"; ``grouped`` writes the bounds
+    with thousands separators (1,000,000). Booleans are refused even though Python counts them as
+    integers: ``true`` in a JSON body is never meant as 1.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        bounds = f"{low:,} to {high:,}" if grouped else f"{low} to {high}"
+        raise error(f"{described} must be an integer from {bounds}, got {value!r}.")
+    return value

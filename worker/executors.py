@@ -1,0 +1,133 @@
+"""The four job kinds, each a thin call into the engine: the job's inputs in, an
+:class:`Outcome` out. Imported only in the worker child process (it loads torch)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from llfc_core.analysis import AnalysisConfig, analyze_pair
+from llfc_core.analysis.config import ANALYSIS_FIELDS
+from llfc_core.interpolation import interpolate_checkpoint
+from llfc_core.matching import match_models
+from llfc_core.permutation import StateDict
+from llfc_core.training import evaluate, train_modes
+from service.db.models import JobKind
+from service.jobs import make_train_config
+from worker.inputs import JobContext
+
+TRAIN_SHARE = 0.95
+"""Share of a train job's progress bar for training; the rest is evaluating the modes."""
+
+
+@dataclass
+class Outcome:
+    """What a finished job leaves: its result JSON and the state dicts to keep as checkpoints."""
+
+    result: dict[str, Any]
+    artifacts: list[tuple[str, StateDict]] = field(default_factory=list)
+    with_layer_metrics: bool = False
+
+
+Executor = Callable[[JobContext], Outcome]
+
+
+def run_match(context: JobContext) -> Outcome:
+    params = context.job.params
+    dataset = context.load_side_data()
+    matched = match_models(
+        context.arch,
+        context.load_model(context.job.model_a_id),
+        context.load_model(context.job.model_b_id),
+        params["method"],
+        dataset,
+        seed=params["seed"],
+        batch_size=params["batch_size"],
+        device=context.device,
+        reporter=context.reporter,
+    )
+    return Outcome(matched.summary(), [("model_b_permuted", matched.permuted_b)])
+
+
+def run_interpolate(context: JobContext) -> Outcome:
+    params = context.job.params
+    bn_data = context.load_side_data()
+    mixed = interpolate_checkpoint(
+        context.arch,
+        context.load_model(context.job.model_a_id),
+        context.load_model(context.job.model_b_id),
+        params["alpha"],
+        bn_data,
+        batch_size=params["batch_size"],
+        device=context.device,
+        reporter=context.reporter,
+    )
+    result = {
+        "alpha": params["alpha"],
+        "batch_norm_reestimated": bool(context.arch.has_batch_norm and bn_data is not None),
+    }
+    return Outcome(result, [("interpolated", mixed)])
+
+
+def run_analyze(context: JobContext) -> Outcome:
+    params = context.job.params
+    config = AnalysisConfig.from_params({key: params[key] for key in ANALYSIS_FIELDS})
+    dataset = context.load_dataset()
+    # Activation matching and BatchNorm re-estimation use training data: the job's
+    # train_dataset, else a built-in's train split, else (an upload) the data itself.
+    needs_train_data = config.match == "activation" or context.arch.has_batch_norm
+    train_dataset = None
+    if needs_train_data:
+        train_dataset = context.load_train_dataset()
+        if train_dataset is None and context.uses_builtin_dataset and params["split"] != "train":
+            train_dataset = context.load_dataset("train")
+    result = analyze_pair(
+        context.arch,
+        context.load_model(context.job.model_a_id),
+        context.load_model(context.job.model_b_id),
+        dataset,
+        config,
+        train_dataset=train_dataset,
+        device=context.device,
+        reporter=context.reporter,
+    )
+    return Outcome(result.to_json(), with_layer_metrics=True)
+
+
+def run_train(context: JobContext) -> Outcome:
+    """Train the modes, then measure each on the training data (and a built-in's test split)."""
+    params = context.job.params
+    dataset = context.load_dataset()
+    states = train_modes(
+        context.arch,
+        dataset,
+        make_train_config(params),
+        num_modes=params["num_modes"],
+        device=context.device,
+        reporter=context.reporter.sub(0.0, TRAIN_SHARE),
+    )
+    evaluations = {"train": dataset}
+    if context.uses_builtin_dataset and params["split"] == "train":
+        evaluations["test"] = context.load_dataset("test")
+    modes = []
+    evaluation = context.reporter.sub(TRAIN_SHARE, 1.0 - TRAIN_SHARE)
+    for index, state in enumerate(states):
+        measured: dict[str, Any] = {"name": f"model_{index}"}
+        for split, data in evaluations.items():
+            loss, error = evaluate(context.arch, state, data, device=context.device)
+            measured[f"{split}_loss"], measured[f"{split}_error"] = loss, error
+        modes.append(measured)
+        evaluation.report((index + 1) / len(states), "evaluating the trained modes")
+    result = {"num_examples": dataset.num_examples, "modes": modes}
+    return Outcome(
+        result, [(mode["name"], state) for mode, state in zip(modes, states, strict=True)]
+    )
+
+
+EXECUTORS: dict[JobKind, Executor] = {
+    JobKind.MATCH: run_match,
+    JobKind.INTERPOLATE: run_interpolate,
+    JobKind.ANALYZE: run_analyze,
+    JobKind.TRAIN: run_train,
+}
