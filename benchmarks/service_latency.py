@@ -20,7 +20,7 @@ or heartbeat) and a task that only records the time it started: the floor that p
 through Redis to a prefork worker puts under any job system built this way. Its latency is the
 task's start minus the moment ``send_task`` was called.
 
-    python benchmarks/service_latency.py [--size tiny|full]
+    PYTHONPATH=tests python benchmarks/service_latency.py [--size tiny|full]
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from service_servers import (
     REDIS_URL,
     Server,
     ServerGroup,
+    benchmark_env,
     create_key,
     flush_redis,
     free_port,
-    llfc_env,
     machine_load,
     reachable,
     reset_postgres,
@@ -197,7 +197,7 @@ def start_service(servers: ServerGroup, work_dir: Path) -> tuple[Server, str]:
     """Empty stores, migrate, a key, then ``llfc api`` and ``llfc worker``."""
     reset_postgres(POSTGRES_URL)
     flush_redis(REDIS_URL)
-    env = llfc_env(
+    env = benchmark_env(
         work_dir / "data",
         LLFC_DATABASE_URL=POSTGRES_URL,
         LLFC_BROKER_URL=REDIS_URL,

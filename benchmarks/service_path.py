@@ -17,7 +17,7 @@ warm-up of each), so load on the shared machine weighs on both alike; the record
 side's runs, their medians, the ratio of medians (the issue's target: at most 1.2) and the
 median of each job's ratio to the in-process run that followed it.
 
-    python benchmarks/service_path.py [--size tiny|full] [--repeats N]
+    PYTHONPATH=tests python benchmarks/service_path.py [--size tiny|full] [--repeats N]
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from measure import emit
 from safetensors.torch import load_file, save_file
-from service_servers import free_port, llfc_env, machine_load, server_group
+from service_servers import benchmark_env, free_port, machine_load, server_group
 
 from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.archs import parse_arch
@@ -144,7 +144,7 @@ def main() -> None:
         folder = Path(temporary)
         arch_json, files, data = _inputs(workload["widths"], workload["examples"], folder)
         port = free_port()
-        env = llfc_env(folder / "data")
+        env = benchmark_env(folder / "data")
         with server_group(folder) as group:
             server = group.start_llfc("serve", ["serve", "--port", str(port)], env, port)
             server.wait_ready()

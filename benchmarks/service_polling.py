@@ -21,8 +21,8 @@ CPU time per request (user + system of the server's processes, ``/proc/<pid>/sta
 machine's other load changes far less than requests/s or p99. ``--api-workers N`` runs ours
 with ``LLFC_API_WORKERS=N`` and the baseline with as many uvicorn processes.
 
-    python benchmarks/service_polling.py [--size tiny|full] [--modes postgres,sqlite]
-        [--load-generator auto|wrk|python] [--api-workers N]
+    PYTHONPATH=tests python benchmarks/service_polling.py [--size tiny|full]
+        [--modes postgres,sqlite] [--load-generator auto|wrk|python] [--api-workers N]
 """
 
 from __future__ import annotations
@@ -47,10 +47,10 @@ from service_servers import (
     POSTGRES_URL,
     Server,
     ServerGroup,
+    benchmark_env,
     cpu_seconds,
     create_key,
     free_port,
-    llfc_env,
     machine_load,
     reachable,
     reset_postgres,
@@ -308,7 +308,7 @@ def start_api(
     if mode == "postgres":
         reset_postgres(POSTGRES_URL)
         settings["LLFC_DATABASE_URL"] = POSTGRES_URL
-    env = llfc_env(work_dir / f"data-{mode}", **settings)
+    env = benchmark_env(work_dir / f"data-{mode}", **settings)
     run_llfc("migrate", env=env)
     key = create_key("bench", env)
     port = free_port()

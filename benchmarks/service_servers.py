@@ -1,5 +1,8 @@
 """Starting and stopping the servers the service benchmarks measure, and reading their memory.
 
+The environment and one-shot ``llfc`` commands are the end-to-end tests' (``support.servers`` in
+tests/, on the path when a benchmark runs with ``PYTHONPATH=tests``, as the smoke tests run them).
+
 Every server is a real process (``llfc serve``, ``llfc api``, ``llfc worker`` or a baseline
 defined in a benchmark script) in its own session, with its output in a log file, so stopping it
 never touches anything else and a failure shows its log. Callers stop what they start in a
@@ -21,8 +24,16 @@ from pathlib import Path
 from llfc_cli.embedded import free_port as free_port  # the benchmark scripts import it from here
 from llfc_cli.embedded import wait_until_ready
 
-REPOSITORY_ROOT = Path(__file__).resolve().parents[1]
-BENCHMARKS = REPOSITORY_ROOT / "benchmarks"
+try:
+    from support.servers import REPOSITORY_ROOT, llfc_env
+    from support.servers import create_key as create_key  # re-exported for the benchmark scripts
+    from support.servers import run_llfc as run_llfc
+except ModuleNotFoundError as error:  # run without the tests' helpers on the path
+    raise ModuleNotFoundError(
+        "The service benchmarks share tests/support: run them from the repository root as "
+        "PYTHONPATH=tests python benchmarks/<name>.py"
+    ) from error
+
 POSTGRES_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/llfc_bench"
 REDIS_URL = "redis://127.0.0.1:6379/11"
 BENCH_SECRET_KEY = "llfc-benchmark-secret-key-not-for-production"
@@ -44,40 +55,10 @@ def machine_load() -> dict[str, float]:
     return {"cpus": float(os.cpu_count() or 1), "load_average_1m": round(os.getloadavg()[0], 2)}
 
 
-def llfc_env(data_dir: Path, **settings: str) -> dict[str, str]:
-    """This process's environment without any ``LLFC_*`` variable, plus ``settings``.
-
-    Logs stay at ``warning``: a line per request would cost the measured server time.
-    """
-    env = {key: value for key, value in os.environ.items() if not key.startswith("LLFC_")}
-    env.update(
-        LLFC_DATA_DIR=str(data_dir),
-        LLFC_DEVICE="cpu",
-        LLFC_LOG_LEVEL="warning",
-        PYTHONUNBUFFERED="1",
-    )
-    env.update(settings)
-    return env
-
-
-def run_llfc(*args: str, env: Mapping[str, str], timeout: float = 300) -> str:
-    """Run one ``llfc`` command to completion and return its standard output."""
-    done = subprocess.run(
-        [sys.executable, "-m", "llfc_cli", *args],
-        cwd=REPOSITORY_ROOT,
-        env=dict(env),
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"llfc {' '.join(args)} failed:\n{done.stderr[-3000:]}")
-    return done.stdout
-
-
-def create_key(owner: str, env: Mapping[str, str]) -> str:
-    """A new API key for ``owner`` (the last line ``llfc keys create`` prints)."""
-    return run_llfc("keys", "create", "--owner", owner, env=env).strip().splitlines()[-1]
+def benchmark_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """The tests' clean ``llfc_env`` on the CPU, logs at ``warning`` (a line per request would
+    cost the measured server time), then ``settings``."""
+    return llfc_env(data_dir, LLFC_DEVICE="cpu", LLFC_LOG_LEVEL="warning", **settings)
 
 
 def reset_postgres(url: str) -> None:

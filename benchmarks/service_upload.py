@@ -27,7 +27,7 @@ The memory samples of each phase give its own peak growth, split into ``RssAnon`
 process's own allocations) and ``RssFile`` (pages of files it mapped, e.g. a checkpoint read
 through ``mmap``: page cache, but counted in ``VmRSS`` and so in the target).
 
-    python benchmarks/service_upload.py [--size tiny|full]
+    PYTHONPATH=tests python benchmarks/service_upload.py [--size tiny|full]
 """
 
 from __future__ import annotations
@@ -55,8 +55,8 @@ from measure import emit
 from safetensors.torch import save_file
 from service_servers import (
     Server,
+    benchmark_env,
     free_port,
-    llfc_env,
     machine_load,
     proc_status_kib,
     reset_peak_rss,
@@ -331,7 +331,7 @@ def run(size: str, work_dir: Path) -> dict[str, Any]:
     warm_up = work_dir / "warm-up.safetensors"
     mlp_checkpoint(WARM_UP_ARCH["widths"], warm_up)
     data_dir = work_dir / "llfc-data"
-    env = llfc_env(
+    env = benchmark_env(
         data_dir,
         LLFC_MAX_UPLOAD_BYTES=str(file_bytes + MIB),
         LLFC_MAX_PARAMS=str(num_params),

@@ -15,7 +15,8 @@ has a matched pair:
   d(H_A, H_B), whose product bounds it (the poster's Eq. 2).
 
 The service serves these PNGs (GET /v1/jobs/{id}/plots/{name}.png); a notebook gets the same
-figures from :func:`plot_figure` on ``analyze_pair(...).to_json()``. matplotlib comes with the
+figures from :func:`plot_figure` on what ``analyze_pair(...)`` returns, and a stored result
+drawn through :meth:`llfc_results.AnalysisResult.from_json`. matplotlib comes with the
 ``plots`` extra. Figures are built with :class:`matplotlib.figure.Figure` and drawn by the Agg
 canvas directly, never through pyplot, so rendering keeps no global state and is safe from
 request threads.
@@ -25,9 +26,12 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Literal
+
+from llfc_results import AnalysisResult, Lmc, LossError, PairResult
+from llfc_results.analysis import Numbers
 
 try:
     from matplotlib.axes import Axes
@@ -71,31 +75,43 @@ class _Pair:
 
     key: str
     label: str
-    data: Mapping[str, Any]
+    data: PairResult
 
 
-def _pairs(result: Mapping[str, Any]) -> list[_Pair]:
+Metric = Literal["loss", "error"]
+
+
+def _pairs(result: AnalysisResult) -> list[_Pair]:
     """The naive pair, then the matched one when the analysis asked for a matching."""
-    pairs = result["pairs"]
-    method = result.get("settings", {}).get("match")
-    matched_label = f"{method} matching" if method and method != "none" else "matched"
-    found = [_Pair("naive", "naive (B as uploaded)", pairs["naive"])]
-    if pairs.get("matched"):
-        found.append(_Pair("matched", f"{matched_label} (B permuted onto A)", pairs["matched"]))
+    method = result.match_method
+    matched_label = f"{method} matching" if method else "matched"
+    found = [_Pair("naive", "naive (B as uploaded)", result.pairs["naive"])]
+    matched = result.pairs.get("matched")
+    if matched is not None:
+        found.append(_Pair("matched", f"{matched_label} (B permuted onto A)", matched))
     return found
 
 
-def _number(value: Any) -> float:
-    """A stored number, or NaN for the nulls that stand in for non-finite values."""
-    return float(value) if isinstance(value, int | float) else math.nan
+def _number(value: float | None) -> float:
+    """A measured number, or NaN for the None that stands in for a non-finite value."""
+    return math.nan if value is None else float(value)
 
 
-def _numbers(values: Sequence[Any]) -> list[float]:
+def _numbers(values: Numbers) -> list[float]:
     return [_number(value) for value in values]
 
 
-def _context(result: Mapping[str, Any]) -> str:
-    examples = result.get("settings", {}).get("num_examples")
+def _along_path(lmc: Lmc, metric: Metric) -> tuple[Numbers, float | None]:
+    """``metric`` of theta_alpha at each alpha, and its barrier."""
+    return (lmc.loss, lmc.loss_barrier) if metric == "loss" else (lmc.error, lmc.error_barrier)
+
+
+def _at_endpoint(measured: LossError, metric: Metric) -> float:
+    return _number(measured.loss if metric == "loss" else measured.error)
+
+
+def _context(result: AnalysisResult) -> str:
+    examples = result.settings.get("num_examples")
     return f" — {examples:,} examples" if isinstance(examples, int) else ""
 
 
@@ -219,33 +235,38 @@ def _figure_size(rows: int, pairs: int, layers: int) -> tuple[float, float]:
 # --- The plots ------------------------------------------------------------------------------
 
 
-def lmc_figure(result: Mapping[str, Any]) -> Figure:
+def lmc_figure(result: AnalysisResult) -> Figure:
     """Loss and error along the linear path, one line per pair, barriers in the legend."""
     pairs = _pairs(result)
-    endpoints = result.get("endpoints", {})
+    endpoints = result.endpoints
     figure = Figure(figsize=(12, 4.6), dpi=DPI, layout="constrained")
     loss_axes, error_axes = figure.subplots(1, 2)
-    for axes, metric, title in (
+    metrics: tuple[tuple[Axes, Metric, str], ...] = (
         (loss_axes, "loss", "Loss along the path"),
         (error_axes, "error", "Error along the path"),
-    ):
+    )
+    for axes, metric, title in metrics:
         for pair in pairs:
-            lmc = pair.data["lmc"]
-            barrier = _number(lmc[f"{metric}_barrier"])
+            lmc = pair.data.lmc
+            values, stored_barrier = _along_path(lmc, metric)
+            barrier = _number(stored_barrier)
             shown = f"{barrier:.1%}" if metric == "error" else f"{barrier:.3g}"
             axes.plot(
-                _numbers(lmc["alphas"]),
-                _numbers(lmc[metric]),
+                list(lmc.alphas),
+                _numbers(values),
                 marker="o",
                 markersize=4,
                 color=PAIR_COLOURS[pair.key],
                 label=f"{pair.label}: {metric} barrier {shown}",
             )
         if "a" in endpoints and "b" in endpoints:
-            reestimated = any(endpoints[side].get("batch_norm_reestimated") for side in "ab")
+            reestimated = any(endpoints[side].batch_norm_reestimated for side in "ab")
             axes.plot(
                 [0.0, 1.0],
-                [_number(endpoints["b"][metric]), _number(endpoints["a"][metric])],
+                [
+                    _at_endpoint(endpoints["b"].measured, metric),
+                    _at_endpoint(endpoints["a"].measured, metric),
+                ],
                 linestyle=":",
                 color=BASELINE_COLOUR,
                 label="straight line between the endpoints"
@@ -253,7 +274,11 @@ def lmc_figure(result: Mapping[str, Any]) -> Figure:
                 + " (barrier reference)",
             )
             if reestimated:
-                uploaded = {side: _number(endpoints[side]["as_uploaded"][metric]) for side in "ab"}
+                as_uploaded = {side: endpoints[side].as_uploaded for side in "ab"}
+                uploaded = {
+                    side: math.nan if measured is None else _at_endpoint(measured, metric)
+                    for side, measured in as_uploaded.items()
+                }
                 uploaded_text = {
                     side: f"{value:.1%}" if metric == "error" else f"{value:.3g}"
                     for side, value in uploaded.items()
@@ -283,19 +308,19 @@ def lmc_figure(result: Mapping[str, Any]) -> Figure:
     return figure
 
 
-def llfc_figure(result: Mapping[str, Any]) -> Figure:
+def llfc_figure(result: AnalysisResult) -> Figure:
     """Per layer, E[1 - cos_AB] against E[1 - cos_alpha] for every LLFC alpha, one panel a pair."""
     pairs = _pairs(result)
-    layers = list(pairs[0].data["llfc"]["layers"])
+    layers = list(pairs[0].data.llfc.layers)
     figure = Figure(figsize=_figure_size(1, len(pairs), len(layers)), dpi=DPI, layout="constrained")
     panels = _panel_grid(figure, 1, pairs, len(layers))[0]
     series_by_pair = []
     for pair in pairs:
-        llfc = pair.data["llfc"]
-        series = [("baseline E[1 − cos(f_A, f_B)]", _numbers(llfc["cos_ab"]), BASELINE_COLOUR)]
+        llfc = pair.data.llfc
+        series = [("baseline E[1 − cos(f_A, f_B)]", _numbers(llfc.cos_ab), BASELINE_COLOUR)]
         series += [
             (f"LLFC E[1 − cos_α], α = {alpha}", _numbers(values), _alpha_colour(index))
-            for index, (alpha, values) in enumerate(llfc["cos_alpha"].items())
+            for index, (alpha, values) in enumerate(llfc.cos_alpha.items())
         ]
         series_by_pair.append(series)
     values = [v for series in series_by_pair for _, numbers, _ in series for v in numbers]
@@ -318,16 +343,16 @@ def llfc_figure(result: Mapping[str, Any]) -> Figure:
 def _weak_additivity_series(pair: _Pair) -> list[tuple[str, list[float], str]]:
     return [
         (f"α = {alpha}", _numbers(values), _alpha_colour(index))
-        for index, (alpha, values) in enumerate(pair.data["weak_additivity"].items())
+        for index, (alpha, values) in enumerate(pair.data.weak_additivity.items())
     ]
 
 
 def _commutativity_series(pair: _Pair) -> list[tuple[str, list[float], str]]:
-    factors = pair.data["commutativity_factors"]
+    factors = pair.data.commutativity_factors
     return [
         (
             "Condition II itself:\nd(W_A H_A + W_B H_B, W_A H_B + W_B H_A)",
-            _numbers(pair.data["commutativity"]),
+            _numbers(pair.data.commutativity),
             FACTOR_COLOURS["commutativity"],
         ),
         ("factor d(W_A, W_B)", _numbers(factors["weights"]), FACTOR_COLOURS["weights"]),
@@ -335,12 +360,12 @@ def _commutativity_series(pair: _Pair) -> list[tuple[str, list[float], str]]:
     ]
 
 
-def conditions_figure(result: Mapping[str, Any]) -> Figure:
+def conditions_figure(result: AnalysisResult) -> Figure:
     """Condition I per ReLU layer and alpha (top row), Condition II and its factors per weighted
     layer (bottom row), one column a pair."""
     pairs = _pairs(result)
-    relu_layers = list(pairs[0].data["weak_additivity_layers"])
-    weighted_layers = list(pairs[0].data["commutativity_layers"])
+    relu_layers = list(pairs[0].data.weak_additivity_layers)
+    weighted_layers = list(pairs[0].data.commutativity_layers)
     widest = max(len(relu_layers), len(weighted_layers))
     width, height = _figure_size(2, len(pairs), widest)
     # Room for the legends right of the panels and for the two-line title.
@@ -383,7 +408,7 @@ def conditions_figure(result: Mapping[str, Any]) -> Figure:
     return figure
 
 
-PLOTS: dict[str, Callable[[Mapping[str, Any]], Figure]] = {
+PLOTS: dict[str, Callable[[AnalysisResult], Figure]] = {
     "lmc": lmc_figure,
     "llfc": llfc_figure,
     "conditions": conditions_figure,
@@ -397,13 +422,13 @@ def check_plot_name(name: str) -> None:
         raise UnknownPlotError(name)
 
 
-def plot_figure(result: Mapping[str, Any], name: str) -> Figure:
+def plot_figure(result: AnalysisResult, name: str) -> Figure:
     """The figure of plot ``name`` for an analyze result; :class:`UnknownPlotError` otherwise."""
     check_plot_name(name)
     return PLOTS[name](result)
 
 
-def render_plot(result: Mapping[str, Any], name: str) -> bytes:
+def render_plot(result: AnalysisResult, name: str) -> bytes:
     """Plot ``name`` of an analyze result as PNG bytes."""
     figure = plot_figure(result, name)
     buffer = io.BytesIO()

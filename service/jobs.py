@@ -191,6 +191,43 @@ def _train_dataset(
     return {TRAIN_DATASET_KEY: _fitting_dataset(session, settings, owner_id, ref, arch, "")}
 
 
+def _side_dataset(
+    session: Session,
+    settings: Settings,
+    owner_id: str,
+    body: JobCreate,
+    arch: Architecture,
+    train_data: Mapping[str, Any],
+    needed_for: str | None,
+) -> str | None:
+    """The 'dataset' of a match or interpolate job, checked as :func:`_fitting_dataset` does:
+    required when ``needed_for`` says what for and no 'train_dataset' stands in, optional
+    otherwise (None when not given)."""
+    if (needed_for and not train_data) or body.dataset:
+        return _fitting_dataset(session, settings, owner_id, body.dataset, arch, needed_for or "")
+    return None
+
+
+def _pair_plan(
+    kind: JobKind,
+    params: dict[str, Any],
+    model_a: Checkpoint,
+    model_b: Checkpoint,
+    dataset_ref: str | None,
+    train_data: Mapping[str, Any],
+) -> JobPlan:
+    """The plan of a job on models A and B (their shared arch is A's)."""
+    return JobPlan(
+        kind,
+        params,
+        model_a.arch,
+        model_a.id,
+        model_b.id,
+        dataset_ref,
+        train_data.get(TRAIN_DATASET_KEY),
+    )
+
+
 # --- Kinds ---------------------------------------------------------------------------------
 
 
@@ -206,10 +243,8 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
             f"got {method!r}."
         )
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
-    dataset_ref = None
-    if (method == "activation" and not train_data) or body.dataset:
-        purpose = "to compare activations on" if method == "activation" else ""
-        dataset_ref = _fitting_dataset(session, settings, owner_id, body.dataset, arch, purpose)
+    needed_for = "to compare activations on" if method == "activation" else None
+    dataset_ref = _side_dataset(session, settings, owner_id, body, arch, train_data, needed_for)
     params = {
         "method": method,
         "seed": int_param(body.params, "seed", 0, 0, MAX_SEED),
@@ -217,15 +252,7 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
         **_data_params(body.params, settings, "train", dataset_ref),
         **train_data,
     }
-    return JobPlan(
-        JobKind.MATCH,
-        params,
-        model_a.arch,
-        model_a.id,
-        model_b.id,
-        dataset_ref,
-        train_data.get(TRAIN_DATASET_KEY),
-    )
+    return _pair_plan(JobKind.MATCH, params, model_a, model_b, dataset_ref, train_data)
 
 
 def _plan_interpolate(
@@ -237,25 +264,15 @@ def _plan_interpolate(
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
     alpha = check_alpha(body.params.get("alpha", 0.5))
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
-    dataset_ref = None
-    if (arch.has_batch_norm and not train_data) or body.dataset:
-        purpose = "to re-estimate BatchNorm statistics on" if arch.has_batch_norm else ""
-        dataset_ref = _fitting_dataset(session, settings, owner_id, body.dataset, arch, purpose)
+    needed_for = "to re-estimate BatchNorm statistics on" if arch.has_batch_norm else None
+    dataset_ref = _side_dataset(session, settings, owner_id, body, arch, train_data, needed_for)
     params = {
         "alpha": alpha,
         "batch_size": int_param(body.params, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE),
         **_data_params(body.params, settings, "train", dataset_ref),
         **train_data,
     }
-    return JobPlan(
-        JobKind.INTERPOLATE,
-        params,
-        model_a.arch,
-        model_a.id,
-        model_b.id,
-        dataset_ref,
-        train_data.get(TRAIN_DATASET_KEY),
-    )
+    return _pair_plan(JobKind.INTERPOLATE, params, model_a, model_b, dataset_ref, train_data)
 
 
 def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
@@ -273,15 +290,7 @@ def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Se
         **_data_params(body.params, settings, "test", dataset_ref),
         **train_data,
     }
-    return JobPlan(
-        JobKind.ANALYZE,
-        params,
-        model_a.arch,
-        model_a.id,
-        model_b.id,
-        dataset_ref,
-        train_data.get(TRAIN_DATASET_KEY),
-    )
+    return _pair_plan(JobKind.ANALYZE, params, model_a, model_b, dataset_ref, train_data)
 
 
 def analysis_params(config: AnalysisConfig) -> dict[str, Any]:

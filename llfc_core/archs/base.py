@@ -67,6 +67,23 @@ class Architecture(ABC):
         return sum(p.numel() for p in model.parameters())
 
 
+class ImageArchitecture(Architecture):
+    """A network over ``in_channels`` x ``input_size`` x ``input_size`` images with ``classes``
+    logits; its (frozen dataclass) subclass declares the three fields."""
+
+    in_channels: int
+    input_size: int
+    classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.in_channels, self.input_size, self.input_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.classes
+
+
 def check_size(arch: Architecture, max_params: int) -> None:
     """Refuse an arch with more than ``max_params`` parameters before allocating anything."""
     count = arch.num_params()

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from llfc_core.archs.base import (
-    Architecture,
+    ImageArchitecture,
     reject_unknown_fields,
     require_int,
     require_number,
@@ -105,7 +105,7 @@ class ResNetNetwork(nn.Module):
 
 
 @dataclass(frozen=True)
-class ResNet(Architecture):
+class ResNet(ImageArchitecture):
     """ResNet-``depth`` for small images: ``(depth - 2) / 6`` blocks in each of three stages."""
 
     depth: int = 20
@@ -139,14 +139,6 @@ class ResNet(Architecture):
     @property
     def stage_channels(self) -> tuple[int, ...]:
         return tuple(scaled_width(c, self.width) for c in STAGE_CHANNELS)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.in_channels, self.input_size, self.input_size)
-
-    @property
-    def num_classes(self) -> int:
-        return self.classes
 
     @property
     def has_batch_norm(self) -> bool:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from llfc_core.archs.base import (
-    Architecture,
+    ImageArchitecture,
     reject_unknown_fields,
     require_bool,
     require_int,
@@ -72,7 +72,7 @@ class VGGNetwork(nn.Module):
 
 
 @dataclass(frozen=True)
-class VGG(Architecture):
+class VGG(ImageArchitecture):
     """VGG-11/13/16 with channel counts ``64..512 x width``."""
 
     depth: int = 16
@@ -102,14 +102,6 @@ class VGG(Architecture):
             input_size=require_int(spec, "input_size", 32, 1, MAX_INPUT_SIZE),
             classes=require_int(spec, "num_classes", 10, 1, MAX_CLASSES),
         )
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return (self.in_channels, self.input_size, self.input_size)
-
-    @property
-    def num_classes(self) -> int:
-        return self.classes
 
     @property
     def has_batch_norm(self) -> bool:

@@ -14,6 +14,7 @@ from fastapi import Request
 from python_multipart.multipart import MultipartParser, parse_options_header
 
 from service.api.problems import ProblemError
+from service.metrics import METRICS
 from service.storage import BlobStore, IncomingBlob, UploadTooLargeError
 
 MAX_TEXT_FIELD_BYTES = 64 * 1024
@@ -152,3 +153,23 @@ async def receive_multipart(
     if upload.file is None:
         raise _bad_request(f"The upload has no '{file_field}' part.")
     return upload
+
+
+@dataclass
+class ReceivedUpload:
+    """A whole multipart upload whose file part arrived (not yet validated)."""
+
+    file: IncomingBlob
+    fields: dict[str, str]
+    filename: str | None
+
+
+async def receive_upload(
+    request: Request, store: BlobStore, max_file_bytes: int, text_fields: tuple[str, ...]
+) -> ReceivedUpload:
+    """:func:`receive_multipart` for an upload route: the file part is there, and its bytes are
+    counted in the upload metrics."""
+    upload = await receive_multipart(request, store, max_file_bytes, text_fields=text_fields)
+    assert upload.file is not None  # receive_multipart refuses a body without one
+    METRICS.count_upload_bytes(upload.file.size)
+    return ReceivedUpload(upload.file, upload.fields, upload.filename)

@@ -1,4 +1,5 @@
-"""PNG plots of an analyze result: every plot renders from a real analysis, names are checked,
+"""PNG plots of an analyze result: every plot renders from a real analysis, the engine's typed
+result and the same result read back from its stored JSON draw the same PNG, names are checked,
 a result without a matched pair shows the naive pair alone, and GET /v1/jobs/{id}/plots/{name}.png
 serves them to the job's owner only, once the job has succeeded."""
 
@@ -30,12 +31,13 @@ from llfc_core.archs import parse_arch
 from llfc_core.data import digits
 from llfc_core.plots import PLOT_NAMES, PNG_SIGNATURE, UnknownPlotError, plot_figure, render_plot
 from llfc_core.training import TrainConfig, train_modes
+from llfc_results import AnalysisResult
 
 CPU = torch.device("cpu")
 
 
 @pytest.fixture(scope="module")
-def result() -> dict[str, Any]:
+def engine_result() -> AnalysisResult:
     """A real analysis with weight matching of two small digit MLPs trained from two seeds."""
     arch = parse_arch({"name": "mlp", "widths": [64, 32, 32, 10]})
     state_a, state_b = train_modes(arch, digits("train"), TrainConfig(epochs=2), device=CPU)
@@ -47,7 +49,13 @@ def result() -> dict[str, Any]:
         AnalysisConfig(match="weight"),
         train_dataset=digits("train"),
         device=CPU,
-    ).to_json()
+    )
+
+
+@pytest.fixture(scope="module")
+def result(engine_result: AnalysisResult) -> dict[str, Any]:
+    """The analysis as the service stores it: its JSON."""
+    return engine_result.to_json()
 
 
 @pytest.fixture()
@@ -56,6 +64,15 @@ def naive_only(result: dict[str, Any]) -> dict[str, Any]:
     del naive["pairs"]["matched"]
     naive["settings"]["match"] = "none"
     return naive
+
+
+def _figure(result: dict[str, Any], name: str) -> Figure:
+    """The figure of a stored result, read back into the typed result as the service does."""
+    return plot_figure(AnalysisResult.from_json(result), name)
+
+
+def _png(result: dict[str, Any], name: str) -> bytes:
+    return render_plot(AnalysisResult.from_json(result), name)
 
 
 def _titles(figure: Figure) -> list[str]:
@@ -68,7 +85,7 @@ def _texts(figure: Figure) -> list[str]:
 
 @pytest.mark.parametrize("name", PLOT_NAMES)
 def test_each_plot_renders_a_png_with_drawn_content(result: dict[str, Any], name: str) -> None:
-    png = render_plot(result, name)
+    png = _png(result, name)
     assert png.startswith(PNG_SIGNATURE)
     image = np.asarray(Image.open(io.BytesIO(png)).convert("L"))
     height, width = image.shape
@@ -76,6 +93,13 @@ def test_each_plot_renders_a_png_with_drawn_content(result: dict[str, Any], name
     assert 350 <= height <= 2000
     # More than a blank canvas: a good share of the pixels is not white.
     assert (image < 250).mean() > 0.05
+
+
+@pytest.mark.parametrize("name", PLOT_NAMES)
+def test_the_engine_result_and_its_stored_json_draw_the_same_png(
+    engine_result: AnalysisResult, result: dict[str, Any], name: str
+) -> None:
+    assert render_plot(engine_result, name) == _png(result, name)
 
 
 def test_the_plot_names_are_lmc_llfc_and_conditions() -> None:
@@ -86,7 +110,7 @@ def test_an_unknown_plot_name_is_refused_with_a_sentence_listing_the_names(
     result: dict[str, Any],
 ) -> None:
     with pytest.raises(UnknownPlotError) as refused:
-        render_plot(result, "barriers")
+        _png(result, "barriers")
     assert refused.value.name == "barriers"
     assert "'barriers'" in refused.value.message
     for name in PLOT_NAMES:
@@ -94,7 +118,7 @@ def test_an_unknown_plot_name_is_refused_with_a_sentence_listing_the_names(
 
 
 def test_lmc_draws_both_pairs_with_their_barriers_in_the_legend(result: dict[str, Any]) -> None:
-    figure = plot_figure(result, "lmc")
+    figure = _figure(result, "lmc")
     loss_axes, error_axes = figure.axes
     naive = result["pairs"]["naive"]["lmc"]
     matched = result["pairs"]["matched"]["lmc"]
@@ -118,7 +142,7 @@ def test_lmc_of_a_batch_norm_pair_marks_the_endpoints_as_uploaded_apart() -> Non
     ).to_json()
     endpoints = bn_result["endpoints"]
 
-    figure = plot_figure(bn_result, "lmc")
+    figure = _figure(bn_result, "lmc")
 
     for axes, metric in zip(figure.axes, ("loss", "error"), strict=True):
         lines = {line.get_label(): line for line in axes.get_lines()}
@@ -141,7 +165,7 @@ def test_lmc_of_a_batch_norm_pair_marks_the_endpoints_as_uploaded_apart() -> Non
 
 
 def test_lmc_of_a_batch_norm_free_pair_draws_one_set_of_endpoints(result: dict[str, Any]) -> None:
-    labels = [line.get_label() for line in plot_figure(result, "lmc").axes[0].get_lines()]
+    labels = [line.get_label() for line in _figure(result, "lmc").axes[0].get_lines()]
     assert "straight line between the endpoints (barrier reference)" in labels
     assert not any("as uploaded (" in label for label in labels)
 
@@ -149,7 +173,7 @@ def test_lmc_of_a_batch_norm_free_pair_draws_one_set_of_endpoints(result: dict[s
 def test_llfc_has_one_panel_per_pair_with_the_baseline_and_every_alpha(
     result: dict[str, Any],
 ) -> None:
-    figure = plot_figure(result, "llfc")
+    figure = _figure(result, "llfc")
     assert _titles(figure) == ["naive (B as uploaded)", "weight matching (B permuted onto A)"]
     layers = result["pairs"]["matched"]["llfc"]["layers"]
     alphas = result["pairs"]["matched"]["llfc"]["cos_alpha"]
@@ -165,7 +189,7 @@ def test_llfc_has_one_panel_per_pair_with_the_baseline_and_every_alpha(
 def test_conditions_show_condition_one_and_condition_two_with_its_factors(
     result: dict[str, Any],
 ) -> None:
-    figure = plot_figure(result, "conditions")
+    figure = _figure(result, "conditions")
     titles = _titles(figure)
     assert len(titles) == 4
     assert sum(title.startswith("Condition I:") for title in titles) == 2
@@ -188,13 +212,13 @@ def test_conditions_show_condition_one_and_condition_two_with_its_factors(
 def test_the_first_layer_commutativity_of_an_mlp_is_labelled_zero(result: dict[str, Any]) -> None:
     # A and B see the same input x, so H_A = H_B there and Condition II holds exactly.
     assert result["pairs"]["naive"]["commutativity"][0] == 0.0
-    assert "0" in _texts(plot_figure(result, "conditions"))
+    assert "0" in _texts(_figure(result, "conditions"))
 
 
 def test_a_result_without_matched_pair_renders_naive_only(naive_only: dict[str, Any]) -> None:
     for name in PLOT_NAMES:
-        assert render_plot(naive_only, name).startswith(PNG_SIGNATURE)
-        figure = plot_figure(naive_only, name)
+        assert _png(naive_only, name).startswith(PNG_SIGNATURE)
+        figure = _figure(naive_only, name)
         legends = [
             text.get_text()
             for axes in figure.axes
@@ -202,9 +226,9 @@ def test_a_result_without_matched_pair_renders_naive_only(naive_only: dict[str, 
             for text in axes.get_legend().get_texts()
         ]
         assert not any("matching" in text for text in _titles(figure) + legends)
-    assert _titles(plot_figure(naive_only, "llfc")) == ["naive (B as uploaded)"]
-    assert len(plot_figure(naive_only, "conditions").axes) == 2
-    assert len(plot_figure(naive_only, "lmc").axes[0].get_lines()) == 2
+    assert _titles(_figure(naive_only, "llfc")) == ["naive (B as uploaded)"]
+    assert len(_figure(naive_only, "conditions").axes) == 2
+    assert len(_figure(naive_only, "lmc").axes[0].get_lines()) == 2
 
 
 def test_missing_values_render_and_are_labelled_not_available(result: dict[str, Any]) -> None:
@@ -212,9 +236,9 @@ def test_missing_values_render_and_are_labelled_not_available(result: dict[str, 
     damaged = copy.deepcopy(result)
     damaged["pairs"]["naive"]["llfc"]["cos_alpha"]["0.5"][0] = None
     damaged["pairs"]["naive"]["lmc"]["loss"][3] = None
-    assert render_plot(damaged, "llfc").startswith(PNG_SIGNATURE)
-    assert render_plot(damaged, "lmc").startswith(PNG_SIGNATURE)
-    assert "n/a" in _texts(plot_figure(damaged, "llfc"))
+    assert _png(damaged, "llfc").startswith(PNG_SIGNATURE)
+    assert _png(damaged, "lmc").startswith(PNG_SIGNATURE)
+    assert "n/a" in _texts(_figure(damaged, "llfc"))
 
 
 def test_values_spanning_orders_of_magnitude_use_a_log_axis(result: dict[str, Any]) -> None:
@@ -223,12 +247,12 @@ def test_values_spanning_orders_of_magnitude_use_a_log_axis(result: dict[str, An
         count = len(pair["llfc"]["layers"])
         pair["llfc"]["cos_ab"] = [0.5] * count
         pair["llfc"]["cos_alpha"] = {key: [0.001] * count for key in pair["llfc"]["cos_alpha"]}
-    assert plot_figure(spread, "llfc").axes[0].get_yscale() == "log"
+    assert _figure(spread, "llfc").axes[0].get_yscale() == "log"
     close = copy.deepcopy(spread)
     for pair in close["pairs"].values():
         count = len(pair["llfc"]["layers"])
         pair["llfc"]["cos_alpha"] = {key: [0.2] * count for key in pair["llfc"]["cos_alpha"]}
-    assert plot_figure(close, "llfc").axes[0].get_yscale() == "linear"
+    assert _figure(close, "llfc").axes[0].get_yscale() == "linear"
 
 
 # --- The route, over real HTTP against the embedded service (auth on). ----------------------
@@ -270,7 +294,7 @@ def test_the_route_serves_each_plot_of_a_succeeded_analyze_job_as_png(
     assert response.headers["content-type"] == "image/png"
     assert response.headers["cache-control"] == "private, max-age=86400"
     # Rendering is deterministic, so the bytes are those of the job's stored result.
-    assert response.content == render_plot(job["result"], name)
+    assert response.content == _png(job["result"], name)
 
 
 @pytest.mark.slow

@@ -7,6 +7,7 @@ each takes seconds; the ones that need PostgreSQL and Redis on 127.0.0.1 skip wi
 from __future__ import annotations
 
 import json
+import os
 import socket
 import statistics
 import subprocess
@@ -16,15 +17,19 @@ from typing import Any
 
 import pytest
 
-BENCHMARKS = Path(__file__).resolve().parents[2] / "benchmarks"
+REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
+BENCHMARKS = REPOSITORY_ROOT / "benchmarks"
 
 
 def _run(name: str, *arguments: str) -> list[dict[str, Any]]:
+    # As benchmarks/RESULTS.md runs them: with tests/ on the path for the shared server helpers.
+    env = {**os.environ, "PYTHONPATH": str(REPOSITORY_ROOT / "tests")}
     completed = subprocess.run(
         [sys.executable, str(BENCHMARKS / f"{name}.py"), "--size", "tiny", *arguments],
         capture_output=True,
         text=True,
         timeout=300,
+        env=env,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return [json.loads(line) for line in completed.stdout.splitlines() if line.startswith("{")]

@@ -1,5 +1,6 @@
-"""Real `llfc` processes for the end-to-end tests: their environment, one-shot commands, servers
-on a free port waited for until they answer, and stopped so that none outlives its test.
+"""Real `llfc` processes for the end-to-end tests and the service benchmarks: their environment,
+one-shot commands, servers on a free port waited for until they answer, and stopped so that none
+outlives its test. The benchmarks import this module too (they run with ``PYTHONPATH=tests``).
 """
 
 from __future__ import annotations
@@ -24,16 +25,24 @@ TEST_METRICS_TOKEN = "llfc-test-metrics-token"
 """The scrape token of every test service: with auth on, GET /metrics needs it."""
 
 
-def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
-    """This process's environment without any LLFC_* variable, plus the test secret key and
-    scrape token and the given settings."""
+def llfc_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """This process's environment without any LLFC_* variable, plus the data folder and the
+    given settings: a service configured by nothing but what its caller says."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("LLFC_")}
     env["LLFC_DATA_DIR"] = str(data_dir)
-    env["LLFC_SECRET_KEY"] = TEST_SECRET_KEY
-    env["LLFC_METRICS_TOKEN"] = TEST_METRICS_TOKEN
     env["PYTHONUNBUFFERED"] = "1"
     env.update(settings)
     return env
+
+
+def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
+    """:func:`llfc_env` with the test secret key and scrape token, then the given settings."""
+    return llfc_env(
+        data_dir,
+        LLFC_SECRET_KEY=TEST_SECRET_KEY,
+        LLFC_METRICS_TOKEN=TEST_METRICS_TOKEN,
+        **settings,
+    )
 
 
 def llfc(
@@ -50,11 +59,17 @@ def llfc(
     )
 
 
+def run_llfc(*args: str, env: Mapping[str, str], timeout: float = 300) -> str:
+    """Run one `llfc` command that must succeed and return its standard output."""
+    done = llfc(*args, env=env, timeout=timeout)
+    if done.returncode != 0:
+        raise RuntimeError(f"llfc {' '.join(args)} failed:\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
 def create_key(owner: str, env: Mapping[str, str]) -> str:
     """A new API key for ``owner`` (the last line `llfc keys create` prints)."""
-    done = llfc("keys", "create", "--owner", owner, env=env)
-    assert done.returncode == 0, done.stderr
-    return done.stdout.strip().splitlines()[-1]
+    return run_llfc("keys", "create", "--owner", owner, env=env).strip().splitlines()[-1]
 
 
 @dataclass

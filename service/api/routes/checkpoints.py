@@ -11,10 +11,9 @@ from fastapi.responses import FileResponse
 from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, StoreDep
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, owned_page
 from service.api.problems import problem_responses
-from service.api.uploads import receive_multipart
+from service.api.uploads import receive_upload
 from service.checkpoints import delete_checkpoint, get_owned_checkpoint, ingest_checkpoint
 from service.db.models import Checkpoint
-from service.metrics import METRICS
 from service.schemas import CheckpointPublic, CheckpointsPublic
 
 router = APIRouter(
@@ -73,11 +72,7 @@ async def upload_checkpoint(
     arch they fit, another checkpoint sharing the stored blob. A file that does not fit the arch
     is refused with 422 naming the missing, unexpected and mis-shaped tensors.
     """
-    upload = await receive_multipart(
-        request, store, settings.max_upload_bytes, text_fields=("arch", "name")
-    )
-    assert upload.file is not None
-    METRICS.count_upload_bytes(upload.file.size)
+    upload = await receive_upload(request, store, settings.max_upload_bytes, ("arch", "name"))
     checkpoint, _created = await run_in_threadpool(
         ingest_checkpoint,
         session,

@@ -11,12 +11,11 @@ from llfc_core.data import BUILTIN_DATASETS, builtin_installed
 from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, StoreDep
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, owned_page
 from service.api.problems import problem_responses
-from service.api.uploads import receive_multipart
+from service.api.uploads import receive_upload
 from service.core.config import Settings
 from service.datasets import BUILTIN_PREFIX, delete_dataset, get_owned_dataset, ingest_dataset
 from service.db.models import Dataset
 from service.errors import NotFoundError
-from service.metrics import METRICS
 from service.schemas import DatasetPublic, DatasetsPublic
 
 router = APIRouter(prefix="/v1/datasets", tags=["datasets"], responses=problem_responses(401, 422))
@@ -95,9 +94,7 @@ async def upload_dataset(
 ) -> DatasetPublic:
     """Upload arrays `x` and `y`; checked (shapes, finite values, integer labels) and kept as a
     normalised copy (float32 `x`, int64 `y`), charged to the owner at its size, `stored_bytes`."""
-    upload = await receive_multipart(request, store, settings.max_upload_bytes)
-    assert upload.file is not None
-    METRICS.count_upload_bytes(upload.file.size)
+    upload = await receive_upload(request, store, settings.max_upload_bytes, ("name",))
     dataset, _created = await run_in_threadpool(
         ingest_dataset,
         session,

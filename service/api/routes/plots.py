@@ -96,7 +96,8 @@ def read_plot(
         raise ProblemError(404, error.message, type_slug="not-found") from error
     job = succeeded_analysis(session, owner.id, job_id, "plots")
     assert job.result is not None
-    return PNGResponse(render_plot(job.result, name), headers={"Cache-Control": CACHE_CONTROL})
+    png = render_plot(AnalysisResult.from_json(job.result), name)
+    return PNGResponse(png, headers={"Cache-Control": CACHE_CONTROL})
 
 
 @router.get(
