@@ -18,6 +18,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from llfc_core.archs import parse_arch
 from llfc_core.device import resolve_device
 from llfc_core.errors import CancelledError, LLFCError
+from llfc_core.precision import float32_precision
 from llfc_core.progress import Reporter
 from service.core.config import Settings, get_settings
 from service.db.models import JobKind
@@ -65,7 +66,10 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
             reporter=Reporter(callback=run.on_progress, should_stop=run.should_stop),
             device=resolve_device(settings.device),
         )
-        outcome = EXECUTORS[JobKind(job.kind)](context)
+        # The device's float32 defaults (TF32 convolutions on recent GPUs) must not move the
+        # numbers; the flags are this child's, restored for its next job.
+        with float32_precision(context.precision):
+            outcome = EXECUTORS[JobKind(job.kind)](context)
         run.succeed(job, outcome, store, context.arch)
     except SoftTimeLimitExceeded:
         logger.info("Job %s reached its soft time limit", job_id)

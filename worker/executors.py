@@ -1,5 +1,9 @@
 """The four job kinds, each a thin call into the engine: the job's inputs in, an
-:class:`Outcome` out. Imported only in the worker child process (it loads torch)."""
+:class:`Outcome` out. Imported only in the worker child process (it loads torch).
+
+Each runs under the job's float32 precision (``worker/execution.py`` sets it) and records it in
+its result: ``settings.precision`` of an analysis, ``precision`` of the other kinds (a train
+job's is that of its training steps, which may opt in to TF32)."""
 
 from __future__ import annotations
 
@@ -47,7 +51,8 @@ def run_match(context: JobContext) -> Outcome:
         device=context.device,
         reporter=context.reporter,
     )
-    return Outcome(matched.summary(), [("model_b_permuted", matched.permuted_b)])
+    result = {**matched.summary(), "precision": context.precision}
+    return Outcome(result, [("model_b_permuted", matched.permuted_b)])
 
 
 def run_interpolate(context: JobContext) -> Outcome:
@@ -66,6 +71,7 @@ def run_interpolate(context: JobContext) -> Outcome:
     result = {
         "alpha": params["alpha"],
         "batch_norm_reestimated": bool(context.arch.has_batch_norm and bn_data is not None),
+        "precision": context.precision,
     }
     return Outcome(result, [("interpolated", mixed)])
 
@@ -92,17 +98,20 @@ def run_analyze(context: JobContext) -> Outcome:
         device=context.device,
         reporter=context.reporter,
     )
-    return Outcome(result.to_json(), with_layer_metrics=True)
+    measured = result.to_json()
+    measured["settings"]["precision"] = context.precision
+    return Outcome(measured, with_layer_metrics=True)
 
 
 def run_train(context: JobContext) -> Outcome:
     """Train the modes, then measure each on the training data (and a built-in's test split)."""
     params = context.job.params
     dataset = context.load_dataset()
+    config = make_train_config(params)
     states = train_modes(
         context.arch,
         dataset,
-        make_train_config(params),
+        config,
         num_modes=params["num_modes"],
         device=context.device,
         reporter=context.reporter.sub(0.0, TRAIN_SHARE),
@@ -119,7 +128,7 @@ def run_train(context: JobContext) -> Outcome:
             measured[f"{split}_loss"], measured[f"{split}_error"] = loss, error
         modes.append(measured)
         evaluation.report((index + 1) / len(states), "evaluating the trained modes")
-    result = {"num_examples": dataset.num_examples, "modes": modes}
+    result = {"num_examples": dataset.num_examples, "modes": modes, "precision": config.precision}
     return Outcome(
         result, [(mode["name"], state) for mode, state in zip(modes, states, strict=True)]
     )

@@ -12,6 +12,7 @@ from llfc_core.checkpoints import load_safetensors
 from llfc_core.data import Dataset, fit_to_arch, load_builtin, open_normalised, read_arrays
 from llfc_core.errors import DatasetError, LLFCError
 from llfc_core.permutation import StateDict
+from llfc_core.precision import DEFAULT_PRECISION, Precision
 from llfc_core.progress import Reporter
 from service.core.config import Settings
 from service.datasets import BUILTIN_PREFIX, is_builtin
@@ -23,7 +24,8 @@ from service.storage import BlobStore
 
 @dataclass
 class JobContext:
-    """Everything an executor needs: the job as claimed, its inputs' locations, a reporter."""
+    """Everything an executor needs: the job as claimed, its inputs' locations, a reporter,
+    and the float32 precision the job runs under (``llfc_core/precision.py``)."""
 
     job: Job
     arch: Architecture
@@ -31,6 +33,7 @@ class JobContext:
     store: BlobStore
     reporter: Reporter
     device: torch.device
+    precision: Precision = DEFAULT_PRECISION
 
     def load_model(self, checkpoint_id: str | None) -> StateDict:
         assert checkpoint_id is not None
