@@ -9,9 +9,13 @@
 # keeps the exact torch the tests ran and a torchvision built for it.
 FROM python:3.11-slim
 
+# PYTORCH_NVML_BASED_CUDA_CHECK: torch.cuda.is_available() asks NVML instead of initialising
+# CUDA, so no process creates a CUDA context by asking; one made in the worker's main process
+# before it forks its pool children would leave them unable to use the GPU.
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTORCH_NVML_BASED_CUDA_CHECK=1 \
     LLFC_DATA_DIR=/data
 
 RUN useradd --create-home --uid 10001 --shell /usr/sbin/nologin llfc \

@@ -3,7 +3,8 @@ registered on the broker contract's application (``service/broker.py``) under it
 per-kind names of earlier versions, so messages queued before an upgrade still run.
 
 The engine, and with it torch, is imported inside the task, that is in the prefork child: the
-Celery parent process never loads torch or touches CUDA. The parent's part is
+Celery parent process never loads torch or touches CUDA. Each child is pinned to its own GPU
+first when the worker has several (``worker/gpus.py``). The parent's part is
 :class:`JobRequest`: it beats for the jobs its children run, and records in the job row the two
 ways a run can end without its own code reaching the end.
 """
@@ -16,6 +17,7 @@ from typing import Any
 
 from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import TimeLimitExceeded
+from billiard.process import current_process
 from celery import Task
 from celery.signals import worker_process_init
 from celery.worker.request import Request
@@ -32,6 +34,7 @@ from service.lifecycle import (
     worker_token,
 )
 from service.queue import publish_waiting_jobs
+from worker.gpus import pin_child_to_its_gpu
 from worker.leases import lease_keeper
 
 logger = logging.getLogger(__name__)
@@ -153,7 +156,10 @@ def _redelivered(task: Task) -> bool:
 
 @worker_process_init.connect
 def load_engine(**_: object) -> None:
-    """Import the engine as each pool child starts, so the first job does not wait for torch."""
+    """Pin the new pool child to its GPU (``worker/gpus.py``), then import the engine, so the
+    first job does not wait for torch."""
+    # billiard numbers its pool children 0..concurrency-1 (``Process.index``).
+    pin_child_to_its_gpu(getattr(current_process(), "index", 0), get_settings())
     import worker.execution  # noqa: F401
 
 

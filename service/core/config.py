@@ -7,6 +7,7 @@ mode points ``LLFC_DATABASE_URL`` at PostgreSQL and ``LLFC_BROKER_URL`` at Redis
 
 from __future__ import annotations
 
+import os
 import socket
 from functools import lru_cache
 from pathlib import Path
@@ -62,6 +63,12 @@ class Settings(BaseSettings):
     max_modes: int = Field(default=8, ge=2, description="Most modes one train job may produce.")
     worker_concurrency: int = Field(
         default=1, ge=1, description="Worker child processes; one per GPU is the known-good shape."
+    )
+    worker_gpus: str | None = Field(
+        default=None,
+        description="GPUs of this worker, comma-separated as CUDA_VISIBLE_DEVICES takes them "
+        "('0,1,2,3'); default: the worker's CUDA_VISIBLE_DEVICES. With more than one, pool "
+        "child i sees only GPU i modulo their number.",
     )
     worker_stop_grace_seconds: float = Field(
         default=10.0,
@@ -242,6 +249,17 @@ class Settings(BaseSettings):
             folder.mkdir(mode=0o700, exist_ok=True)
             folder.chmod(0o700)  # mkdir's mode is masked by the umask; this is exact.
         return folder
+
+    @property
+    def worker_gpu_ids(self) -> list[str]:
+        """The worker's GPUs as ``LLFC_WORKER_GPUS`` names them, else as its own
+        ``CUDA_VISIBLE_DEVICES`` does; empty when neither names any (all GPUs of the machine,
+        or none). Read from the text only: asking CUDA would initialise it in the Celery main
+        process, and every forked child would inherit a context it cannot use."""
+        listed = self.worker_gpus
+        if listed is None:
+            listed = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+        return [gpu.strip() for gpu in listed.split(",") if gpu.strip()]
 
     @property
     def blob_dir(self) -> Path:
