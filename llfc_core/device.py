@@ -1,6 +1,9 @@
-"""Where the engine computes: a setting (auto, cuda or cpu) resolved to a torch device."""
+"""Where the engine computes: a setting (auto, cuda or cpu) resolved to a torch device, and how
+the device fails: out of memory, or in a way only a new process recovers from."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -29,3 +32,31 @@ def resolve_device(setting: str = "auto") -> torch.device:
     raise InvalidParameterError(
         f"Unknown device {setting!r}; the device must be one of {', '.join(DEVICE_SETTINGS)}."
     )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says the device ran out of memory: torch's ``OutOfMemoryError`` (a GPU),
+    the CPU allocator's ``RuntimeError``, or Python's ``MemoryError``."""
+    if isinstance(error, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and "DefaultCPUAllocator: can't allocate" in str(error)
+
+
+def is_device_failure(error: BaseException) -> bool:
+    """Whether ``error`` is an error of the GPU itself (a device-side assertion, an illegal
+    memory access), after which CUDA refuses every later call in the process: only a new
+    process can use the GPU again."""
+    if isinstance(error, torch.AcceleratorError):
+        return not is_out_of_memory(error)
+    message = str(error)
+    return isinstance(error, RuntimeError) and (
+        "device-side assert" in message or "CUDA error" in message
+    )
+
+
+def release_cached_memory() -> None:
+    """Hand the GPU memory torch's caching allocator keeps back to the device, so the next job
+    (or another process) can use it; nothing where this process never initialised CUDA."""
+    cuda: Any = torch.cuda  # its is_initialized() is untyped
+    if cuda.is_initialized():
+        cuda.empty_cache()

@@ -84,6 +84,7 @@ def make_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.job_soft_time_limit_seconds or None,
         task_time_limit=settings.job_time_limit_seconds,
         worker_concurrency=settings.worker_concurrency,
+        worker_max_tasks_per_child=settings.worker_max_jobs_per_child or None,
         worker_proc_alive_timeout=CHILD_START_TIMEOUT_S,
         worker_hijack_root_logger=False,
         # Remote control and events need a broadcast channel; the filesystem transport would

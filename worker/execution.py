@@ -16,12 +16,17 @@ import logging
 from celery.exceptions import SoftTimeLimitExceeded
 
 from llfc_core.archs import parse_arch
-from llfc_core.device import resolve_device
+from llfc_core.device import (
+    is_device_failure,
+    is_out_of_memory,
+    release_cached_memory,
+    resolve_device,
+)
 from llfc_core.errors import CancelledError, LLFCError
 from llfc_core.precision import float32_precision
 from llfc_core.progress import Reporter
 from service.core.config import Settings, get_settings
-from service.db.models import JobKind
+from service.db.models import Job, JobKind
 from service.db.session import session_scope
 from service.lifecycle import soft_time_limit_sentence
 from service.queue import publish_waiting_jobs
@@ -36,6 +41,21 @@ INTERNAL_FAILURE = (
     "The job failed because of an internal error; the operators can find the details in the "
     "worker logs."
 )
+DEVICE_FAILURE = (
+    "The job failed because of an error of the GPU it ran on (such as a device-side assertion); "
+    "the worker process was replaced by a fresh one. Submitting the job again runs it there; the "
+    "operators can find the details in the worker logs."
+)
+
+
+def out_of_memory_sentence(job: Job) -> str:
+    """What a user can change when their job did not fit in the memory of its device."""
+    batch_size = (job.params or {}).get("batch_size")
+    lower = f"a lower 'batch_size' (it was {batch_size}) or " if batch_size is not None else ""
+    return (
+        f"The job ran out of memory on its device (GPU or host); submit it again with "
+        f"{lower}a smaller model."
+    )
 
 
 def run_job(job_id: str, redelivered: bool = False) -> None:
@@ -56,6 +76,7 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
         return
     store = BlobStore(settings.blob_dir)
     logger.info("Job %s (%s) started, attempt %d", job_id, job.kind, job.attempts)
+    device_failed = False
     try:
         assert job.arch is not None
         context = JobContext(
@@ -84,12 +105,27 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
     except LLFCError as error:
         logger.info("Job %s failed: %s", job_id, error.message)
         run.fail(error.message)
-    except Exception:
-        logger.exception("Job %s failed with an internal error", job_id)
-        run.fail(INTERNAL_FAILURE)
+    except Exception as error:
+        if is_out_of_memory(error):
+            logger.warning("Job %s ran out of memory: %s", job_id, error)
+            run.fail(out_of_memory_sentence(job))
+        elif is_device_failure(error):
+            logger.exception("Job %s failed with an error of the GPU", job_id)
+            run.fail(DEVICE_FAILURE)
+            device_failed = True
+        else:
+            logger.exception("Job %s failed with an internal error", job_id)
+            run.fail(INTERNAL_FAILURE)
     else:
         logger.info("Job %s succeeded", job_id)
+    # After the except clauses, which held the failed job's tensors through the traceback.
+    release_cached_memory()
     wake_waiting_jobs(job_id, settings)
+    if device_failed:
+        # CUDA refuses every later call in this process: end it, so the pool forks a fresh
+        # child for the next job. The job's row already says how it ended; the main process
+        # sees a lost child whose job is no longer running, and changes nothing.
+        raise SystemExit(f"job {job_id}: the GPU failed; this worker process ends")
 
 
 def wake_waiting_jobs(ended_job_id: str, settings: Settings) -> None:

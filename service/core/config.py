@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         "('0,1,2,3'); default: the worker's CUDA_VISIBLE_DEVICES. With more than one, pool "
         "child i sees only GPU i modulo their number.",
     )
+    worker_max_jobs_per_child: int = Field(
+        default=100,
+        ge=0,
+        description="A worker child process is replaced by a fresh one after running this many "
+        "jobs (0: never), returning the memory and GPU state a long-lived process accumulates.",
+    )
     worker_stop_grace_seconds: float = Field(
         default=10.0,
         ge=0.0,

@@ -1,7 +1,12 @@
 import pytest
 import torch
 
-from llfc_core.device import resolve_device
+from llfc_core.device import (
+    is_device_failure,
+    is_out_of_memory,
+    release_cached_memory,
+    resolve_device,
+)
 from llfc_core.errors import InvalidParameterError
 
 
@@ -30,3 +35,26 @@ def test_cuda_with_a_gpu_resolves_to_cuda(monkeypatch: pytest.MonkeyPatch) -> No
 def test_unknown_settings_are_refused(setting: str) -> None:
     with pytest.raises(InvalidParameterError, match="must be one of auto, cuda, cpu"):
         resolve_device(setting)
+
+
+def test_cached_gpu_memory_is_released_only_where_cuda_was_initialised(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    emptied: list[bool] = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: emptied.append(True))
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    release_cached_memory()
+    assert emptied == []
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    release_cached_memory()
+    assert emptied == [True]
+
+
+def test_out_of_memory_and_gpu_failures_are_told_apart_from_other_errors() -> None:
+    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_out_of_memory(RuntimeError("DefaultCPUAllocator: can't allocate memory"))
+    assert not is_device_failure(torch.OutOfMemoryError("CUDA out of memory"))
+    assert is_device_failure(torch.AcceleratorError("CUDA error: device-side assert triggered"))
+    assert is_device_failure(RuntimeError("CUDA error: an illegal memory access was encountered"))
+    assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+    assert not is_device_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
