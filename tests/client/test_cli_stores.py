@@ -67,6 +67,7 @@ SERVICE_COMMANDS: dict[CommandPath, tuple[str, ...]] = {
     ("upload-dataset",): ("{file}",),
     ("datasets",): (),
     ("submit",): ("analyze", "ckpt_a", "ckpt_b", "--dataset", "builtin:digits"),
+    ("analyze",): ("--a", "ckpt_a", "--b", "ckpt_b", "--dataset", "builtin:digits"),
     ("jobs",): (),
     ("status",): ("job_x",),
     ("wait",): ("job_x", "--timeout", "5"),

@@ -332,6 +332,25 @@ def test_submit_takes_a_checkpoint_name_and_uploads_a_local_file_with_its_arch(
     assert job.status == "succeeded", job.error
 
 
+def test_analyze_takes_its_models_by_option_as_local_files_and_waits(
+    llfc: Cli, client: Client, tmp_path: Path
+) -> None:
+    path_a = write_mlp_checkpoint(tmp_path / "analyze-a.safetensors", seed=91)
+    path_b = write_mlp_checkpoint(tmp_path / "analyze-b.safetensors", seed=92)
+    analysed = llfc(
+        "analyze", "--a", str(path_a), "--b", str(path_b), "--arch", json.dumps(MLP_ARCH),
+        "--dataset", "builtin:digits", "--match", "weight", "--param", "max_examples=100",
+        "--wait", "--timeout", str(JOB_TIMEOUT_S),
+    )  # fmt: skip
+    assert analysed.exit_code == 0, analysed.output
+    job = client.get_job(analysed.stdout.strip())
+    assert job.kind == "analyze" and job.status == "succeeded", job.error
+    assert job.params["match"] == "weight"
+    assert client.get_checkpoint(job.model_a).name == "analyze-a"
+    assert client.get_checkpoint(job.model_b).name == "analyze-b"
+    assert "matched" in job.result["pairs"]
+
+
 def test_submit_of_a_local_file_without_an_arch_says_it_needs_one(
     llfc: Cli, trained_pair: tuple[str, str], tmp_path: Path
 ) -> None:

@@ -36,13 +36,10 @@ def llfc_env(data_dir: Path, **settings: str) -> dict[str, str]:
 
 
 def service_env(data_dir: Path, **settings: str) -> dict[str, str]:
-    """:func:`llfc_env` with the test secret key and scrape token, then the given settings."""
-    return llfc_env(
-        data_dir,
-        LLFC_SECRET_KEY=TEST_SECRET_KEY,
-        LLFC_METRICS_TOKEN=TEST_METRICS_TOKEN,
-        **settings,
-    )
+    """:func:`llfc_env` with the test secret key and scrape token, then the given settings
+    (which may replace either)."""
+    defaults = {"LLFC_SECRET_KEY": TEST_SECRET_KEY, "LLFC_METRICS_TOKEN": TEST_METRICS_TOKEN}
+    return llfc_env(data_dir, **{**defaults, **settings})
 
 
 def llfc(

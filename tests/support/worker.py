@@ -1,5 +1,5 @@
-"""Jobs for ``run_job`` in this process (``tests/worker``): a migrated SQLite data folder, an owner
-with two checkpoints of a small MLP, and jobs submitted as the API would submit them."""
+"""Jobs for ``run_job`` in this process (``tests/worker_runs``): a migrated SQLite data folder,
+an owner with two checkpoints of a small MLP, and jobs submitted as the API would submit them."""
 
 from __future__ import annotations
 

@@ -419,6 +419,34 @@ def submit(
     llfc submit train --dataset builtin:digits --param arch='{"name":"mlp","widths":[64,32,10]}'
     """
     params = build_params(kind, params_json, param_pairs, match)
+    _submit_and_report(
+        client,
+        kind,
+        model_a,
+        model_b,
+        dataset,
+        params,
+        arch_text,
+        idempotency_key,
+        wait_for_it,
+        timeout,
+    )
+
+
+def _submit_and_report(
+    client: Client,
+    kind: str,
+    model_a: str | None,
+    model_b: str | None,
+    dataset: str | None,
+    params: dict[str, Any],
+    arch_text: str | None,
+    idempotency_key: str | None,
+    wait_for_it: bool,
+    timeout: float | None,
+) -> None:
+    """Resolve A and B (ids, names or local files), submit, print the job id; with
+    ``wait_for_it``, follow the job to its end first."""
     if model_a is not None:
         model_a = resolve_model(client, model_a, arch_text, "A")
     if model_b is not None:
@@ -431,6 +459,58 @@ def submit(
         _finish_waiting(job)
         return
     click.echo(job.id)
+
+
+@click.command("analyze", cls=ClientCommand)
+@click.option("--a", "model_a", required=True, help="Model A: a checkpoint id, name or local file.")
+@click.option("--b", "model_b", required=True, help="Model B: a checkpoint id, name or local file.")
+@click.option("--dataset", required=True, help="An uploaded dataset id or e.g. builtin:digits.")
+@click.option(
+    "--match",
+    type=click.Choice(MATCH_CHOICES),
+    default=None,
+    help="Matching of B onto A before the analysis (default: none).",
+)
+@click.option(
+    "--param",
+    "param_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="One parameter; VALUE is read as JSON when it is JSON (alphas=[0,0.5,1]).",
+)
+@click.option(
+    "--arch",
+    "arch_text",
+    default=None,
+    help="The arch of A and B when they are local files to upload first. " + ARCH_HELP,
+)
+@click.option("--wait", "wait_for_it", is_flag=True, help="Wait for the job, showing progress.")
+@click.option("--timeout", type=float, default=None, help="With --wait: give up after seconds.")
+@with_client
+def analyze(
+    client: Client,
+    model_a: str,
+    model_b: str,
+    dataset: str,
+    match: str | None,
+    param_pairs: tuple[str, ...],
+    arch_text: str | None,
+    wait_for_it: bool,
+    timeout: float | None,
+) -> None:
+    """Analyse models A and B (LMC, LLFC and the two conditions); prints the job id.
+
+    The same as 'llfc submit analyze A B', with A and B named by option.
+
+    \b
+    llfc analyze --a model-a.safetensors --b model-b.safetensors --arch @arch.json \\
+        --dataset builtin:digits --match weight --wait
+    llfc results JOB --format table
+    """
+    params = build_params("analyze", None, param_pairs, match)
+    _submit_and_report(
+        client, "analyze", model_a, model_b, dataset, params, arch_text, None, wait_for_it, timeout
+    )
 
 
 @click.command("jobs", cls=ClientCommand)
@@ -676,6 +756,7 @@ CLIENT_COMMANDS: list[click.Command] = [
     upload_dataset,
     datasets,
     submit,
+    analyze,
     jobs,
     status,
     wait,
