@@ -61,6 +61,11 @@ def reset_batch_norm(
 ) -> None:
     """Re-estimate every BatchNorm's running mean and variance on ``dataset`` (exact averages).
 
+    Batch ``k`` (from 1) is averaged in with momentum ``1/k``: the cumulative moving average,
+    the exact mean over all batches. It is what ``momentum=None`` computes, bit for bit, but
+    ``momentum=None`` makes every BatchNorm forward read ``float(num_batches_tracked)``, a
+    device-to-host synchronisation per layer and batch on a GPU; a Python float set here is not.
+
     ``dataset`` must already be shaped for the model. The model is left in eval mode.
     """
     reporter = reporter or Reporter()
@@ -68,10 +73,11 @@ def reset_batch_norm(
     saved_momenta = [layer.momentum for layer in layers]
     for layer in layers:
         layer.reset_running_stats()
-        layer.momentum = None  # cumulative moving average: the exact mean over all batches
     model.train()
     total = dataset.num_batches(batch_size)
     for index, (inputs, _) in enumerate(dataset.batches(batch_size)):
+        for layer in layers:
+            layer.momentum = 1.0 / (index + 1)
         model(inputs.to(device))
         reporter.report((index + 1) / total, "re-estimating BatchNorm statistics")
     for layer, momentum in zip(layers, saved_momenta, strict=True):

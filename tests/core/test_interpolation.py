@@ -6,9 +6,15 @@ import pytest
 import torch
 
 from llfc_core.archs import parse_arch
-from llfc_core.data import digits
+from llfc_core.data import digits, fit_to_arch
 from llfc_core.errors import InvalidParameterError
-from llfc_core.interpolation import interpolate_checkpoint, interpolate_states
+from llfc_core.interpolation import (
+    batch_norm_modules,
+    interpolate_checkpoint,
+    interpolate_states,
+    reset_batch_norm,
+)
+from llfc_core.models import load_model
 
 CPU = torch.device("cpu")
 MLP = {"name": "mlp", "widths": [64, 16, 10]}
@@ -55,3 +61,29 @@ def test_batch_norm_statistics_are_re_estimated_on_the_data() -> None:
     assert torch.allclose(mixed["features.1.running_var"], expected_var, rtol=1e-3, atol=1e-4)
     naive = interpolate_states(state_a, state_b, 0.5)
     assert not torch.allclose(naive["features.1.running_mean"], expected_mean, atol=1e-2)
+
+
+def test_batch_norm_re_estimation_is_bit_identical_to_pytorchs_cumulative_average() -> None:
+    # momentum=None is PyTorch's own exact cumulative average (but syncs a GPU on every forward);
+    # momentum 1/k before batch k must give the very same bits, and leave the momenta as they were.
+    arch = parse_arch(VGG)
+    data = fit_to_arch(arch, digits("train").limit(300))  # 5 batches of 64, the last one short
+    mixed = interpolate_states(_state(VGG, 0), _state(VGG, 1), 0.5)
+    ours, reference = load_model(arch, mixed, CPU), load_model(arch, mixed, CPU)
+
+    reset_batch_norm(ours, data, batch_size=64, device=CPU)
+
+    layers = batch_norm_modules(reference)
+    for layer in layers:
+        layer.reset_running_stats()
+        layer.momentum = None
+    reference.train()
+    with torch.no_grad():
+        for inputs, _ in data.batches(64):
+            reference(inputs)
+    for (name, value), (_, expected) in zip(
+        ours.state_dict().items(), reference.state_dict().items(), strict=True
+    ):
+        assert torch.equal(value, expected), name
+    assert [layer.momentum for layer in batch_norm_modules(ours)] == [0.1] * len(layers)
+    assert not ours.training
