@@ -49,7 +49,9 @@ from torch.torch_version import TorchVersion
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import CheckpointFormatError, CheckpointMismatchError
 from llfc_core.file_formats import (
+    LIBRARY_HEADER_LIMIT,
     ZIP_LOCAL_HEADER,
+    HeaderLimit,
     read_safetensors_header,
     read_zip_directory,
     sniff_file,
@@ -61,6 +63,11 @@ CheckpointFormat = Literal["safetensors", "torch"]
 DATA_PARALLEL_PREFIX = "module."
 WRAPPER_KEYS = ("state_dict", "model")
 MAX_NAMES_IN_MESSAGE = 10
+MAX_NAMES_IN_ERROR_FIELDS = 100
+"""Names listed in each of a mismatch error's fields; a file of a million extra tensors would
+otherwise make a 10 MB error body."""
+HEADER_BASE_BYTES = 64 * 1024
+HEADER_BYTES_PER_TENSOR = 1024
 STORED_FORM_SCAN_BYTES = 16 * 1024 * 1024
 """Chunk of file data checked for NaN/Inf at a time by :func:`is_stored_form`."""
 _STORED_DTYPES = {torch.float32: "F32", torch.int64: "I64"}
@@ -115,7 +122,7 @@ def read_checkpoint(
     except OSError as error:
         raise CheckpointFormatError(f"The checkpoint file could not be read: {error}.") from error
     if file_format == "safetensors":
-        return load_safetensors(path), "safetensors"
+        return load_safetensors(path, arch), "safetensors"
     if file_format in ("zip", "pickle") and not torch_load_is_safe():
         raise CheckpointFormatError(unsafe_torch_load_sentence())
     if file_format == "zip":
@@ -133,12 +140,25 @@ def read_checkpoint(
     )
 
 
-def load_safetensors(path: Path) -> StateDict:
-    """Tensors of a safetensors file, after checking its header against the file size."""
+def checkpoint_header_limit(arch: Architecture) -> HeaderLimit:
+    """The most safetensors header bytes a checkpoint of ``arch`` can need: about 1 KiB per tensor
+    (name, dtype, shape, offsets) and room for metadata."""
+    tensors = len(arch.expected_shapes())
+    return HeaderLimit(
+        HEADER_BASE_BYTES + HEADER_BYTES_PER_TENSOR * tensors,
+        f"a checkpoint of the {arch.name} arch has {tensors} tensors; check that 'arch' "
+        "describes this file",
+    )
+
+
+def load_safetensors(path: Path, arch: Architecture | None = None) -> StateDict:
+    """Tensors of a safetensors file, after checking its header against the file size and,
+    given ``arch``, against the header a checkpoint of it can need."""
+    limit = LIBRARY_HEADER_LIMIT if arch is None else checkpoint_header_limit(arch)
     try:
         size = path.stat().st_size
         with path.open("rb") as file:
-            read_safetensors_header(file, size, CheckpointFormatError)
+            read_safetensors_header(file, size, CheckpointFormatError, limit)
     except OSError as error:
         raise CheckpointFormatError(f"The checkpoint file could not be read: {error}.") from error
     try:
@@ -195,9 +215,9 @@ def validate_state_dict(arch: Architecture, state: Mapping[str, torch.Tensor]) -
             problems.append(f"mis-shaped {_names(shapes)}")
         raise CheckpointMismatchError(
             f"The checkpoint does not fit the {arch.name} arch: {'; '.join(problems)}.",
-            missing=missing,
-            unexpected=unexpected,
-            mis_shaped=mis_shaped,
+            missing=missing[:MAX_NAMES_IN_ERROR_FIELDS],
+            unexpected=unexpected[:MAX_NAMES_IN_ERROR_FIELDS],
+            mis_shaped=mis_shaped[:MAX_NAMES_IN_ERROR_FIELDS],
         )
 
     cleaned: StateDict = {}
@@ -266,7 +286,9 @@ def _stored_form_header(
         if file_format != "safetensors":
             return None
         with path.open("rb") as file:
-            header = read_safetensors_header(file, size, CheckpointFormatError)
+            header = read_safetensors_header(
+                file, size, CheckpointFormatError, checkpoint_header_limit(arch)
+            )
         # The library's own parser too: it refuses what load_file would refuse (overlapping
         # offsets, unknown dtypes, non-string metadata) without reading data.
         with safe_open(path, framework="pt"):

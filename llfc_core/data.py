@@ -27,7 +27,12 @@ from safetensors import SafetensorError, safe_open
 
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import DatasetError
-from llfc_core.file_formats import read_safetensors_header, read_zip_directory, sniff_file
+from llfc_core.file_formats import (
+    HeaderLimit,
+    read_safetensors_header,
+    read_zip_directory,
+    sniff_file,
+)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -350,6 +355,10 @@ DEFAULT_MAX_EXPANSION = 64
 deflate a few times (scikit-learn's digits as float64: 12.5x); zeros deflate about 1000x."""
 NPZ_MAX_MEMBERS = 100
 """Members an ``.npz`` may have: numpy.savez writes one per array, and a dataset needs two."""
+DATASET_HEADER_LIMIT = HeaderLimit(
+    1024 * 1024, "a dataset's safetensors file holds only the tensors 'x' and 'y'"
+)
+"""Parsed, a header of many tensors costs about 30 times its size in memory; a dataset needs two."""
 CHUNK_VALUES = 2**20
 """Values read, converted and checked at once: a few MiB of memory whatever the file holds."""
 NORMALISED_DTYPES = {"x": "F32", "y": "I64"}
@@ -750,7 +759,7 @@ def _npz_chunks(path: Path, array: DeclaredArray) -> Iterator[np.ndarray]:
 
 def _inspect_safetensors(path: Path, size: int) -> tuple[DeclaredArray, DeclaredArray]:
     with path.open("rb") as file:
-        read_safetensors_header(file, size, DatasetError)
+        read_safetensors_header(file, size, DatasetError, DATASET_HEADER_LIMIT)
     declared_arrays = []
     with safe_open(str(path), framework="pt") as file:
         keys = set(file.keys())

@@ -63,22 +63,40 @@ class SafetensorsHeader:
     data_start: int
 
 
-def read_safetensors_header(file: BinaryIO, size: int, error: type[LLFCError]) -> SafetensorsHeader:
+@dataclass(frozen=True)
+class HeaderLimit:
+    """The most header bytes a caller accepts, and why (said when a header is longer)."""
+
+    max_bytes: int
+    reason: str
+
+
+LIBRARY_HEADER_LIMIT = HeaderLimit(SAFETENSORS_MAX_HEADER_BYTES, "the safetensors library's limit")
+
+
+def read_safetensors_header(
+    file: BinaryIO,
+    size: int,
+    error: type[LLFCError],
+    limit: HeaderLimit = LIBRARY_HEADER_LIMIT,
+) -> SafetensorsHeader:
     """The header of the ``size``-byte safetensors file open as ``file`` (read from its start).
 
-    Raises ``error`` for a header that is longer than the library accepts or than the file, not a
-    JSON object, nested too deeply to parse, or with a tensor whose data offsets are missing or
-    end past the file. Nothing but the header is read; the library checks dtypes and shapes.
+    Raises ``error`` for a header that is longer than ``limit`` or than the file, not a JSON
+    object, nested too deeply to parse, or with a tensor whose data offsets are missing or end
+    past the file. Nothing but the header is read; the library checks dtypes and shapes. The
+    limit is checked before the header is parsed: parsed, a header of a million empty tensors
+    (59 MB) costs about 30 times its size in memory.
     """
     file.seek(0)
     length_bytes = file.read(8)
     if len(length_bytes) < 8:
         raise error(f"The safetensors file is truncated: it holds only {size} bytes.")
     header_length = int.from_bytes(length_bytes, "little")
-    if header_length > SAFETENSORS_MAX_HEADER_BYTES:
+    if header_length > limit.max_bytes:
         raise error(
             f"The safetensors header claims {header_length:,} bytes, more than the "
-            f"{SAFETENSORS_MAX_HEADER_BYTES:,} allowed."
+            f"{limit.max_bytes:,} allowed ({limit.reason})."
         )
     if 8 + header_length > size:
         raise error(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import tracemalloc
 import warnings
 import zipfile
@@ -240,3 +241,15 @@ def test_mnist_and_cifar10_are_installed_only_with_every_file(tmp_path: Path) ->
     assert not builtin_installed("cifar10", tmp_path)
     (folder / "data_batch_5.bin").write_bytes(b"")
     assert builtin_installed("cifar10", tmp_path)
+
+
+def test_a_dataset_header_of_many_tensors_is_refused_before_it_is_parsed(tmp_path: Path) -> None:
+    # Parsed, a header of a million empty tensors (59 MB) cost about 1.9 GB; a dataset holds two.
+    entries = {
+        f"k{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(30_000)
+    }
+    text = json.dumps(entries).encode()
+    path = tmp_path / "many.safetensors"
+    path.write_bytes(len(text).to_bytes(8, "little") + text)
+    with pytest.raises(DatasetError, match="holds only the tensors 'x' and 'y'"):
+        read_arrays(path)

@@ -31,6 +31,8 @@ from support.api import (
 )
 from support.security import MAX_UPLOAD_BYTES, GuardedService, assert_problem
 
+from llfc_core.checkpoints import MAX_NAMES_IN_ERROR_FIELDS, safetensors_bytes
+
 SMALL = [64, 16, 10]
 
 
@@ -172,7 +174,29 @@ def test_a_tensor_that_ends_past_the_end_of_the_file_is_refused(alice: httpx.Cli
 def test_a_header_claiming_exabytes_is_refused_without_reading(alice: httpx.Client) -> None:
     content = _safetensors_with_header({}, b"", claimed=2**63)
     response = upload_checkpoint(alice, content, mlp_arch(SMALL), "m.safetensors")
-    assert_problem(response, 422, "more than the 100,000,000 allowed")
+    assert_problem(response, 422, "claims 9,223,372,036,854,775,808 bytes", "check that 'arch'")
+
+
+def test_a_header_of_many_empty_tensors_is_refused_before_it_is_parsed(
+    alice: httpx.Client,
+) -> None:
+    # A million such entries (59 MB, under the default upload cap) cost the API about 1.9 GB
+    # once parsed, and a 10 MB error body listing every unexpected name; 10,000 fit this
+    # service's 1 MiB cap and are already far past what the arch's 4 tensors can need.
+    header = {f"k{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]} for i in range(10**4)}
+    content = _safetensors_with_header(header, b"")
+    response = upload_checkpoint(alice, content, mlp_arch(SMALL), "m.safetensors")
+    assert_problem(response, 422, "a checkpoint of the mlp arch has", "check that 'arch'")
+    assert len(response.content) < 4096
+
+
+def test_a_mismatch_error_lists_a_bounded_number_of_names(alice: httpx.Client) -> None:
+    tensors = {f"extra.{i}": torch.zeros(1) for i in range(300)}
+    response = upload_checkpoint(
+        alice, safetensors_bytes(tensors), mlp_arch(SMALL), "extra.safetensors"
+    )
+    assert_problem(response, 422, "unexpected extra.0")
+    assert len(response.json()["unexpected"]) == MAX_NAMES_IN_ERROR_FIELDS
 
 
 def test_bytes_of_no_known_format_are_refused(alice: httpx.Client) -> None:
