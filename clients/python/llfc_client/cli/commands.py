@@ -364,6 +364,28 @@ def build_params(
     return params
 
 
+# Options of both job-submitting verbs (submit, analyze), defined once.
+PARAM_OPTION = click.option(
+    "--param",
+    "param_pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="One parameter; VALUE is read as JSON when it is JSON (epochs=2, alphas=[0,0.5,1]).",
+)
+ARCH_OPTION = click.option(
+    "--arch",
+    "arch_text",
+    default=None,
+    help="The arch of A and B when they are local files to upload first. " + ARCH_HELP,
+)
+WAIT_OPTION = click.option(
+    "--wait", "wait_for_it", is_flag=True, help="Wait for the job, showing progress."
+)
+TIMEOUT_OPTION = click.option(
+    "--timeout", type=float, default=None, help="With --wait: give up after seconds."
+)
+
+
 @click.command("submit", cls=ClientCommand)
 @click.argument("kind", type=click.Choice(JOB_KINDS))
 @click.argument("model_a", required=False)
@@ -375,23 +397,12 @@ def build_params(
     default=None,
     help="Matching of B onto A: analyze's 'match', a match job's 'method'.",
 )
-@click.option(
-    "--param",
-    "param_pairs",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="One parameter; VALUE is read as JSON when it is JSON (epochs=2, alphas=[0,0.5,1]).",
-)
+@PARAM_OPTION
 @click.option("--params", "params_json", default=None, help="All parameters as JSON or @file.")
-@click.option(
-    "--arch",
-    "arch_text",
-    default=None,
-    help="The arch of A and B when they are local files to upload first. " + ARCH_HELP,
-)
+@ARCH_OPTION
 @click.option("--idempotency-key", default=None, help="Resubmitting with it returns the same job.")
-@click.option("--wait", "wait_for_it", is_flag=True, help="Wait for the job, showing progress.")
-@click.option("--timeout", type=float, default=None, help="With --wait: give up after seconds.")
+@WAIT_OPTION
+@TIMEOUT_OPTION
 @with_client
 def submit(
     client: Client,
@@ -471,21 +482,10 @@ def _submit_and_report(
     default=None,
     help="Matching of B onto A before the analysis (default: none).",
 )
-@click.option(
-    "--param",
-    "param_pairs",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="One parameter; VALUE is read as JSON when it is JSON (alphas=[0,0.5,1]).",
-)
-@click.option(
-    "--arch",
-    "arch_text",
-    default=None,
-    help="The arch of A and B when they are local files to upload first. " + ARCH_HELP,
-)
-@click.option("--wait", "wait_for_it", is_flag=True, help="Wait for the job, showing progress.")
-@click.option("--timeout", type=float, default=None, help="With --wait: give up after seconds.")
+@PARAM_OPTION
+@ARCH_OPTION
+@WAIT_OPTION
+@TIMEOUT_OPTION
 @with_client
 def analyze(
     client: Client,
