@@ -16,18 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from alembic.command import upgrade
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
-from support.stores import own_database, port_open
+from support.stores import migrated_engine, own_database, port_open
 
 from llfc_core.archs import parse_arch
 from llfc_core.checkpoints import save_safetensors
 from service.checkpoints import delete_checkpoint, ingest_checkpoint
 from service.core.config import Settings
-from service.db.migrate import alembic_config
-from service.db.models import Blob, Checkpoint, Owner
-from service.db.session import make_engine, make_sessionmaker
+from service.db.models import Blob, Checkpoint
+from service.db.session import make_sessionmaker
 from service.storage import BlobStore
 
 pytestmark = pytest.mark.postgres
@@ -58,14 +56,9 @@ class PausingBlobStore(BlobStore):
 def engine() -> Iterator[Engine]:
     if not port_open(5432):
         pytest.skip("PostgreSQL is not running on 127.0.0.1:5432 (scripts/services)")
-    with own_database("blob_refs") as url:
-        upgrade(alembic_config(url), "head")
-        engine = make_engine(url)
-        with make_sessionmaker(engine)() as session:
-            session.add_all([Owner(id="own_alice", name="alice"), Owner(id="own_bob", name="bob")])
-            session.commit()
+    owners = {"own_alice": "alice", "own_bob": "bob"}
+    with own_database("blob_refs") as url, migrated_engine(url, owners) as engine:
         yield engine
-        engine.dispose()
 
 
 def _checkpoint_file(tmp_path: Path) -> bytes:

@@ -14,9 +14,9 @@ from typing import Any
 import httpx
 import pytest
 import torch
-from alembic.command import upgrade
 from sqlalchemy import Engine
 from support.api import mlp_arch, mlp_state, safetensors_file, torch_file, upload_checkpoint
+from support.stores import migrated_engine
 
 import service.checkpoints
 from llfc_core.archs import parse_arch
@@ -24,9 +24,8 @@ from llfc_core.checkpoints import validate_state_dict
 from llfc_core.errors import CheckpointFormatError
 from service.checkpoints import ingest_checkpoint, warn_if_torch_files_are_refused
 from service.core.config import Settings
-from service.db.migrate import alembic_config
 from service.db.models import Owner
-from service.db.session import make_engine, make_sessionmaker
+from service.db.session import make_sessionmaker
 from service.storage import BlobStore
 
 ARCH = mlp_arch([8, 6, 3])
@@ -41,14 +40,8 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture()
 def engine(settings: Settings) -> Iterator[Engine]:
-    url = settings.resolved_database_url
-    upgrade(alembic_config(url), "head")
-    engine = make_engine(url)
-    with make_sessionmaker(engine)() as session:
-        session.add(Owner(id="own_1", name="lab"))
-        session.commit()
-    yield engine
-    engine.dispose()
+    with migrated_engine(settings.resolved_database_url, {"own_1": "lab"}) as engine:
+        yield engine
 
 
 def _ingest(engine: Engine, settings: Settings, payload: bytes, arch: dict[str, Any]) -> Any:

@@ -8,14 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from alembic.command import upgrade
 from sqlalchemy import Engine, event, update
+from support.stores import migrated_engine
 
 from service.api.problems import user_error_response
 from service.core.config import Settings
-from service.db.migrate import alembic_config
 from service.db.models import ApiKey, Job, JobArtifact, utcnow
-from service.db.session import make_engine, make_sessionmaker
+from service.db.session import make_sessionmaker
 from service.errors import NotFoundError, UnauthorizedError
 from service.jobs import jobs_public
 from service.polls import read_polled_job
@@ -26,11 +25,8 @@ SECRET = "a-test-secret-of-more-than-thirty-two-characters"
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
-    url = f"sqlite:///{tmp_path / 'llfc.db'}"
-    upgrade(alembic_config(url), "head")
-    engine = make_engine(url)
-    yield engine
-    engine.dispose()
+    with migrated_engine(f"sqlite:///{tmp_path / 'llfc.db'}", {}) as engine:
+        yield engine
 
 
 def _settings(tmp_path: Path, *, auth: bool) -> Settings:

@@ -10,16 +10,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from alembic.command import upgrade
 from pydantic import ValidationError
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from support.stores import migrated_engine
 
 from service.api.problems import user_error_response
 from service.core.config import Settings
-from service.db.migrate import alembic_config
-from service.db.models import Checkpoint, Job, JobArtifact, JobStatus, Owner, utcnow
-from service.db.session import make_engine, make_sessionmaker
+from service.db.models import Checkpoint, Job, JobArtifact, JobStatus, utcnow
+from service.db.session import make_sessionmaker
 from service.errors import StorageQuotaError, TooManyQueuedJobsError
 from service.lifecycle import (
     RunCheck,
@@ -52,14 +51,11 @@ def settings(tmp_path: Path) -> Settings:
 
 @pytest.fixture()
 def session(settings: Settings) -> Iterator[Session]:
-    url = settings.resolved_database_url
-    upgrade(alembic_config(url), "head")
-    engine = make_engine(url)
-    with make_sessionmaker(engine)() as session:
-        session.add(Owner(id="own_1", name="lab"))
-        session.commit()
+    with (
+        migrated_engine(settings.resolved_database_url, {"own_1": "lab"}) as engine,
+        make_sessionmaker(engine)() as session,
+    ):
         yield session
-    engine.dispose()
 
 
 def _job(session: Session, job_id: str, **values: object) -> str:

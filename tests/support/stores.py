@@ -17,15 +17,19 @@ import secrets
 import shutil
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from alembic.command import upgrade
+from sqlalchemy import Engine, create_engine, text
 
 from llfc_cli.embedded import free_port
+from service.db.migrate import alembic_config
+from service.db.models import Owner
+from service.db.session import make_engine, make_sessionmaker
 from support.servers import service_env, wait_until
 
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432"
@@ -155,3 +159,18 @@ def production_stores(purpose: str, folder: Path) -> Iterator[ProductionStores]:
             yield ProductionStores(database_url, redis, secrets.token_urlsafe(32))
     finally:
         redis.kill()
+
+
+@contextmanager
+def migrated_engine(url: str, owners: Mapping[str, str]) -> Iterator[Engine]:
+    """An engine on the database at ``url``, migrated to the head revision and holding
+    ``owners`` (id -> name); disposed afterwards."""
+    upgrade(alembic_config(url), "head")
+    engine = make_engine(url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            session.add_all(Owner(id=owner_id, name=name) for owner_id, name in owners.items())
+            session.commit()
+        yield engine
+    finally:
+        engine.dispose()
