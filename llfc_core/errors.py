@@ -60,3 +60,7 @@ class CancelledError(LLFCError):
 
 class JobTooLargeError(LLFCError):
     """A job whose estimated peak memory passes what the service allows one job."""
+
+
+class SymmetryProofError(LLFCError):
+    """A derived permutation spec whose permuted weights did not compute the same function."""

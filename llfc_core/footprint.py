@@ -41,6 +41,7 @@ from torch import nn
 
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import JobTooLargeError
+from llfc_core.permutation import perm_sizes
 
 FLOAT32 = 4
 FLOAT64 = 8
@@ -117,10 +118,7 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
         state_bytes=sum(value.numel() * value.element_size() for value in state.values()),
         module_values=module_values,
         relu_values=relu_values,
-        perm_sizes={
-            perm: int(state[key].shape[axis])
-            for perm, ((key, axis), *_) in spec.perm_to_axes.items()
-        },
+        perm_sizes=perm_sizes(spec, state),
         weight_terms={
             perm: sum(1 for key, _ in axes if key not in spec.statistics_keys)
             for perm, axes in spec.perm_to_axes.items()

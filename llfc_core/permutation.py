@@ -2,11 +2,19 @@
 
 A :class:`PermutationSpec` says, for every hidden permutation, which axes of which tensors it
 acts on. Matching, applying and checking a permutation are small functions over that data, so a
-new architecture is a new spec, not new algorithm code.
+new architecture is a new spec, not new algorithm code. Specs are derived from a model's graph
+(:mod:`llfc_core.symmetry`), never written by hand.
 
 Convention: ``perm[name]`` is an index vector; permuting a tensor means
 ``tensor.index_select(axis, perm[name])`` on every axis that ``name`` acts on, so unit ``i`` of the
 permuted model is unit ``perm[name][i]`` of the original.
+
+Most axes carry one permutation. An axis built from several (the output of a concatenation, as
+in DenseNet) or from one repeated over positions (a feature map flattened before a Linear, as in
+torchvision's VGG: channel-major, so unit ``c`` owns ``block`` consecutive entries) carries a
+*composite*: a list of :class:`Segment` s, each a permutation (or None: entries left in place)
+over ``units`` units of ``block`` entries. Composites are never solved for; their index vectors
+are made from their parts (:func:`expanded_permutation`).
 """
 
 from __future__ import annotations
@@ -21,41 +29,112 @@ Permutation = dict[str, torch.Tensor]
 
 
 @dataclass(frozen=True)
+class Segment:
+    """``units`` consecutive units of ``block`` entries each, moved by ``perm`` (None: in place)."""
+
+    perm: str | None
+    units: int
+    block: int = 1
+
+    @property
+    def length(self) -> int:
+        return self.units * self.block
+
+
+@dataclass(frozen=True)
+class AxisUse:
+    """Where a permutation acts: entries ``offset`` to ``offset + units * block`` of ``axis`` of
+    tensor ``key``, ``block`` consecutive entries per unit (a whole axis: offset 0, block 1)."""
+
+    key: str
+    axis: int
+    offset: int = 0
+    block: int = 1
+    units: int | None = None
+    """None for a whole axis (its length); set for a segment of a composite."""
+
+
+@dataclass(frozen=True)
 class PermutationSpec:
     """Which tensor axes each permutation acts on, and where its activations are observed.
 
     ``axes_to_perm[key][axis]`` is the permutation acting on that axis of tensor ``key``
-    (None for an axis no permutation touches). ``perm_to_axes`` is its inverse.
-    ``perm_to_features[name]`` lists module names whose outputs carry permutation ``name`` on
-    dimension 1; activation matching correlates those outputs. ``statistics_keys`` are tensors
-    that are permuted but are not learned weights (BatchNorm running statistics), and so are
-    left out of the weight-matching objective.
+    (None for an axis no permutation touches), or the name of a composite in ``composites``.
+    ``perm_to_uses`` is its inverse over the permutations that are solved for (composites
+    expanded into their segments). ``perm_to_features[name]`` lists module names whose outputs
+    carry permutation ``name`` on dimension 1; activation matching correlates those outputs.
+    ``statistics_keys`` are tensors that are permuted but are not learned weights (BatchNorm
+    running statistics), and so are left out of the weight-matching objective.
     """
 
     axes_to_perm: Mapping[str, tuple[str | None, ...]]
     perm_to_features: Mapping[str, tuple[str, ...]]
     statistics_keys: frozenset[str] = frozenset()
-    perm_to_axes: Mapping[str, tuple[tuple[str, int], ...]] = field(init=False)
+    composites: Mapping[str, tuple[Segment, ...]] = field(default_factory=dict)
+    perm_to_uses: Mapping[str, tuple[AxisUse, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
-        inverse: dict[str, list[tuple[str, int]]] = {}
+        inverse: dict[str, list[AxisUse]] = {}
         for key, axis_perms in self.axes_to_perm.items():
             for axis, perm_name in enumerate(axis_perms):
-                if perm_name is not None:
-                    inverse.setdefault(perm_name, []).append((key, axis))
+                if perm_name is None:
+                    continue
+                if perm_name not in self.composites:
+                    inverse.setdefault(perm_name, []).append(AxisUse(key, axis))
+                    continue
+                offset = 0
+                for segment in self.composites[perm_name]:
+                    if segment.perm is not None:
+                        inverse.setdefault(segment.perm, []).append(
+                            AxisUse(key, axis, offset, segment.block, segment.units)
+                        )
+                    offset += segment.length
         object.__setattr__(
-            self, "perm_to_axes", {name: tuple(axes) for name, axes in inverse.items()}
+            self, "perm_to_uses", {name: tuple(uses) for name, uses in inverse.items()}
         )
 
     @property
     def perm_names(self) -> list[str]:
-        """Permutation names in the order the spec defines them."""
-        return list(self.perm_to_axes)
+        """The permutations solved for, in the order the spec defines them."""
+        return list(self.perm_to_uses)
+
+    @property
+    def perm_to_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
+        """Each permutation's (tensor, axis) pairs, whole axes or segments alike."""
+        return {
+            name: tuple((use.key, use.axis) for use in uses)
+            for name, uses in self.perm_to_uses.items()
+        }
 
 
 def perm_sizes(spec: PermutationSpec, state: Mapping[str, torch.Tensor]) -> dict[str, int]:
     """The number of units each permutation acts on, read off the state dict."""
-    return {name: state[key].shape[axis] for name, ((key, axis), *_) in spec.perm_to_axes.items()}
+    sizes = {}
+    for name, (use, *_) in spec.perm_to_uses.items():
+        sizes[name] = use.units if use.units is not None else state[use.key].shape[use.axis]
+    return sizes
+
+
+def expanded_permutation(spec: PermutationSpec, perm: Permutation) -> Permutation:
+    """``perm`` with an index vector for every composite, made from its segments' permutations."""
+    if not spec.composites:
+        return perm
+    expanded = dict(perm)
+    for name, segments in spec.composites.items():
+        expanded[name] = composite_indices(segments, perm)
+    return expanded
+
+
+def composite_indices(segments: tuple[Segment, ...], perm: Permutation) -> torch.Tensor:
+    """The index vector of one composite axis: each segment's units reordered as a whole."""
+    parts = []
+    offset = 0
+    for segment in segments:
+        units = torch.arange(segment.units) if segment.perm is None else perm[segment.perm].cpu()
+        within = torch.arange(segment.block)
+        parts.append(offset + (units.unsqueeze(1) * segment.block + within).flatten())
+        offset += segment.length
+    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.long)
 
 
 def identity_permutation(spec: PermutationSpec, state: Mapping[str, torch.Tensor]) -> Permutation:
@@ -86,7 +165,8 @@ def permuted_tensor(
     state: Mapping[str, torch.Tensor],
     except_axis: int | None = None,
 ) -> torch.Tensor:
-    """Tensor ``key`` of ``state`` with ``perm`` applied on every axis but ``except_axis``."""
+    """Tensor ``key`` of ``state`` with ``perm`` applied on every axis but ``except_axis``
+    (``perm`` holding the composites' index vectors too: :func:`expanded_permutation`)."""
     tensor = state[key]
     for axis, perm_name in enumerate(spec.axes_to_perm.get(key, ())):
         if axis == except_axis or perm_name is None:
@@ -99,7 +179,8 @@ def apply_permutation(
     spec: PermutationSpec, perm: Permutation, state: Mapping[str, torch.Tensor]
 ) -> StateDict:
     """A new state dict: ``state`` with every permuted axis reordered. The function is unchanged."""
-    return {key: permuted_tensor(spec, perm, key, state) for key in state}
+    expanded = expanded_permutation(spec, perm)
+    return {key: permuted_tensor(spec, expanded, key, state) for key in state}
 
 
 def permutation_to_lists(perm: Permutation) -> dict[str, list[int]]:

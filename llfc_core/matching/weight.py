@@ -26,8 +26,11 @@ import torch
 
 from llfc_core.matching.assignment import AssignmentSolver, maximise_assignment
 from llfc_core.permutation import (
+    AxisUse,
     Permutation,
     PermutationSpec,
+    composite_indices,
+    expanded_permutation,
     identity_permutation,
     permuted_tensor,
 )
@@ -40,9 +43,18 @@ RELATIVE_TOLERANCE = 1e-7
 UPDATE_FRACTION = 2
 
 
-def _flattened(axis_first: torch.Tensor) -> torch.Tensor:
-    """A tensor whose axis 0 is the permuted one, as a matrix: one row per unit."""
-    return axis_first.reshape(axis_first.shape[0], -1)
+def _flattened(axis_first: torch.Tensor, block: int = 1) -> torch.Tensor:
+    """A tensor whose axis 0 is the permuted one, as a matrix: one row per unit, a unit being
+    ``block`` consecutive entries of axis 0 (a channel of a flattened feature map)."""
+    return axis_first.reshape(axis_first.shape[0] // block, -1)
+
+
+def _axis_first(tensor: torch.Tensor, use: AxisUse) -> torch.Tensor:
+    """The entries of ``tensor`` that ``use`` covers, its axis first, contiguous."""
+    moved = tensor.float().movedim(use.axis, 0)
+    if use.units is not None:
+        moved = moved.narrow(0, use.offset, use.units * use.block)
+    return moved.contiguous()
 
 
 def weight_objective(
@@ -53,12 +65,20 @@ def weight_objective(
 ) -> float:
     """sum over learned tensors of ||W_A - pi(W_B)||_F^2 (BatchNorm running stats excluded)."""
     total = 0.0
+    expanded = expanded_permutation(spec, perm)
     for key in spec.axes_to_perm:
         if key in spec.statistics_keys:
             continue
-        difference = state_a[key].float() - permuted_tensor(spec, perm, key, state_b).float()
+        difference = state_a[key].float() - permuted_tensor(spec, expanded, key, state_b).float()
         total += float(difference.pow(2).sum())
     return total
+
+
+def _parts(spec: PermutationSpec, name: str) -> list[str]:
+    """The permutations behind ``name``: itself, or a composite's segments'."""
+    if name not in spec.composites:
+        return [name]
+    return [segment.perm for segment in spec.composites[name] if segment.perm is not None]
 
 
 class _CostTerms:
@@ -76,43 +96,46 @@ class _CostTerms:
         state_b: Mapping[str, torch.Tensor],
     ) -> None:
         self.terms = {
-            name: [(key, axis) for key, axis in axes if key not in spec.statistics_keys]
-            for name, axes in spec.perm_to_axes.items()
+            name: [use for use in uses if use.key not in spec.statistics_keys]
+            for name, uses in spec.perm_to_uses.items()
         }
         every_term = [term for terms in self.terms.values() for term in terms]
-        self.a_side = {
-            (key, axis): state_a[key].float().movedim(axis, 0).contiguous()
-            for key, axis in every_term
-        }
-        self.b_side = {
-            (key, axis): state_b[key].float().movedim(axis, 0).contiguous()
-            for key, axis in every_term
-        }
-        # term -> (dimension of its axis-first tensors, permutation) for every other permuted axis
+        self.a_side = {use: _axis_first(state_a[use.key], use) for use in every_term}
+        self.b_side = {use: _axis_first(state_b[use.key], use) for use in every_term}
+        # term -> (dimension of its axis-first tensors, permutation or composite) for every
+        # other permuted axis
         self.depends_on = {
-            (key, axis): [
-                (other_axis + (other_axis < axis), other)
-                for other_axis, other in enumerate(spec.axes_to_perm[key])
-                if other_axis != axis and other is not None
+            use: [
+                (other_axis + (other_axis < use.axis), other)
+                for other_axis, other in enumerate(spec.axes_to_perm[use.key])
+                if other_axis != use.axis and other is not None
             ]
-            for key, axis in every_term
+            for use in every_term
         }
         # name -> the permutations C_name depends on
+        # name -> the permutations C_name depends on, composites replaced by their parts
         self.dependencies = {
-            name: sorted({other for term in terms for _, other in self.depends_on[term]})
+            name: sorted(
+                {
+                    part
+                    for term in terms
+                    for _, other in self.depends_on[term]
+                    for part in _parts(spec, other)
+                }
+            )
             for name, terms in self.terms.items()
         }
         # term -> (the permutations it was computed for, its value)
-        self.kept: dict[tuple[str, int], tuple[list[torch.Tensor], torch.Tensor]] = {}
+        self.kept: dict[AxisUse, tuple[list[torch.Tensor], torch.Tensor]] = {}
 
-    def _fresh(self, term: tuple[str, int], perm: Permutation) -> torch.Tensor:
+    def _fresh(self, term: AxisUse, perm: Permutation) -> torch.Tensor:
         b_side = self.b_side[term]
         for dim, other in self.depends_on[term]:
             b_side = b_side.index_select(dim, perm[other].to(b_side.device))
-        return _flattened(self.a_side[term]) @ _flattened(b_side).T
+        return _flattened(self.a_side[term], term.block) @ _flattened(b_side, term.block).T
 
     def _updated(
-        self, term: tuple[str, int], value: torch.Tensor, old: torch.Tensor, new: torch.Tensor
+        self, term: AxisUse, value: torch.Tensor, old: torch.Tensor, new: torch.Tensor
     ) -> torch.Tensor | None:
         """The term after its only other permuted axis went from ``old`` to ``new``, as a
         low-rank update over the positions that moved; None when a fresh product is cheaper.
@@ -129,10 +152,11 @@ class _CostTerms:
         a_part = self.a_side[term].index_select(dim, moved.to(value.device))
         b_side = self.b_side[term]
         b_part = b_side.index_select(dim, moved_to) - b_side.index_select(dim, moved_from)
-        return value.addmm_(_flattened(a_part), _flattened(b_part).T)
+        return value.addmm_(_flattened(a_part, term.block), _flattened(b_part, term.block).T)
 
     def cost(self, name: str, perm: Permutation) -> np.ndarray:
-        """C_name for the current ``perm``, summed in float64 (the solvers' type)."""
+        """C_name for the current ``perm`` (composites expanded), summed in float64 (the
+        solvers' type)."""
         cost: np.ndarray | None = None
         for term in self.terms[name]:
             used = [perm[other] for _, other in self.depends_on[term]]
@@ -175,6 +199,17 @@ def weight_matching(
     reporter = reporter or Reporter()
     solver = solver or maximise_assignment
     perm = identity_permutation(spec, state_a)
+    # The composites' index vectors, remade only when one of their parts changes, so that the
+    # terms that depend on them are reused while they stand still.
+    expanded = expanded_permutation(spec, perm)
+    composites_of = {
+        name: [
+            composite
+            for composite, segments in spec.composites.items()
+            if any(segment.perm == name for segment in segments)
+        ]
+        for name in spec.perm_names
+    }
     terms = _CostTerms(spec, state_a, state_b)
     versions = dict.fromkeys(spec.perm_names, 0)  # how often each permutation changed
     solved_with: dict[str, tuple[int, ...]] = {}
@@ -188,13 +223,15 @@ def weight_matching(
             seen = tuple(versions[other] for other in terms.dependencies[name])
             if solved_with.get(name) == seen:
                 continue
-            cost = terms.cost(name, perm)
+            cost = terms.cost(name, expanded)
             columns = solver(cost)
             rows = np.arange(cost.shape[0])
             old_value = cost[rows, perm[name].numpy()].sum()
             new_value = cost[rows, columns].sum()
             if new_value - old_value > RELATIVE_TOLERANCE * max(1.0, abs(old_value)):
-                perm[name] = torch.from_numpy(columns).long()
+                perm[name] = expanded[name] = torch.from_numpy(columns).long()
+                for composite in composites_of[name]:
+                    expanded[composite] = composite_indices(spec.composites[composite], perm)
                 versions[name] += 1
                 improved = True
             solved_with[name] = seen

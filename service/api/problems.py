@@ -37,6 +37,7 @@ ERROR_TYPES: dict[type[Exception], tuple[int, str]] = {
     engine_errors.DatasetError: (422, "invalid-dataset"),
     engine_errors.InvalidParameterError: (422, "invalid-parameter"),
     engine_errors.JobTooLargeError: (422, "job-too-large"),
+    engine_errors.SymmetryProofError: (422, "symmetry-proof-failed"),
     engine_errors.CancelledError: (409, "cancelled"),
     service_errors.UnauthorizedError: (401, "unauthorized"),
     service_errors.NotFoundError: (404, "not-found"),
