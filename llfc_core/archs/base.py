@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import torch
@@ -13,13 +14,15 @@ from torch import nn
 from llfc_core.errors import ArchitectureError
 from llfc_core.params import check_int
 from llfc_core.permutation import PermutationSpec
+from llfc_core.symmetry import DerivedSymmetry, derive_symmetry
 
 DEFAULT_MAX_PARAMS = 500_000_000
 """Largest model accepted by default; checked on the meta device before any allocation."""
 
 
 class Architecture(ABC):
-    """A JSON-described network: how to build it, its input, and its permutation symmetries.
+    """A JSON-described network: how to build it and its input. Its permutation symmetries are
+    derived from the built model's graph (:mod:`llfc_core.symmetry`), never written by hand.
 
     Feature layers for LLFC are every ``nn.ReLU`` module in forward order (each used exactly once),
     then the logits. Condition II is measured on every ``nn.Linear`` and ``nn.Conv2d``.
@@ -41,9 +44,14 @@ class Architecture(ABC):
     def build(self) -> nn.Module:
         """A freshly initialised model on the current default device."""
 
-    @abstractmethod
     def permutation_spec(self) -> PermutationSpec:
         """Which tensor axes share which hidden permutation."""
+        return self.symmetry().spec
+
+    def symmetry(self) -> DerivedSymmetry:
+        """The spec with its report (feature sites, axes left unpermuted and why), derived
+        once per arch from the model built on the meta device."""
+        return _derived_symmetry(self)
 
     @abstractmethod
     def to_json(self) -> dict[str, Any]:
@@ -82,6 +90,15 @@ class ImageArchitecture(Architecture):
     @property
     def num_classes(self) -> int:
         return self.classes
+
+
+@lru_cache(maxsize=64)
+def _derived_symmetry(arch: Architecture) -> DerivedSymmetry:
+    # Archs are frozen dataclasses: equal JSON, equal key. The graph is on the meta device, so
+    # a cached entry holds no weights.
+    with torch.device("meta"):
+        model = arch.build()
+    return derive_symmetry(model, arch.input_shape)
 
 
 def check_size(arch: Architecture, max_params: int) -> None:

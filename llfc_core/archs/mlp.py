@@ -11,7 +11,6 @@ from torch import nn
 from llfc_core.archs.base import Architecture, reject_unknown_fields
 from llfc_core.errors import ArchitectureError
 from llfc_core.params import check_int
-from llfc_core.permutation import PermutationSpec
 
 MAX_WIDTH = 1_000_000
 MAX_LAYERS = 64
@@ -54,20 +53,6 @@ class MLP(Architecture):
             if index < len(self.widths) - 2:
                 layers.append(nn.ReLU())
         return nn.Sequential(*layers)
-
-    def permutation_spec(self) -> PermutationSpec:
-        # Hidden layer i is Linear module 2*i; its ReLU is module 2*i + 1.
-        num_linear = len(self.widths) - 1
-        axes: dict[str, tuple[str | None, ...]] = {}
-        features: dict[str, tuple[str, ...]] = {}
-        for i in range(num_linear):
-            out_perm = f"P_{i}" if i < num_linear - 1 else None
-            in_perm = f"P_{i - 1}" if i > 0 else None
-            axes[f"{2 * i}.weight"] = (out_perm, in_perm)
-            axes[f"{2 * i}.bias"] = (out_perm,)
-            if out_perm is not None:
-                features[out_perm] = (str(2 * i + 1),)
-        return PermutationSpec(axes_to_perm=axes, perm_to_features=features)
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "widths": list(self.widths)}

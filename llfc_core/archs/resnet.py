@@ -35,7 +35,6 @@ from llfc_core.archs.base import (
     scaled_width,
 )
 from llfc_core.errors import ArchitectureError
-from llfc_core.permutation import PermutationSpec
 
 STAGE_CHANNELS = (16, 32, 64)
 MIN_DEPTH = 8
@@ -46,7 +45,6 @@ MAX_WIDTH = 256.0
 MAX_CHANNELS = 4096
 MAX_INPUT_SIZE = 1024
 MAX_CLASSES = 1_000_000
-BATCH_NORM_TENSORS = ("weight", "bias", "running_mean", "running_var")
 
 
 class BasicBlock(nn.Module):
@@ -147,49 +145,6 @@ class ResNet(ImageArchitecture):
     def build(self) -> nn.Module:
         return ResNetNetwork(
             self.in_channels, self.stage_channels, self.blocks_per_stage, self.classes
-        )
-
-    def permutation_spec(self) -> PermutationSpec:
-        # The residual additions force every tensor writing into a stage's stream to share one
-        # permutation, P_stage<S>: the stem (for stage 1), each block's conv2/bn2, and the
-        # projection shortcut. Inside a block, conv1's outputs are free: P_layer<S>.<B>.inner.
-        axes: dict[str, tuple[str | None, ...]] = {}
-        features: dict[str, list[str]] = {}
-        statistics: set[str] = set()
-
-        def batch_norm(prefix: str, perm: str) -> None:
-            for tensor in BATCH_NORM_TENSORS:
-                axes[f"{prefix}.{tensor}"] = (perm,)
-            statistics.update((f"{prefix}.running_mean", f"{prefix}.running_var"))
-
-        stream = "P_stage1"
-        axes["conv1.weight"] = (stream, None, None, None)
-        batch_norm("bn1", stream)
-        features[stream] = ["relu"]
-        channels_in = self.stage_channels[0]
-        for stage, channels_out in enumerate(self.stage_channels, start=1):
-            stage_stream = f"P_stage{stage}"
-            features.setdefault(stage_stream, [])
-            for b in range(self.blocks_per_stage):
-                block = f"layer{stage}.{b}"
-                inner = f"P_{block}.inner"
-                axes[f"{block}.conv1.weight"] = (inner, stream, None, None)
-                batch_norm(f"{block}.bn1", inner)
-                axes[f"{block}.conv2.weight"] = (stage_stream, inner, None, None)
-                batch_norm(f"{block}.bn2", stage_stream)
-                if (stage > 1 and b == 0) or channels_in != channels_out:
-                    axes[f"{block}.shortcut.0.weight"] = (stage_stream, stream, None, None)
-                    batch_norm(f"{block}.shortcut.1", stage_stream)
-                features[inner] = [f"{block}.relu1"]
-                features[stage_stream].append(f"{block}.relu2")
-                stream = stage_stream
-                channels_in = channels_out
-        axes["linear.weight"] = (None, stream)
-        axes["linear.bias"] = (None,)
-        return PermutationSpec(
-            axes_to_perm=axes,
-            perm_to_features={perm: tuple(names) for perm, names in features.items()},
-            statistics_keys=frozenset(statistics),
         )
 
     def to_json(self) -> dict[str, Any]:

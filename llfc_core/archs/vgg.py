@@ -36,7 +36,6 @@ from llfc_core.archs.base import (
     scaled_width,
 )
 from llfc_core.errors import ArchitectureError
-from llfc_core.permutation import PermutationSpec
 
 POOL = "M"
 CONFIGS: dict[int, tuple[int | str, ...]] = {
@@ -111,22 +110,6 @@ class VGG(ImageArchitecture):
         """Output channels of every conv layer, in order."""
         return [scaled_width(c, self.width) for c in CONFIGS[self.depth] if isinstance(c, int)]
 
-    def _layer_indices(self) -> list[tuple[int, int | None, int]]:
-        """``(conv, batch_norm or None, relu)`` module indices inside ``features``, per conv."""
-        indices: list[tuple[int, int | None, int]] = []
-        index = 0
-        for entry in CONFIGS[self.depth]:
-            if entry == POOL:
-                index += 1
-                continue
-            if self.batch_norm:
-                indices.append((index, index + 1, index + 2))
-                index += 3
-            else:
-                indices.append((index, None, index + 1))
-                index += 2
-        return indices
-
     def build(self) -> nn.Module:
         layers: list[nn.Module] = []
         channels_in = self.in_channels
@@ -148,32 +131,6 @@ class VGG(ImageArchitecture):
             layers.append(nn.ReLU())
             channels_in = channels_out
         return VGGNetwork(nn.Sequential(*layers), channels_in, self.classes)
-
-    def permutation_spec(self) -> PermutationSpec:
-        # P_k permutes the output channels of conv k, its BatchNorm and ReLU, and the input
-        # channels of the next conv (or of the classifier, since the global pool keeps channels).
-        axes: dict[str, tuple[str | None, ...]] = {}
-        features: dict[str, tuple[str, ...]] = {}
-        statistics: set[str] = set()
-        previous: str | None = None
-        for k, (conv, batch_norm, relu) in enumerate(self._layer_indices()):
-            perm = f"P_{k}"
-            axes[f"features.{conv}.weight"] = (perm, previous, None, None)
-            axes[f"features.{conv}.bias"] = (perm,)
-            if batch_norm is not None:
-                for tensor in ("weight", "bias", "running_mean", "running_var"):
-                    axes[f"features.{batch_norm}.{tensor}"] = (perm,)
-                statistics |= {
-                    f"features.{batch_norm}.running_mean",
-                    f"features.{batch_norm}.running_var",
-                }
-            features[perm] = (f"features.{relu}",)
-            previous = perm
-        axes["classifier.weight"] = (None, previous)
-        axes["classifier.bias"] = (None,)
-        return PermutationSpec(
-            axes_to_perm=axes, perm_to_features=features, statistics_keys=frozenset(statistics)
-        )
 
     def to_json(self) -> dict[str, Any]:
         return {

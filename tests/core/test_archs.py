@@ -245,20 +245,18 @@ def test_resnet_keys_follow_kuangliu_layout() -> None:
 
 
 def test_resnet_residual_stream_shares_one_permutation_per_stage() -> None:
+    # A permutation is named after the first layer whose outputs it reorders: the stem for
+    # stage 1's stream, a stage's first conv2 for its stream, conv1 inside a block.
     spec = ResNet(depth=14, width=2).permutation_spec()
-    stage1 = {key for key, _ in spec.perm_to_axes["P_stage1"]}
+    stage1 = {key for key, _ in spec.perm_to_axes["P_conv1"]}
     writers_and_readers = {"conv1.weight", "bn1.running_var", "layer1.1.conv2.weight"}
     assert writers_and_readers | {"layer2.0.conv1.weight"} <= stage1
-    assert spec.axes_to_perm["layer2.0.shortcut.0.weight"] == ("P_stage2", "P_stage1", None, None)
-    assert spec.axes_to_perm["layer3.1.conv1.weight"] == (
-        "P_layer3.1.inner",
-        "P_stage3",
-        None,
-        None,
-    )
-    assert spec.axes_to_perm["linear.weight"] == (None, "P_stage3")
-    assert spec.perm_to_features["P_stage1"] == ("relu", "layer1.0.relu2", "layer1.1.relu2")
-    assert spec.perm_to_features["P_layer2.1.inner"] == ("layer2.1.relu1",)
+    stage2, stage3 = "P_layer2.0.conv2", "P_layer3.0.conv2"
+    assert spec.axes_to_perm["layer2.0.shortcut.0.weight"] == (stage2, "P_conv1", None, None)
+    assert spec.axes_to_perm["layer3.1.conv1.weight"] == ("P_layer3.1.conv1", stage3, None, None)
+    assert spec.axes_to_perm["linear.weight"] == (None, stage3)
+    assert spec.perm_to_features["P_conv1"] == ("relu", "layer1.0.relu2", "layer1.1.relu2")
+    assert spec.perm_to_features["P_layer2.1.conv1"] == ("layer2.1.relu1",)
     assert len(spec.perm_names) == 3 + 3 * 2
 
 

@@ -174,34 +174,3 @@ def test_a_wrong_spec_fails_its_proof_naming_the_permutation_that_broke_the_func
     owner = spec.axes_to_perm["layer2.0.bn1.running_var"][0]
     assert owner is not None and owner in raised.value.message
     assert check_proof(model, spec, inputs) < PROOF_TOLERANCE
-
-
-BUILT_IN_ARCHS = [
-    {"name": "mlp", "widths": [64, 32, 16, 10]},
-    {"name": "vgg", "depth": 11, "width": 0.25, "in_channels": 1, "input_size": 8},
-    {"name": "vgg", "depth": 13, "width": 0.125, "batch_norm": False},
-    {"name": "resnet", "depth": 8},
-    {"name": "resnet", "depth": 14, "width": 0.5, "in_channels": 1, "input_size": 8},
-]
-
-
-def canonical(
-    spec: PermutationSpec,
-) -> tuple[
-    set[frozenset[tuple[str, int]]],
-    dict[frozenset[tuple[str, int]], frozenset[str]],
-    frozenset[str],
-]:
-    """A spec without its permutations' names: the axes each acts on, where each is observed."""
-    groups = {name: frozenset(axes) for name, axes in spec.perm_to_axes.items()}
-    features = {groups[name]: frozenset(sites) for name, sites in spec.perm_to_features.items()}
-    return set(groups.values()), features, spec.statistics_keys
-
-
-@pytest.mark.parametrize("arch_json", BUILT_IN_ARCHS, ids=lambda arch: f"{arch['name']}")
-def test_derived_specs_equal_the_hand_written_ones_of_the_built_in_archs(arch_json: dict) -> None:
-    from llfc_core.archs import parse_arch
-
-    arch = parse_arch(arch_json)
-    derived = derive_symmetry(arch.build(), arch.input_shape)
-    assert canonical(derived.spec) == canonical(arch.permutation_spec())
