@@ -284,10 +284,19 @@ def _is_int(value: object) -> bool:
 
 @dataclass(frozen=True)
 class ReshapedDataset:
-    """Another dataset whose examples are reshaped batch by batch (same values, same order)."""
+    """Another dataset whose examples are reshaped batch by batch (same values, same order);
+    with ``channels`` > 1, each one-channel example is repeated over that many channels (a
+    grayscale image for a model that reads RGB)."""
 
     base: Dataset
     input_shape: tuple[int, ...]
+    channels: int = 1
+
+    def _shaped(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        if self.channels == 1:
+            return x.reshape(count, *self.input_shape)
+        single = x.reshape(count, 1, *self.input_shape[1:])
+        return single.expand(count, *self.input_shape).contiguous()
 
     @property
     def name(self) -> str:
@@ -302,15 +311,15 @@ class ReshapedDataset:
         return self.base.num_classes
 
     def limit(self, max_examples: int | None) -> ReshapedDataset:
-        return ReshapedDataset(self.base.limit(max_examples), self.input_shape)
+        return ReshapedDataset(self.base.limit(max_examples), self.input_shape, self.channels)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         for x, y in self.base.batches(batch_size):
-            yield x.reshape(len(y), *self.input_shape), y
+            yield self._shaped(x, len(y)), y
 
     def shuffled_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         for x, y in self.base.shuffled_batches(batch_size, generator):
-            yield x.reshape(len(y), *self.input_shape), y
+            yield self._shaped(x, len(y)), y
 
     def num_batches(self, batch_size: int) -> int:
         return self.base.num_batches(batch_size)
@@ -320,12 +329,16 @@ def fit_to_arch(arch: Architecture, dataset: Dataset) -> Dataset:
     """``dataset`` with examples shaped as ``arch`` expects, or a :class:`DatasetError`.
 
     Examples are reshaped when they hold as many values as the arch's input (the 64 digits
-    features become 1x8x8 for a conv net); labels must be valid outputs of the arch.
+    features become 1x8x8 for a conv net), and repeated over the channels when they hold one
+    channel's worth of a C x H x W input (the digits as 3x8x8 for a model that reads RGB);
+    labels must be valid outputs of the arch.
     """
     target = tuple(arch.input_shape)
     fitted = dataset
-    if dataset.input_shape != target:
-        have, want = math.prod(dataset.input_shape), math.prod(target)
+    have, want = math.prod(dataset.input_shape), math.prod(target)
+    if len(target) >= 3 and target[0] > 1 and have * target[0] == want:
+        fitted = ReshapedDataset(dataset, target, channels=target[0])
+    elif dataset.input_shape != target:
         if have != want:
             raise DatasetError(
                 f"The dataset '{dataset.name}' has examples of shape {dataset.input_shape} "

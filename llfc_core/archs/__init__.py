@@ -9,9 +9,16 @@ from llfc_core.archs.base import DEFAULT_MAX_PARAMS, Architecture, check_size
 from llfc_core.archs.mlp import MLP
 from llfc_core.archs.resnet import ResNet
 from llfc_core.archs.vgg import VGG
+from llfc_core.archs.zoo import TimmArchitecture, TorchvisionArchitecture
 from llfc_core.errors import ArchitectureError
 
-ARCHITECTURES: dict[str, Any] = {MLP.name: MLP, VGG.name: VGG, ResNet.name: ResNet}
+ARCHITECTURES: dict[str, Any] = {
+    MLP.name: MLP,
+    VGG.name: VGG,
+    ResNet.name: ResNet,
+    TorchvisionArchitecture.name: TorchvisionArchitecture,
+    TimmArchitecture.name: TimmArchitecture,
+}
 
 
 def parse_arch(spec: Any, max_params: int = DEFAULT_MAX_PARAMS) -> Architecture:

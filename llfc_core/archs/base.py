@@ -48,6 +48,11 @@ class Architecture(ABC):
         """Which tensor axes share which hidden permutation."""
         return self.symmetry().spec
 
+    def source_model(self) -> nn.Module:
+        """The model whose graph the symmetries are derived from: :meth:`build`'s, unless the
+        arch builds a graph that is itself derived (a zoo model's)."""
+        return self.build()
+
     def symmetry(self) -> DerivedSymmetry:
         """The spec with its report (feature sites, axes left unpermuted and why), derived
         once per arch from the model built on the meta device."""
@@ -97,7 +102,7 @@ def _derived_symmetry(arch: Architecture) -> DerivedSymmetry:
     # Archs are frozen dataclasses: equal JSON, equal key. The graph is on the meta device, so
     # a cached entry holds no weights.
     with torch.device("meta"):
-        model = arch.build()
+        model = arch.source_model()
     return derive_symmetry(model, arch.input_shape)
 
 

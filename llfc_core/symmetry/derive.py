@@ -316,7 +316,8 @@ def _result(walk: Walk, model: nn.Module, graph_module: fx.GraphModule) -> Deriv
         composites=composites,
     )
     sizes = {name: unknowns.get(root).size for root, name in names.items()}
-    instrumented, site_modules = instrumented_graph(graph_module, walk.sites)
+    instrumented = copy.deepcopy(graph_module)
+    site_modules = instrument(instrumented, walk.sites)
     return DerivedSymmetry(spec, sizes, walk.sites, unpermuted, instrumented, site_modules)
 
 
@@ -342,24 +343,22 @@ def _axis_name(
     return name
 
 
-def instrumented_graph(
-    graph_module: fx.GraphModule, sites: list[FeatureSite]
-) -> tuple[fx.GraphModule, dict[str, str]]:
-    """A copy of the traced model in which every activation call is a module of its own, at the
-    site's name (``layer1.0.relu#2`` for the second call of ``layer1.0.relu``; ``features.relu``
-    for ``F.relu`` called in ``features``' forward), so forward hooks see each call once, and
-    every residual addition is followed by an ``nn.Identity`` tap at its site's name."""
-    instrumented = copy.deepcopy(graph_module)
-    nodes = {node.name: node for node in instrumented.graph.nodes}
+def instrument(graph_module: fx.GraphModule, sites: list[FeatureSite]) -> dict[str, str]:
+    """Make every activation call of a traced model a module of its own, at the site's name
+    (``layer1.0.relu#2`` for the second call of ``layer1.0.relu``; ``features.relu`` for
+    ``F.relu`` called in ``features``' forward), so forward hooks see each call once, and follow
+    every residual addition by an ``nn.Identity`` tap at its site's name. In place; returns the
+    module path of each site."""
+    nodes = {node.name: node for node in graph_module.graph.nodes}
     site_modules: dict[str, str] = {}
-    existing = {name for name, _ in instrumented.named_modules()}
+    existing = {name for name, _ in graph_module.named_modules()}
     for site in sites:
         node = nodes[site.node]
         if site.kind == "residual":
             path = _free_path(site.name, existing)
-            instrumented.add_submodule(path, nn.Identity())
-            with instrumented.graph.inserting_after(node):
-                tap = instrumented.graph.call_module(path, (node,))
+            graph_module.add_submodule(path, nn.Identity())
+            with graph_module.graph.inserting_after(node):
+                tap = graph_module.graph.call_module(path, (node,))
             node.replace_all_uses_with(tap, delete_user_cb=partial(operator.is_not, tap))
             site_modules[site.name] = path
             continue
@@ -370,7 +369,7 @@ def instrumented_graph(
             site_modules[site.name] = site.name
             continue
         if node.op == "call_module":
-            replacement = copy.deepcopy(instrumented.get_submodule(str(node.target)))
+            replacement = copy.deepcopy(graph_module.get_submodule(str(node.target)))
         elif node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS:
             replacement = ACTIVATION_FUNCTIONS[node.target]()
         elif node.op == "call_method" and node.target in ACTIVATION_METHODS:
@@ -378,14 +377,14 @@ def instrumented_graph(
         else:
             continue
         path = _free_path(site.name, existing)
-        instrumented.add_submodule(path, replacement)
-        with instrumented.graph.inserting_after(node):
-            call = instrumented.graph.call_module(path, (node.args[0],))
+        graph_module.add_submodule(path, replacement)
+        with graph_module.graph.inserting_after(node):
+            call = graph_module.graph.call_module(path, (node.args[0],))
         node.replace_all_uses_with(call)
-        instrumented.graph.erase_node(node)
+        graph_module.graph.erase_node(node)
         site_modules[site.name] = path
-    instrumented.recompile()
-    return instrumented, site_modules
+    graph_module.recompile()
+    return site_modules
 
 
 def _free_path(name: str, existing: set[str]) -> str:
