@@ -169,6 +169,7 @@ def ingest_checkpoint(
         else:
             state, file_format = read_checkpoint(incoming.path, arch)
             fitted, applied = fit_state_dict(arch, state, key_map, key_order(file_format))
+            _check_recordable(applied)
         if existing is not None:
             return _same_renaming(existing, applied), False
         if fitted is None:
@@ -197,6 +198,16 @@ def ingest_checkpoint(
             created_at=utcnow(),
         )
         return _insert_or_existing(session, checkpoint, arch), True
+
+
+def _check_recordable(applied: Mapping[str, str]) -> None:
+    """Refuse a renaming the database cannot keep: PostgreSQL's JSON holds no NUL character."""
+    for name in applied:
+        if "\x00" in name:
+            raise KeyMapError(
+                f"The file's tensor name {name!r} holds a NUL character, which the checkpoint's "
+                "key_map cannot record; save the model under names without it."
+            )
 
 
 def _same_renaming(existing: Checkpoint, applied: dict[str, str]) -> Checkpoint:

@@ -103,3 +103,16 @@ def test_a_bad_key_map_is_a_422_sentence_naming_it(alice: httpx.Client) -> None:
         assert response.status_code == 422, key_map
         assert response.json()["type"] == "/problems/invalid-key-map"
         assert sentence in response.json()["detail"], response.json()["detail"]
+
+
+def test_a_renaming_of_names_holding_a_nul_is_refused_before_the_database(
+    alice: httpx.Client,
+) -> None:
+    # PostgreSQL's JSON cannot hold the NUL of the recorded renaming; SQLite would store it.
+    state = {
+        name.replace("fc1", "fc\x001"): tensor for name, tensor in class_style_state(306).items()
+    }
+    response = upload_checkpoint(alice, torch_file(state), mlp_arch(WIDTHS), key_map="by_order")
+    assert response.status_code == 422, response.text
+    assert response.json()["type"] == "/problems/invalid-key-map"
+    assert "NUL character" in response.json()["detail"]
