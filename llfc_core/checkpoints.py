@@ -17,7 +17,10 @@ Two formats are read, told apart by their content, never by the file name:
   state). The legacy pickle stream (``\\x80``, before PyTorch 1.6) is refused: its loader
   allocates each storage at the size the file declares before reading it.
 
-In both formats a ``module.`` prefix on every key (``nn.DataParallel``) is removed.
+In both formats a ``module.`` prefix on every key (``nn.DataParallel``) and an ``_orig_mod.``
+prefix on every key (a model wrapped by ``torch.compile``) are removed, in whichever order they
+were put on. Other names that differ from the arch's are renamed only on request
+(:mod:`llfc_core.key_maps`).
 
 :func:`validate_state_dict` then holds a state dict against an architecture. Floating tensors of
 any precision become float32 (the dtype every analysis runs in); integer tensors are accepted only
@@ -61,6 +64,9 @@ from llfc_core.permutation import StateDict
 CheckpointFormat = Literal["safetensors", "torch"]
 
 DATA_PARALLEL_PREFIX = "module."
+COMPILED_PREFIX = "_orig_mod."
+WRAPPER_PREFIXES = (DATA_PARALLEL_PREFIX, COMPILED_PREFIX)
+"""Prefixes a wrapper puts on every key: ``nn.DataParallel`` / DDP and ``torch.compile``."""
 WRAPPER_KEYS = ("state_dict", "model")
 MAX_NAMES_IN_MESSAGE = 10
 MAX_NAMES_IN_ERROR_FIELDS = 100
@@ -169,7 +175,7 @@ def load_safetensors(path: Path, arch: Architecture | None = None) -> StateDict:
         raise CheckpointFormatError(
             f"The safetensors file is corrupt and could not be read ({_first_line(error)})."
         ) from error
-    return _strip_data_parallel_prefix(tensors)
+    return strip_wrapper_prefixes(tensors)
 
 
 def save_safetensors(state: Mapping[str, torch.Tensor], path: Path) -> None:
@@ -524,7 +530,7 @@ def _load_torch(path: Path) -> StateDict:
             f"The PyTorch checkpoint is corrupt or truncated and could not be read "
             f"({type(error).__name__})."
         ) from error
-    return _strip_data_parallel_prefix(_unwrap_state_dict(loaded))
+    return strip_wrapper_prefixes(_unwrap_state_dict(loaded))
 
 
 def _unwrap_state_dict(loaded: Any) -> dict[str, torch.Tensor]:
@@ -565,11 +571,18 @@ def _is_flat_state_dict(value: Any) -> bool:
     )
 
 
-def _strip_data_parallel_prefix(state: Mapping[str, torch.Tensor]) -> StateDict:
-    """Keys without the ``module.`` that ``nn.DataParallel`` puts on every one of them."""
-    if state and all(key.startswith(DATA_PARALLEL_PREFIX) for key in state):
-        return {key[len(DATA_PARALLEL_PREFIX) :]: value for key, value in state.items()}
-    return dict(state)
+def strip_wrapper_prefixes(state: Mapping[str, torch.Tensor]) -> StateDict:
+    """Keys without the ``WRAPPER_PREFIXES`` a wrapper put on every one of them (a compiled
+    DataParallel model has both, in the order it was wrapped)."""
+    stripped = dict(state)
+    while stripped:
+        prefix = next(
+            (p for p in WRAPPER_PREFIXES if all(key.startswith(p) for key in stripped)), None
+        )
+        if prefix is None:
+            break
+        stripped = {key[len(prefix) :]: value for key, value in stripped.items()}
+    return stripped
 
 
 def _plain_tensors(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

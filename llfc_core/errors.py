@@ -20,7 +20,11 @@ class ArchitectureError(LLFCError):
 
 
 class CheckpointMismatchError(LLFCError):
-    """A state dict that does not fit its arch: missing, extra or mis-shaped tensors."""
+    """A state dict that does not fit its arch: missing, extra or mis-shaped tensors.
+
+    ``suggested_key_map`` (file name -> arch name, every tensor) is the renaming under which it
+    would fit, when :mod:`llfc_core.key_maps` finds one; None otherwise.
+    """
 
     def __init__(
         self,
@@ -28,11 +32,18 @@ class CheckpointMismatchError(LLFCError):
         missing: list[str] | None = None,
         unexpected: list[str] | None = None,
         mis_shaped: list[str] | None = None,
+        suggested_key_map: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.missing = missing or []
         self.unexpected = unexpected or []
         self.mis_shaped = mis_shaped or []
+        self.suggested_key_map = suggested_key_map
+
+
+class KeyMapError(LLFCError):
+    """A key_map (a renaming of a checkpoint's tensors) that is malformed or names a tensor the
+    file or the arch does not have."""
 
 
 class CheckpointFormatError(LLFCError):

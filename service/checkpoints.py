@@ -5,6 +5,10 @@ arch and is kept as a float32 safetensors blob, whatever format it arrived in. A
 already is exactly that blob (``llfc_core.checkpoints.is_stored_form``: the arch's tensors as
 F32/I64 safetensors, all finite) is kept as it arrived, checked in chunks rather than loaded.
 
+An upload may carry a ``key_map`` (``llfc_core.key_maps``): its tensors are then renamed to the
+arch's names before validation, the blob holds the arch's names, and the row keeps the renaming
+applied.
+
 A checkpoint is identified by its owner, its uploaded bytes and its arch: the same bytes fitting
 two archs are two checkpoints sharing one blob. Validation runs with no database transaction
 open (in embedded mode an open writing transaction holds SQLite's one write lock); the quota
@@ -34,12 +38,14 @@ from llfc_core.checkpoints import (
     unsafe_torch_load_sentence,
     validate_state_dict,
 )
-from llfc_core.errors import ArchitectureError
+from llfc_core.errors import ArchitectureError, KeyMapError
+from llfc_core.key_maps import BY_ORDER, KeyMapRequest, fit_state_dict, key_order, parse_key_map
+from llfc_core.permutation import StateDict
 from service.blob_refs import keep_blob, keep_blob_file
 from service.core.config import Settings
 from service.db.models import Checkpoint, Job, arch_key, new_id, utcnow
 from service.deletion import delete_with_blob, refuse_if_used
-from service.errors import NotFoundError
+from service.errors import KeyMapConflictError, NotFoundError
 from service.json_input import JsonInputError, parse_json
 from service.quotas import check_stored_bytes
 from service.storage import BlobStore, IncomingBlob, hash_file
@@ -88,6 +94,22 @@ def parse_arch_text(arch_text: str | None, settings: Settings) -> Architecture:
     return parse_arch(spec, max_params=settings.max_params)
 
 
+def parse_key_map_text(key_map_text: str | None) -> KeyMapRequest:
+    """The ``key_map`` form field: absent, ``by_order`` (bare or as a JSON string), or a JSON
+    object ``{name in the file: arch name}``; a 422 sentence otherwise."""
+    if key_map_text is None or not key_map_text.strip():
+        return None
+    if key_map_text.strip() == BY_ORDER:
+        return BY_ORDER
+    try:
+        value: Any = parse_json(key_map_text)
+    except JsonInputError as error:
+        raise KeyMapError(
+            f"The 'key_map' field {error}; send by_order or a JSON object of tensor names."
+        ) from error
+    return parse_key_map(value)
+
+
 def get_owned_checkpoint(session: Session, owner_id: str, checkpoint_id: str) -> Checkpoint:
     """The owner's checkpoint; NotFoundError also for another owner's."""
     checkpoint = session.get(Checkpoint, checkpoint_id)
@@ -118,30 +140,43 @@ def ingest_checkpoint(
     arch_text: str | None,
     name: str | None,
     filename: str | None,
+    key_map_text: str | None = None,
 ) -> tuple[Checkpoint, bool]:
     """Validate an uploaded file against its arch and store it; returns (checkpoint, created).
 
     An upload in the stored form becomes the blob itself (blob sha256 = upload sha256); any
-    other file is loaded, cleaned and re-written. The same bytes uploaded again by the same owner
-    with the same arch give back the existing checkpoint; with another arch they are validated
-    against it like any upload (422 when they do not fit).
+    other file is loaded, renamed by its key_map, cleaned and re-written. The same bytes uploaded
+    again by the same owner with the same arch give back the existing checkpoint, once a key_map
+    sent with them is found to rename them as the existing one did (409 when it does not); with
+    another arch they are validated against it like any upload (422 when they do not fit).
     """
     with incoming:
         sha256 = incoming.finish()
         arch = parse_arch_text(arch_text, settings)
+        key_map = parse_key_map_text(key_map_text)
         existing = _same_bytes_and_arch(session, owner_id, sha256, arch)
         # From here to the insert no transaction is open: validation may take seconds.
         session.commit()
-        if existing is not None:
+        if existing is not None and key_map is None:
             return existing, False
         file_format: CheckpointFormat
-        if is_stored_form(arch, incoming.path):
-            # Already the float32 safetensors file we would write: keep the uploaded bytes.
+        fitted: StateDict | None = None
+        applied: dict[str, str] = {}
+        # An explicit map may rename the arch's names among themselves, so it takes the general
+        # path; "by_order" leaves a file with the arch's names as it is.
+        if not isinstance(key_map, Mapping) and is_stored_form(arch, incoming.path):
             file_format = "safetensors"
-            blob_source, blob_sha256 = incoming.path, sha256
         else:
             state, file_format = read_checkpoint(incoming.path, arch)
-            blob_source = _write_state(store, validate_state_dict(arch, state))
+            fitted, applied = fit_state_dict(arch, state, key_map, key_order(file_format))
+            _check_recordable(applied)
+        if existing is not None:
+            return _same_renaming(existing, applied), False
+        if fitted is None:
+            # Already the float32 safetensors file we would write: keep the uploaded bytes.
+            blob_source, blob_sha256 = incoming.path, sha256
+        else:
+            blob_source = _write_state(store, fitted)
             blob_sha256, _size = hash_file(blob_source)
         try:
             check_stored_bytes(session, settings, owner_id, incoming.size, "this upload")
@@ -159,9 +194,33 @@ def ingest_checkpoint(
             arch=arch.to_json(),
             num_params=arch.num_params(),
             size_bytes=incoming.size,
+            key_map=applied or None,
             created_at=utcnow(),
         )
         return _insert_or_existing(session, checkpoint, arch), True
+
+
+def _check_recordable(applied: Mapping[str, str]) -> None:
+    """Refuse a renaming the database cannot keep: PostgreSQL's JSON holds no NUL character."""
+    for name in applied:
+        if "\x00" in name:
+            raise KeyMapError(
+                f"The file's tensor name {name!r} holds a NUL character, which the checkpoint's "
+                "key_map cannot record; save the model under names without it."
+            )
+
+
+def _same_renaming(existing: Checkpoint, applied: dict[str, str]) -> Checkpoint:
+    """``existing``, the checkpoint these bytes already are, if it renamed them as ``applied``
+    does; KeyMapConflictError otherwise (one file of one arch is one checkpoint)."""
+    if (existing.key_map or {}) != applied:
+        raise KeyMapConflictError(
+            f"This file is already checkpoint {existing.id} of this arch, stored under another "
+            "renaming of its tensors (its key_map); delete that checkpoint to store the file "
+            "under this key_map.",
+            checkpoint_id=existing.id,
+        )
+    return existing
 
 
 def _write_state(store: BlobStore, state: Mapping[str, torch.Tensor]) -> Path:

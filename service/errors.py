@@ -32,6 +32,10 @@ class InUseError(ServiceError):
     """A stored thing that a queued or running job still needs cannot be deleted."""
 
 
+class KeyMapConflictError(ServiceError):
+    """The same bytes of the same arch are already a checkpoint, stored under another renaming."""
+
+
 class AlreadyFinishedError(ServiceError):
     """A job that already succeeded or failed cannot be cancelled."""
 

@@ -29,6 +29,11 @@ class CheckpointPublic(BaseModel):
     source_job_id: str | None = Field(
         default=None, description="The job that produced this checkpoint, for artifacts."
     )
+    key_map: dict[str, str] | None = Field(
+        default=None,
+        description="The renaming the upload's key_map applied, {name in the file: name "
+        "stored (the arch's)}; null when the file's names were stored as they are.",
+    )
 
 
 class CheckpointsPublic(BaseModel):

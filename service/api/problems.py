@@ -33,6 +33,7 @@ ERROR_TYPES: dict[type[Exception], tuple[int, str]] = {
     engine_errors.ArchitectureError: (422, "invalid-arch"),
     engine_errors.CheckpointMismatchError: (422, "checkpoint-mismatch"),
     engine_errors.CheckpointFormatError: (422, "unreadable-checkpoint"),
+    engine_errors.KeyMapError: (422, "invalid-key-map"),
     engine_errors.IncompatiblePairError: (422, "incompatible-pair"),
     engine_errors.DatasetError: (422, "invalid-dataset"),
     engine_errors.InvalidParameterError: (422, "invalid-parameter"),
@@ -43,6 +44,7 @@ ERROR_TYPES: dict[type[Exception], tuple[int, str]] = {
     service_errors.NotFoundError: (404, "not-found"),
     service_errors.InUseError: (409, "in-use"),
     service_errors.AlreadyFinishedError: (409, "already-finished"),
+    service_errors.KeyMapConflictError: (409, "key-map-conflict"),
     service_errors.InvalidIdempotencyKeyError: (422, "validation"),
     service_errors.IdempotencyKeyReusedError: (422, "idempotency-key-reused"),
     service_errors.TooManyQueuedJobsError: (429, "too-many-queued-jobs"),
@@ -156,6 +158,7 @@ def user_error_response(error: UserError) -> JSONResponse:
             "missing": error.missing,
             "unexpected": error.unexpected,
             "mis_shaped": error.mis_shaped,
+            "suggested_key_map": error.suggested_key_map,
         }
     elif isinstance(error, service_errors.TooManyQueuedJobsError):
         headers["Retry-After"] = str(error.retry_after_s)

@@ -142,6 +142,8 @@ class Checkpoint(Base):
     ``sha256`` and ``size_bytes`` describe the bytes the owner uploaded (so re-uploading the same
     file finds the same row); ``blob_sha256`` names the stored safetensors blob. ``arch_key`` is
     the sha256 of the canonical arch JSON: the same bytes fitting two archs are two checkpoints.
+    ``key_map`` is ``{name in the file: name stored}`` for the tensors the upload's key_map
+    renamed, None when it renamed none.
     """
 
     __tablename__ = "checkpoints"
@@ -161,6 +163,7 @@ class Checkpoint(Base):
     num_params: Mapped[int] = mapped_column(BigInteger)
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     source_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    key_map: Mapped[dict[str, str] | None] = mapped_column(JSONType, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 

@@ -20,8 +20,8 @@ from support.stores import migrated_engine
 
 import service.checkpoints
 from llfc_core.archs import parse_arch
-from llfc_core.checkpoints import validate_state_dict
 from llfc_core.errors import CheckpointFormatError
+from llfc_core.key_maps import fit_state_dict
 from service.checkpoints import ingest_checkpoint, warn_if_torch_files_are_refused
 from service.core.config import Settings
 from service.db.models import Owner
@@ -63,9 +63,9 @@ def test_a_slow_validation_does_not_hold_the_embedded_write_lock(
         validating.set()
         # Stands for seconds of work on a large file; waits for the other write, or gives up.
         other_write_done.wait(5.0)
-        return validate_state_dict(*args)
+        return fit_state_dict(*args)
 
-    monkeypatch.setattr(service.checkpoints, "validate_state_dict", slow_validation)
+    monkeypatch.setattr(service.checkpoints, "fit_state_dict", slow_validation)
     float64_state = {key: value.double() for key, value in mlp_state([8, 6, 3], 0).items()}
     uploaded: list[Any] = []
     upload = threading.Thread(

@@ -75,7 +75,12 @@ def test_openapi_and_docs_describe_the_whole_contract(anonymous: httpx.Client) -
     schema = anonymous.get("/openapi.json").json()
     assert set(schema["paths"]) >= API_PATHS
     upload = schema["paths"]["/v1/checkpoints"]["post"]["requestBody"]["content"]
-    assert set(upload["multipart/form-data"]["schema"]["properties"]) == {"file", "arch", "name"}
+    assert set(upload["multipart/form-data"]["schema"]["properties"]) == {
+        "file",
+        "arch",
+        "name",
+        "key_map",
+    }
     docs = anonymous.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()

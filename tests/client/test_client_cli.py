@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 import numpy as np
 import pytest
+import torch
 from click.testing import CliRunner, Result
 from safetensors.torch import load_file
 from support import servers
@@ -150,6 +151,55 @@ def test_upload_of_a_checkpoint_that_does_not_fit_fails_with_one_line(
     result = llfc("upload", str(path), "--arch", '{"name": "mlp", "widths": [64, 16, 10]}')
     assert_one_line_error(result, "0.weight")
     assert result.stdout == ""
+
+
+def write_class_style_mlp(path: Path, seed: int) -> dict[str, str]:
+    """MLP_ARCH's model saved under a lab's names (fc1, out) with torch.save; returns the
+    renaming to the arch's names."""
+    state = mlp_state_dict(seed)
+    renaming = {name: name.replace("0.", "fc1.", 1) for name in state if name.startswith("0.")}
+    renaming |= {name: name.replace("2.", "out.", 1) for name in state if name.startswith("2.")}
+    torch.save({renaming[name]: tensor for name, tensor in state.items()}, path)
+    return {lab_name: arch_name for arch_name, lab_name in renaming.items()}
+
+
+def test_upload_of_a_class_style_model_says_how_to_rename_then_by_order_stores_it(
+    llfc: Cli, client: Client, tmp_path: Path
+) -> None:
+    path = tmp_path / "lab.pt"
+    renaming = write_class_style_mlp(path, seed=54)
+    refused = llfc("upload", str(path), "--arch", json.dumps(MLP_ARCH))
+    assert_one_line_error(refused, "fc1 -> 0, out -> 2", 'key_map "by_order"')
+    result = llfc("upload", str(path), "--arch", json.dumps(MLP_ARCH), "--key-map", "by_order")
+    assert result.exit_code == 0, result.output
+    assert "4 tensors renamed" in result.stderr
+    assert client.get_checkpoint(result.stdout.strip()).key_map == renaming
+    shown = llfc("checkpoints", "show", result.stdout.strip())
+    assert "renamed: fc1.weight -> 0.weight" in shown.stdout
+
+
+def test_upload_reads_an_explicit_key_map_from_a_file(
+    llfc: Cli, client: Client, tmp_path: Path
+) -> None:
+    path = tmp_path / "lab.pt"
+    renaming = write_class_style_mlp(path, seed=55)
+    key_map_file = tmp_path / "key_map.json"
+    key_map_file.write_text(json.dumps(renaming))
+    result = llfc(
+        "upload", str(path), "--arch", json.dumps(MLP_ARCH), "--key-map", f"@{key_map_file}"
+    )
+    assert result.exit_code == 0, result.output
+    assert client.get_checkpoint(result.stdout.strip()).key_map == renaming
+
+
+def test_a_key_map_that_is_not_an_object_of_names_is_refused_before_uploading(
+    llfc: Cli, tmp_path: Path
+) -> None:
+    path = tmp_path / "lab.pt"
+    write_class_style_mlp(path, seed=56)
+    result = llfc("upload", str(path), "--arch", json.dumps(MLP_ARCH), "--key-map", "[1]")
+    assert result.exit_code == 2
+    assert "--key-map must be by_order or a JSON object" in result.stderr
 
 
 def test_upload_of_a_missing_file_fails_with_one_line(llfc: Cli, tmp_path: Path) -> None:

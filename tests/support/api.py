@@ -83,10 +83,13 @@ def upload_checkpoint(
     arch: Mapping[str, Any],
     filename: str = "model.pt",
     name: str | None = None,
+    key_map: str | None = None,
 ) -> httpx.Response:
     data = {"arch": json.dumps(arch)}
     if name is not None:
         data["name"] = name
+    if key_map is not None:
+        data["key_map"] = key_map
     return http.post("/v1/checkpoints", files={"file": (filename, content)}, data=data)
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 from urllib.parse import quote
 
 import httpx
@@ -240,17 +240,23 @@ class Client:
         source: str | os.PathLike[str] | Mapping[str, Any],
         arch: dict[str, Any],
         name: str | None = None,
+        key_map: Mapping[str, str] | Literal["by_order"] | None = None,
     ) -> Checkpoint:
         """Upload a checkpoint checked against ``arch``: a ``.safetensors`` or ``.pt``/``.pth``
         file, or an in-memory state dict (names to torch tensors, e.g. ``model.state_dict()``),
         sent as safetensors; that one needs torch and safetensors installed.
 
         Without ``name`` the service names it after the file (an in-memory state dict:
-        ``state_dict``). The same bytes uploaded again return the same checkpoint.
+        ``state_dict``). The same bytes uploaded again return the same checkpoint. ``key_map``
+        renames the file's tensors to the arch's names: ``"by_order"`` (the renaming a
+        checkpoint-mismatch :class:`ApiError` suggests) or ``{name in the file: arch name}``;
+        the checkpoint's ``key_map`` then says what was renamed.
         """
         data = {"arch": json.dumps(arch)}
         if name is not None:
             data["name"] = name
+        if key_map is not None:
+            data["key_map"] = key_map if isinstance(key_map, str) else json.dumps(dict(key_map))
         if isinstance(source, Mapping):
             serialised = (STATE_DICT_FILENAME, state_dict_bytes(source), OCTET_STREAM)
             body = self._json("POST", "/v1/checkpoints", data=data, files={"file": serialised})

@@ -36,6 +36,9 @@ class Checkpoint:
     num_params: int
     created_at: datetime | None
     source_job_id: str | None = None
+    key_map: dict[str, str] | None = None
+    """The renaming the upload's key_map applied, {name in the file: name stored}; None when
+    the names were stored as uploaded."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -50,6 +53,7 @@ class Checkpoint:
             num_params=body["num_params"],
             created_at=_timestamp(body.get("created_at")),
             source_job_id=body.get("source_job_id"),
+            key_map=body.get("key_map"),
             raw=body,
         )
 

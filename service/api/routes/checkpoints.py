@@ -40,6 +40,12 @@ UPLOAD_BODY: dict[str, Any] = {
                             "description": 'JSON text, e.g. {"name": "mlp", "widths": [64, 10]}.',
                         },
                         "name": {"type": "string"},
+                        "key_map": {
+                            "type": "string",
+                            "description": "Renames the file's tensors to the arch's names: "
+                            "by_order (the renaming a checkpoint-mismatch answer suggests), or "
+                            'JSON text {"name in the file": "arch name", ...}.',
+                        },
                     },
                 }
             }
@@ -70,9 +76,12 @@ async def upload_checkpoint(
 
     The same bytes uploaded again with the same arch give back the same checkpoint; with another
     arch they fit, another checkpoint sharing the stored blob. A file that does not fit the arch
-    is refused with 422 naming the missing, unexpected and mis-shaped tensors.
+    is refused with 422 naming the missing, unexpected and mis-shaped tensors, and the renaming
+    under which it would fit (`suggested_key_map`) when there is one; `key_map` applies it.
     """
-    upload = await receive_upload(request, store, settings.max_upload_bytes, ("arch", "name"))
+    upload = await receive_upload(
+        request, store, settings.max_upload_bytes, ("arch", "name", "key_map")
+    )
     checkpoint, _created = await run_in_threadpool(
         ingest_checkpoint,
         session,
@@ -83,6 +92,7 @@ async def upload_checkpoint(
         upload.fields.get("arch"),
         upload.fields.get("name"),
         upload.filename,
+        upload.fields.get("key_map"),
     )
     return checkpoint_public(checkpoint)
 
@@ -110,19 +120,39 @@ def read_checkpoint(
 @router.get(
     "/{checkpoint_id}/file",
     response_class=FileResponse,
-    responses={200: {"content": {"application/octet-stream": {}}}, **problem_responses(404)},
+    responses={
+        200: {
+            "content": {"application/octet-stream": {}},
+            "headers": {
+                "X-Checkpoint-Sha256": {
+                    "description": "sha256 of the file.",
+                    "schema": {"type": "string"},
+                },
+                "X-Checkpoint-Key-Map": {
+                    "description": "applied: the upload's key_map renamed tensors (the "
+                    "checkpoint's key_map lists them); none: the names are the file's as "
+                    "uploaded. Either way they are the arch's.",
+                    "schema": {"type": "string", "enum": ["applied", "none"]},
+                },
+            },
+        },
+        **problem_responses(404),
+    },
 )
 def download_checkpoint(
     checkpoint_id: ResourceIdPath, owner: CurrentOwner, session: SessionDep, store: StoreDep
 ) -> FileResponse:
-    """The checkpoint's tensors as a safetensors file (float32, the arch's key order)."""
+    """The checkpoint's tensors as a safetensors file (float32, the arch's names and order)."""
     checkpoint = get_owned_checkpoint(session, owner.id, checkpoint_id)
     session.commit()
     return FileResponse(
         store.path_for(checkpoint.blob_sha256),
         media_type="application/octet-stream",
         filename=f"{checkpoint.id}.safetensors",
-        headers={"X-Checkpoint-Sha256": checkpoint.blob_sha256},
+        headers={
+            "X-Checkpoint-Sha256": checkpoint.blob_sha256,
+            "X-Checkpoint-Key-Map": "applied" if checkpoint.key_map else "none",
+        },
     )
 
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path, PurePosixPath
-from typing import Any, TextIO, TypeVar
+from typing import Any, Literal, TextIO, TypeVar
 from urllib.parse import urlsplit
 
 import click
@@ -112,6 +112,28 @@ def _arch_option(text: str) -> dict[str, Any]:
 
 
 ARCH_HELP = 'The arch as JSON, e.g. \'{"name": "mlp", "widths": [64, 32, 10]}\', or @file.json.'
+KEY_MAP_HELP = (
+    "Rename the file's tensors to the arch's names: by_order (the renaming a refused upload "
+    'suggests), or JSON {"name in the file": "arch name", ...}, or @file.json.'
+)
+
+
+def _key_map_option(text: str | None) -> dict[str, str] | Literal["by_order"] | None:
+    """--key-map: by_order, or a JSON object of names (inline or @file); the service checks
+    the names."""
+    if text is None:
+        return None
+    if text.strip() == "by_order":
+        return "by_order"
+    key_map = _json_option(text, "--key-map")
+    if not isinstance(key_map, dict) or not all(
+        isinstance(value, str) for value in key_map.values()
+    ):
+        raise click.BadParameter(
+            '--key-map must be by_order or a JSON object {"name in the file": "arch name"}.'
+        )
+    return key_map
+
 
 # --- Checkpoints by id, name or file -------------------------------------------------------------
 
@@ -272,13 +294,20 @@ def _finish_waiting(job: Job) -> None:
     help=ARCH_HELP,
 )
 @click.option("--name", default=None, help="A name to show instead of the file name.")
+@click.option("--key-map", "key_map_text", default=None, help=KEY_MAP_HELP)
 @with_client
-def upload(client: Client, file: Path, arch_text: str, name: str | None) -> None:
+def upload(
+    client: Client, file: Path, arch_text: str, name: str | None, key_map_text: str | None
+) -> None:
     """Upload a checkpoint (.safetensors, or a .pt/.pth state dict); prints its id."""
-    checkpoint = client.upload_checkpoint(file, _arch_option(arch_text), name)
+    checkpoint = client.upload_checkpoint(
+        file, _arch_option(arch_text), name, _key_map_option(key_map_text)
+    )
+    renamed = f", {len(checkpoint.key_map)} tensors renamed" if checkpoint.key_map else ""
     click.echo(
         f"Checkpoint {checkpoint.name}: {json.dumps(checkpoint.arch)}, "
-        f"{checkpoint.num_params:,} parameters, {checkpoint.format}, sha256 {checkpoint.sha256}",
+        f"{checkpoint.num_params:,} parameters, {checkpoint.format}, sha256 {checkpoint.sha256}"
+        f"{renamed}",
         err=True,
     )
     click.echo(checkpoint.id)
@@ -737,6 +766,9 @@ def show_checkpoint(client: Client, reference: str) -> None:
         f"created: {_local_time(checkpoint.created_at)}",
         f"from: {f'job {checkpoint.source_job_id}' if checkpoint.source_job_id else 'upload'}",
     ]
+    if checkpoint.key_map:
+        renaming = ", ".join(f"{old} -> {new}" for old, new in checkpoint.key_map.items())
+        lines.append(f"renamed: {renaming}")
     click.echo("\n".join(lines))
 
 
