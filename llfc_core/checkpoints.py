@@ -142,7 +142,7 @@ def read_checkpoint(
         )
     raise CheckpointFormatError(
         f"The checkpoint ({size} bytes) is neither a safetensors file nor a PyTorch state dict "
-        "saved with torch.save."
+        'saved with torch.save (an ONNX model is uploaded with the arch {"name": "onnx"}).'
     )
 
 
@@ -489,6 +489,15 @@ def _inside_top_folder(name: str) -> str:
 
 def _check_member_names(names: list[str]) -> None:
     """One top folder (torch names it after the file) holding only what torch.save writes."""
+    inside = {_inside_top_folder(name) for name in names}
+    program = _program_archive(inside)
+    if program is not None:
+        raise CheckpointFormatError(
+            f"This is {program}; its loader unpickles and can run code, so it is not accepted. "
+            "Upload the model's state_dict (torch.save(model.state_dict(), path) or "
+            "safetensors) with a zoo or built-in arch, or export the model to ONNX "
+            '(torch.onnx.export) and upload the .onnx file with the arch {"name": "onnx"}.'
+        )
     top_folders = {name.partition("/")[0] for name in names}
     foreign = [
         name
@@ -507,6 +516,19 @@ def _check_member_names(names: list[str]) -> None:
             "The zip archive has no data.pkl, so it is not a PyTorch state dict saved with "
             "torch.save."
         )
+
+
+def _program_archive(inside_names: set[str]) -> str | None:
+    """Which archive of a whole program the member names (inside the top folder) show, if any:
+    TorchScript (``torch.jit.save``: ``code/``, ``constants.pkl``) or torch.export
+    (``torch.export.save``'s ``.pt2``: ``archive_format``, ``models/``)."""
+    if "constants.pkl" in inside_names and any(name.startswith("code/") for name in inside_names):
+        return "a TorchScript archive (torch.jit.save)"
+    if "archive_format" in inside_names and any(
+        name.startswith("models/") for name in inside_names
+    ):
+        return "a torch.export archive (.pt2, torch.export.save)"
+    return None
 
 
 def _load_torch(path: Path) -> StateDict:

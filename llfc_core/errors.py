@@ -50,6 +50,11 @@ class CheckpointFormatError(LLFCError):
     """Bytes that are not a readable safetensors file or weights-only torch state dict."""
 
 
+class OnnxModelError(CheckpointFormatError):
+    """An .onnx upload that is refused: external data, an op outside the allowlist, or a graph
+    that cannot become a torch module without guessing."""
+
+
 class IncompatiblePairError(LLFCError):
     """Two models that cannot be compared: different architectures or shapes."""
 

@@ -18,6 +18,7 @@ from safetensors.torch import load as load_safetensors_bytes
 from support.checkpoint_archives import (
     deflate_bomb,
     repacked,
+    torch_export_archive,
     torch_saved,
     torchscript_archive,
     with_lying_member_size,
@@ -371,9 +372,21 @@ def test_a_torchscript_archive_is_refused_before_torch_reads_it(
     path = tmp_path / "scripted.pt"
     path.write_bytes(torchscript_archive())
     monkeypatch.setattr(torch, "load", _must_not_run)
-    with pytest.raises(CheckpointFormatError, match=r"torch\.save does not write") as caught:
+    with pytest.raises(CheckpointFormatError, match=r"This is a TorchScript archive") as caught:
         read_checkpoint(path)
-    assert "code/" in caught.value.message or "constants.pkl" in caught.value.message
+    assert "can run code" in caught.value.message
+    assert "torch.onnx.export" in caught.value.message
+
+
+def test_a_torch_export_archive_is_refused_before_torch_reads_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "exported.pt2"
+    path.write_bytes(torch_export_archive())
+    monkeypatch.setattr(torch, "load", _must_not_run)
+    with pytest.raises(CheckpointFormatError, match=r"This is a torch\.export archive") as caught:
+        read_checkpoint(path)
+    assert "state_dict" in caught.value.message and ".onnx" in caught.value.message
 
 
 @pytest.mark.parametrize("member", ["constants.pkl", "code/__torch__.py", ".debug_pkl", "extra/x"])

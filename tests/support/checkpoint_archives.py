@@ -61,6 +61,15 @@ def torchscript_archive() -> bytes:
     return buffer.getvalue()
 
 
+def torch_export_archive() -> bytes:
+    """A torch.export archive (``torch.export.save``, a ``.pt2``): ``archive_format``,
+    ``models/``, ``data/weights/``..."""
+    buffer = io.BytesIO()
+    program = torch.export.export(nn.Linear(2, 2), (torch.randn(1, 2),))
+    torch.export.save(program, buffer)
+    return buffer.getvalue()
+
+
 def with_lying_member_size(saved: bytes, member_suffix: str, declared_bytes: int) -> bytes:
     """``saved`` with the central-directory sizes of the member ending in ``member_suffix``
     changed to ``declared_bytes`` (the data itself unchanged)."""
