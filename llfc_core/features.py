@@ -1,8 +1,11 @@
 """Capturing a model's internal features during a forward pass.
 
-The LLFC feature layers of every arch are its ``nn.ReLU`` modules (each used once), in the order
-the forward pass reaches them; the input of a ReLU is that layer's pre-activation. The layers of
-Condition II are the ``nn.Linear`` and ``nn.Conv2d`` modules, whose input is the feature matrix H.
+The LLFC feature layers of every arch are its feature sites, in the order the forward pass
+reaches them: every elementwise activation module (ReLU, GELU, SiLU...; each called once, which
+:func:`llfc_core.symmetry.derive.instrument` ensures for traced models), whose input is that
+layer's pre-activation, and every :class:`ResidualTap` (a residual stream after an addition).
+Condition I is measured at the activations, LLFC at every site. The layers of Condition II are
+the ``nn.Linear`` and ``nn.Conv2d`` modules, whose input is the feature matrix H.
 
 :func:`watch_features` hands each tensor to a callback the moment the forward pass produces it,
 so a caller can compare it and let it go; :func:`capture_features` keeps them for the batch.
@@ -16,7 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch import nn
+from torch import fx, nn
+
+from llfc_core.symmetry.rules import ACTIVATION_MODULES
 
 WEIGHTED_LAYER_TYPES = (nn.Linear, nn.Conv2d)
 
@@ -38,9 +43,35 @@ class Capture:
         self.layer_inputs.clear()
 
 
-def relu_names(model: nn.Module) -> list[str]:
-    """Names of the model's ReLU modules in definition order."""
-    return [name for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
+class ResidualTap(nn.Identity):
+    """Marks its input, a residual stream just after an addition, as an LLFC feature layer."""
+
+
+def _in_forward_order(model: nn.Module, names: list[str]) -> list[str]:
+    """``names`` in the order a traced model calls them (definition order otherwise, which the
+    built-in archs keep equal to forward order)."""
+    if not isinstance(model, fx.GraphModule):
+        return names
+    called = [str(node.target) for node in model.graph.nodes if node.op == "call_module"]
+    position = {name: index for index, name in reversed(list(enumerate(called)))}
+    return sorted(names, key=lambda name: position.get(name, len(called)))
+
+
+def activation_names(model: nn.Module) -> list[str]:
+    """The model's elementwise activation modules, in forward order: Condition I's layers."""
+    names = [n for n, module in model.named_modules() if isinstance(module, ACTIVATION_MODULES)]
+    return _in_forward_order(model, names)
+
+
+def feature_site_names(model: nn.Module) -> list[str]:
+    """Every LLFC feature layer but the logits: activations and residual taps, in forward
+    order."""
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (*ACTIVATION_MODULES, ResidualTap))
+    ]
+    return _in_forward_order(model, names)
 
 
 def weighted_layer_names(model: nn.Module) -> list[str]:
@@ -59,7 +90,7 @@ def watch_features(
     layers: Iterable[str] = (),
     on_layer: FeatureCallback | None = None,
 ) -> Iterator[None]:
-    """Call ``on_relu(name, pre_activation, output)`` at every named ReLU and
+    """Call ``on_relu(name, pre_activation, output)`` at every named feature site and
     ``on_layer(name, H, output)`` at every named layer, during every forward pass."""
     modules = dict(model.named_modules())
     handles: list[Any] = []
@@ -75,10 +106,11 @@ def watch_features(
     try:
         if on_relu is not None:
             for name in relus:
-                relu = modules[name]
-                # An in-place ReLU would overwrite the pre-activation it was given.
-                relu.inplace = False
-                handles.append(relu.register_forward_hook(hook(name, on_relu)))
+                site = modules[name]
+                # An in-place activation would overwrite the pre-activation it was given.
+                if hasattr(site, "inplace"):
+                    site.inplace = False
+                handles.append(site.register_forward_hook(hook(name, on_relu)))
         if on_layer is not None:
             for name in layers:
                 handles.append(modules[name].register_forward_hook(hook(name, on_layer)))

@@ -11,15 +11,16 @@ units of permutation p and P the bytes of one model's state:
   permuted (5P); every term's C_p x C_p float32 product, kept between sweeps; one float64 cost
   matrix, its negation and the solver's own copy.
 * activation matching (:mod:`llfc_core.matching.activation`): A and B as states and as models,
-  and B permuted (5P); the pre-activation and output of every ReLU of both models for one batch
-  (2 x 2 x N x sum W_relu x 4), three scratch buffers and the forward's running tensors; a
-  float64 cross moment C_p x C_p per observed ReLU, and at the solve the stacked correlations of
-  one permutation, their sum, three temporaries of one correlation and the solver's two copies.
+  and B permuted (5P); the pre-activation and output of every feature site (an activation or
+  a residual tap) of both models for one batch (2 x 2 x N x sum W_site x 4), three scratch
+  buffers and the forward's running tensors; a float64 cross moment C_p x C_p per observed
+  site, and at the solve the stacked correlations of one permutation, their sum, three
+  temporaries of one correlation and the solver's two copies.
 * analysis (:mod:`llfc_core.analysis`): the matching above when asked for, then A and B as
   given, validated and as models, B matched, one interpolated state on its way to a model (8P),
   theta_alpha (one model per interior alpha when the engine keeps
-  them, else one work model), A's ReLU pre-activations and outputs for one batch, and the
-  running tensors of the model being compared.
+  them, else one work model), A's feature sites' pre-activations and outputs for one batch, and
+  the running tensors of the model being compared.
 * interpolation: A, B, the mix and the model re-estimating BatchNorm statistics, and one batch's
   running tensors.
 * training: every trained mode's state, the model in training with its gradients and momentum
@@ -41,14 +42,16 @@ from torch import nn
 
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import JobTooLargeError
+from llfc_core.features import ResidualTap
 from llfc_core.permutation import perm_sizes
+from llfc_core.symmetry.rules import ACTIVATION_MODULES
 
 FLOAT32 = 4
 FLOAT64 = 8
 RUNNING_TENSORS = 2
 """A forward pass holds a module's input and its output at once."""
 SCRATCH_SLOTS = 3
-"""Activation matching's temporaries of one observed ReLU (``Scratch`` slots a, b, square)."""
+"""Activation matching's temporaries of one observed site (``Scratch`` slots a, b, square)."""
 SOLVE_TEMPORARIES = 6
 """Float64 C x C matrices of one solve besides the stacked correlations: their sum, three
 temporaries of one correlation, the negated copy we hand ``lapjv`` and the one it makes."""
@@ -68,13 +71,13 @@ class ArchShapes:
     state_bytes: int
     module_values: dict[str, int]
     """Values one example has at the output of each leaf module (and ``""``: the input)."""
-    relu_values: dict[str, int]
-    """Values one example has at each ReLU's output."""
+    site_values: dict[str, int]
+    """Values one example has at each feature site's output."""
     perm_sizes: dict[str, int]
     weight_terms: dict[str, int]
     """Per permutation, the (tensor, axis) products of weight matching."""
-    observed_relus: dict[str, tuple[str, ...]]
-    """Per permutation, the ReLUs activation matching observes."""
+    observed_sites: dict[str, tuple[str, ...]]
+    """Per permutation, the feature sites activation matching observes."""
     num_params: int
 
     @property
@@ -82,8 +85,8 @@ class ArchShapes:
         return max(self.module_values.values())
 
     @property
-    def all_relu_values(self) -> int:
-        return sum(self.relu_values.values())
+    def all_site_values(self) -> int:
+        return sum(self.site_values.values())
 
     @property
     def all_module_values(self) -> int:
@@ -96,7 +99,7 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
         model = arch.build().eval()
         example = torch.empty((1, *arch.input_shape))
     module_values: dict[str, int] = {"": example.numel()}
-    relu_values: dict[str, int] = {}
+    site_values: dict[str, int] = {}
     handles = []
     for name, module in model.named_modules():
         if next(module.children(), None) is not None:
@@ -104,8 +107,8 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
 
         def note(module: nn.Module, inputs: object, output: torch.Tensor, name: str = name) -> None:
             module_values[name] = output.numel()
-            if isinstance(module, nn.ReLU):
-                relu_values[name] = output.numel()
+            if isinstance(module, (*ACTIVATION_MODULES, ResidualTap)):
+                site_values[name] = output.numel()
 
         handles.append(module.register_forward_hook(note))
     with torch.no_grad():
@@ -117,13 +120,13 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
     return ArchShapes(
         state_bytes=sum(value.numel() * value.element_size() for value in state.values()),
         module_values=module_values,
-        relu_values=relu_values,
+        site_values=site_values,
         perm_sizes=perm_sizes(spec, state),
         weight_terms={
             perm: sum(1 for key, _ in axes if key not in spec.statistics_keys)
             for perm, axes in spec.perm_to_axes.items()
         },
-        observed_relus=dict(spec.perm_to_features),
+        observed_sites=dict(spec.perm_to_features),
         num_params=sum(parameter.numel() for parameter in model.parameters()),
     )
 
@@ -179,18 +182,18 @@ def _matching(shapes: ArchShapes, method: str, batch_size: int) -> MemoryEstimat
         )
         solve = WEIGHT_SOLVE_MATRICES * max(shapes.perm_sizes.values(), default=0) ** 2 * FLOAT64
         return MemoryEstimate(models=3 * state_bytes, batch=0, matching=products + solve)
-    observed = [relu for relus in shapes.observed_relus.values() for relu in relus]
-    captured = 2 * 2 * sum(shapes.relu_values[relu] for relu in observed)
-    scratch = SCRATCH_SLOTS * max((shapes.relu_values[relu] for relu in observed), default=0)
+    observed = [site for sites in shapes.observed_sites.values() for site in sites]
+    captured = 2 * 2 * sum(shapes.site_values[site] for site in observed)
+    scratch = SCRATCH_SLOTS * max((shapes.site_values[site] for site in observed), default=0)
     batch = (captured + scratch) * batch_size * FLOAT32 + _forward_batch(shapes, batch_size)
     moments = sum(
-        len(relus) * shapes.perm_sizes[perm] ** 2 * FLOAT64
-        for perm, relus in shapes.observed_relus.items()
+        len(sites) * shapes.perm_sizes[perm] ** 2 * FLOAT64
+        for perm, sites in shapes.observed_sites.items()
     )
     solve = max(
         (
-            (len(relus) + SOLVE_TEMPORARIES) * shapes.perm_sizes[perm] ** 2 * FLOAT64
-            for perm, relus in shapes.observed_relus.items()
+            (len(sites) + SOLVE_TEMPORARIES) * shapes.perm_sizes[perm] ** 2 * FLOAT64
+            for perm, sites in shapes.observed_sites.items()
         ),
         default=0,
     )
@@ -223,12 +226,12 @@ def analysis_memory(
     state_bytes = shapes.state_bytes
     interior = [alpha for alpha in set(alphas) if 0.0 < alpha < 1.0]
     # The engine's rule (``measure_pair``): one model per interior alpha when the parameters
-    # outweigh one batch's ReLU outputs, else one work model re-made for every alpha.
-    keeps_models = not interior or shapes.num_params > batch_size * shapes.all_relu_values
+    # outweigh one batch's feature-site outputs, else one work model re-made for every alpha.
+    keeps_models = not interior or shapes.num_params > batch_size * shapes.all_site_values
     path = len(interior) * state_bytes if keeps_models else state_bytes
     measure = MemoryEstimate(
         models=8 * state_bytes + path,
-        batch=2 * shapes.all_relu_values * batch_size * FLOAT32
+        batch=2 * shapes.all_site_values * batch_size * FLOAT32
         + 2 * _forward_batch(shapes, batch_size),
         matching=0,
     )

@@ -1,14 +1,15 @@
 """One streaming pass over the data that measures everything about a pair (A, B).
 
-Per batch, A and B run once with hooks on every ReLU (input = pre-activation h, output = feature
-f) and on every Linear/Conv2d (input H, output W H + b); each theta_alpha runs once. From those:
+Per batch, A and B run once with hooks on every feature site (an activation: input =
+pre-activation h, output = feature f; or a residual tap, where h = f) and on every Linear/Conv2d
+(input H, output W H + b); each theta_alpha runs once. From those:
 
 - LMC: loss and error of theta_alpha for every alpha in ``config.alphas``.
-- LLFC, per layer l (each ReLU output, then the logits) and alpha in ``config.llfc_alphas``:
+- LLFC, per layer l (each feature site, then the logits) and alpha in ``config.llfc_alphas``:
   E_x[d_cos(f_l(theta_alpha; x), alpha f_l(A; x) + (1 - alpha) f_l(B; x))], the baseline
   E_x[d_cos(f_l(A; x), f_l(B; x))], and c = sum <f_alpha, target> / sum ||f_alpha||^2.
-- Condition I, per ReLU layer and alpha: E_x[d_rel(relu(alpha h_A + (1 - alpha) h_B),
-  alpha relu(h_A) + (1 - alpha) relu(h_B))].
+- Condition I, per activation layer (act: ReLU, GELU, SiLU...) and alpha:
+  E_x[d_rel(act(alpha h_A + (1 - alpha) h_B), alpha act(h_A) + (1 - alpha) act(h_B))].
 - Condition II, per weighted layer: d_rel(W_A H_A + W_B H_B, W_A H_B + W_B H_A) over the data
   matrix, whose difference is (W_A - W_B)(H_A - H_B) (the poster's Eq. 2), beside the factors
   d_rel(W_A, W_B) and d_rel(H_A, H_B).
@@ -54,7 +55,13 @@ from torch import nn
 from llfc_core.analysis.config import AnalysisConfig, alpha_key
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset
-from llfc_core.features import Scratch, relu_names, watch_features, weighted_layer_names
+from llfc_core.features import (
+    Scratch,
+    activation_names,
+    feature_site_names,
+    watch_features,
+    weighted_layer_names,
+)
 from llfc_core.interpolation import batch_norm_modules, interpolate_states, reset_batch_norm
 from llfc_core.metrics import relative_squared_distance_from_sums
 from llfc_core.models import load_model
@@ -151,9 +158,9 @@ class _Probe:
     input_layers: list[str]
     """Weighted layers that read the model's input tensor itself."""
     relu_of_layer: dict[str, str]
-    """Weighted layer -> the ReLU whose input is that layer's output tensor itself."""
+    """Weighted layer -> the feature site whose input is that layer's output tensor itself."""
     features_per_example: int
-    """Values in all ReLU outputs of one example."""
+    """Values in all feature sites' outputs of one example."""
 
 
 def _probe(
@@ -293,10 +300,15 @@ class _PairPass:
         self.model_b = model_b
         self.path = path
         self.config = config
-        self.relus = relu_names(model_a)
+        self.sites = feature_site_names(model_a)
+        self.activations = activation_names(model_a)
         self.weighted = weighted_layer_names(model_a)
-        self.layer_order = [*self.relus, LOGITS]
+        self.layer_order = [*self.sites, LOGITS]
         self.modules_a = dict(model_a.named_modules())
+        # The activation of each Condition I layer, applied to mixed pre-activations; a ReLU's
+        # runs in place in scratch memory. Residual taps are the identity: no Condition I.
+        self.activation_of = {name: self.modules_a[name] for name in self.activations}
+        self.relu_sites = {n for n in self.activations if isinstance(self.modules_a[n], nn.ReLU)}
         self.modules_b = dict(model_b.named_modules())
         self.weight_difference = {
             name: self.modules_a[name].weight - self.modules_b[name].weight
@@ -321,7 +333,7 @@ class _PairPass:
         stack.enter_context(
             watch_features(
                 self.model_a,
-                relus=self.relus,
+                relus=self.sites,
                 on_relu=self._keep_a_relu,
                 layers=self.weighted,
                 on_layer=self._keep_a_layer,
@@ -330,17 +342,17 @@ class _PairPass:
         stack.enter_context(
             watch_features(
                 self.model_b,
-                relus=self.relus,
+                relus=self.sites,
                 on_relu=self._compare_b_relu,
                 layers=self.weighted,
                 on_layer=self._compare_b_layer,
             )
         )
         for model in self.path.modules:
-            stack.enter_context(watch_features(model, relus=self.relus, on_relu=self._llfc_hook))
+            stack.enter_context(watch_features(model, relus=self.sites, on_relu=self._llfc_hook))
 
     def _keep_a_relu(self, name: str, pre_a: torch.Tensor, feature_a: torch.Tensor) -> None:
-        # Only h_A: f_A = relu(h_A) is remade when B reaches this layer, so a feature map that A
+        # Only h_A: f_A = act(h_A) is remade when B reaches this layer, so a feature map that A
         # pools away does not stay in memory beside its pre-activation.
         self.pre_a[name] = pre_a
 
@@ -359,10 +371,17 @@ class _PairPass:
         """alpha * start + (1 - alpha) * end, exactly ``end`` at 0 and ``start`` at 1."""
         return torch.lerp(end, start, alpha, out=self.scratch.like(end, slot))
 
+    def _activated(self, name: str, pre: torch.Tensor) -> torch.Tensor:
+        """The layer's activation of ``pre`` (a new tensor; ``pre`` itself at a residual tap)."""
+        if name in self.relu_sites:
+            return torch.relu(pre)
+        activation = self.activation_of.get(name)
+        return pre if activation is None else activation(pre)
+
     def _compare_b_relu(self, name: str, pre_b: torch.Tensor, feature_b: torch.Tensor) -> None:
-        """cos_ab and Condition I at one ReLU, from A's kept tensors and B's fresh ones."""
+        """cos_ab and Condition I at one feature site, from A's kept tensors and B's fresh ones."""
         pre_a = self.pre_a.pop(name)
-        self.features_a[name] = torch.relu(pre_a)
+        self.features_a[name] = self._activated(name, pre_a)
         self.features_b[name] = feature_b
         for rows in _example_chunks(pre_b):
             feature_a, feature_b = self.features_a[name][rows], self.features_b[name][rows]
@@ -374,12 +393,15 @@ class _PairPass:
                     self._dot(feature_b, feature_b),
                 ),
             )
+            if name not in self.activation_of:
+                continue
             for alpha in self.config.llfc_alphas:
-                relu_of_mix = self._lerp(pre_b[rows], pre_a[rows], alpha, "first").relu_()
-                mix_of_relu = self._lerp(feature_b, feature_a, alpha, "second")
-                norm_u = self._dot(relu_of_mix, relu_of_mix)
-                norm_v = self._dot(mix_of_relu, mix_of_relu)
-                difference = relu_of_mix.sub_(mix_of_relu)
+                mix = self._lerp(pre_b[rows], pre_a[rows], alpha, "first")
+                act_of_mix = mix.relu_() if name in self.relu_sites else self._activated(name, mix)
+                mix_of_act = self._lerp(feature_b, feature_a, alpha, "second")
+                norm_u = self._dot(act_of_mix, act_of_mix)
+                norm_v = self._dot(mix_of_act, mix_of_act)
+                difference = act_of_mix.sub_(mix_of_act)
                 self.totals.add(
                     ("weak_additivity", alpha, name),
                     _relative_squared_distance(self._dot(difference, difference), norm_u, norm_v),
@@ -485,7 +507,7 @@ class _PairPass:
             if alpha in self.config.alphas:
                 self._lmc(alpha, logits, labels)
             if alpha in self.config.llfc_alphas:
-                for name in self.relus:
+                for name in self.sites:
                     self._llfc(alpha, name, features[name])
                 self._llfc(alpha, LOGITS, logits)
 
@@ -550,9 +572,9 @@ def measure_pair(
         build_reporter.report((index + 1) / stages, f"built {label}")
         endpoints.append(model)
     model_a, model_b = endpoints
-    relus = relu_names(model_a)
+    sites = feature_site_names(model_a)
     weighted = weighted_layer_names(model_a)
-    probe = _probe(model_a, next(iter(dataset.batches(1)))[0].to(device), relus, weighted)
+    probe = _probe(model_a, next(iter(dataset.batches(1)))[0].to(device), sites, weighted)
     parameters = sum(parameter.numel() for parameter in model_a.parameters())
     path = _Path(
         arch,
@@ -608,7 +630,7 @@ def _summarise(
     error_at = {side: totals.get("errors", side) / n for side in ("a", "b")}
     loss = [totals.get("loss", alpha) / n for alpha in config.alphas]
     error = [totals.get("errors", alpha) / n for alpha in config.alphas]
-    relu_layers = layer_order[:-1]
+    activation_layers = pair_pass.activations
     epsilon = max(error_at["a"], error_at["b"])
     max_error = max(error)
 
@@ -638,11 +660,11 @@ def _summarise(
         ),
         weak_additivity={
             alpha_key(alpha): [
-                totals.get("weak_additivity", alpha, name) / n for name in relu_layers
+                totals.get("weak_additivity", alpha, name) / n for name in activation_layers
             ]
             for alpha in config.llfc_alphas
         },
-        weak_additivity_layers=relu_layers,
+        weak_additivity_layers=activation_layers,
         commutativity=[
             relative_squared_distance_from_sums(
                 totals.get("commutativity", name, "difference"),

@@ -28,6 +28,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 
 from llfc_core.errors import ArchitectureError
+from llfc_core.features import ResidualTap
 from llfc_core.permutation import PermutationSpec, Segment
 from llfc_core.symmetry.labels import Label, Part, Unknowns, fixed, label_unknowns
 from llfc_core.symmetry.rules import (
@@ -347,8 +348,8 @@ def instrument(graph_module: fx.GraphModule, sites: list[FeatureSite]) -> dict[s
     """Make every activation call of a traced model a module of its own, at the site's name
     (``layer1.0.relu#2`` for the second call of ``layer1.0.relu``; ``features.relu`` for
     ``F.relu`` called in ``features``' forward), so forward hooks see each call once, and follow
-    every residual addition by an ``nn.Identity`` tap at its site's name. In place; returns the
-    module path of each site."""
+    every residual addition by a :class:`~llfc_core.features.ResidualTap` at its site's name.
+    In place; returns the module path of each site."""
     nodes = {node.name: node for node in graph_module.graph.nodes}
     site_modules: dict[str, str] = {}
     existing = {name for name, _ in graph_module.named_modules()}
@@ -356,26 +357,22 @@ def instrument(graph_module: fx.GraphModule, sites: list[FeatureSite]) -> dict[s
         node = nodes[site.node]
         if site.kind == "residual":
             path = _free_path(site.name, existing)
-            graph_module.add_submodule(path, nn.Identity())
+            graph_module.add_submodule(path, ResidualTap())
             with graph_module.graph.inserting_after(node):
                 tap = graph_module.graph.call_module(path, (node,))
             node.replace_all_uses_with(tap, delete_user_cb=partial(operator.is_not, tap))
             site_modules[site.name] = path
-            continue
-        extra_arguments = len(node.args) > 1 or set(node.kwargs) - {"inplace"}
-        if node.op != "call_module" and extra_arguments:
             continue
         if node.op == "call_module" and str(node.target) == site.name:
             site_modules[site.name] = site.name
             continue
         if node.op == "call_module":
             replacement = copy.deepcopy(graph_module.get_submodule(str(node.target)))
-        elif node.op == "call_function" and node.target in ACTIVATION_FUNCTIONS:
-            replacement = ACTIVATION_FUNCTIONS[node.target]()
-        elif node.op == "call_method" and node.target in ACTIVATION_METHODS:
-            replacement = ACTIVATION_METHODS[str(node.target)]()
         else:
-            continue
+            function_module = _as_module(node)
+            if function_module is None:
+                continue
+            replacement = function_module
         path = _free_path(site.name, existing)
         graph_module.add_submodule(path, replacement)
         with graph_module.graph.inserting_after(node):
@@ -385,6 +382,25 @@ def instrument(graph_module: fx.GraphModule, sites: list[FeatureSite]) -> dict[s
         site_modules[site.name] = path
     graph_module.recompile()
     return site_modules
+
+
+def _as_module(node: fx.Node) -> nn.Module | None:
+    """The activation module that computes what functional call ``node`` does, or None when its
+    arguments are not all keywords the module takes (F.gelu(x, approximate="tanh") becomes
+    nn.GELU(approximate="tanh"); in-place is dropped: a feature must not overwrite its input)."""
+    if node.op == "call_function":
+        module_type = ACTIVATION_FUNCTIONS.get(node.target)
+    else:
+        module_type = ACTIVATION_METHODS.get(str(node.target))
+    if module_type is None or len(node.args) > 1:
+        return None
+    options = {key: value for key, value in node.kwargs.items() if key != "inplace"}
+    if any(isinstance(value, fx.Node) for value in options.values()):
+        return None
+    try:
+        return module_type(**options)
+    except TypeError:
+        return None
 
 
 def _free_path(name: str, existing: set[str]) -> str:

@@ -124,3 +124,31 @@ def test_weight_matching_two_torchvision_resnet18_keeps_bs_function_and_lowers_t
     assert matched["lmc"]["loss_barrier"] < 0.75 * naive["lmc"]["loss_barrier"]
     layers = naive["weak_additivity_layers"]
     assert "layer1.0.relu" in layers and "layer1.0.relu#2" in layers
+
+
+def test_a_gelu_convnext_is_measured_at_every_activation_and_block_output() -> None:
+    arch = parse_arch(
+        {
+            "name": "timm",
+            "model": "convnext_atto",
+            "kwargs": {"num_classes": 10},
+            "input_shape": [3, 32, 32],
+        }
+    )
+    torch.manual_seed(0)
+    state_a, state_b = arch.build().state_dict(), arch.build().state_dict()
+    data = ArrayDataset(torch.randn(24, 3, 32, 32), torch.randint(0, 10, (24,)))
+    result = analyze_pair(
+        arch, state_a, state_b, data, AnalysisConfig(match="activation", batch_size=12), device=CPU
+    ).to_json()
+    naive = result["pairs"]["naive"]
+    activations = naive["weak_additivity_layers"]
+    # timm's GELU calls F.gelu(x, approximate=...): each call became an nn.GELU feature layer.
+    # convnext_atto: stages of 2, 2, 6 and 2 blocks.
+    assert len(activations) == 12 and all(name.endswith("mlp.act.gelu") for name in activations)
+    assert all(0 < value < 1 for value in naive["weak_additivity"]["0.5"])
+    layers = naive["llfc"]["layers"]
+    assert layers[:2] == ["stages.0.blocks.0.mlp.act.gelu", "stages.0.blocks.0.add"]
+    assert len(layers) == 12 + 12 + 1  # activations, block outputs, logits
+    matching = result["matching"]
+    assert matching["objective_after"] < matching["objective_before"]
