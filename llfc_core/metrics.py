@@ -49,7 +49,8 @@ DISTANCE_NAMES = {
     "scale_c": "least-squares c minimising sum_x ||c f(theta_alpha; x) - target(x)||^2",
     "weak_additivity": (
         "mean over examples of the relative squared distance ||u - v||^2 / (0.5(||u||^2 + ||v||^2))"
-        " between relu(alpha h_A + (1 - alpha) h_B) and alpha relu(h_A) + (1 - alpha) relu(h_B)"
+        " between act(alpha h_A + (1 - alpha) h_B) and alpha act(h_A) + (1 - alpha) act(h_B),"
+        " act being the layer's activation (ReLU, GELU, ...)"
     ),
     "commutativity": (
         "relative squared distance over the whole data matrix between W_A H_A + W_B H_B and "

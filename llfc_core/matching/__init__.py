@@ -11,7 +11,7 @@ import torch
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset, fit_to_arch
 from llfc_core.device import resolve_device
-from llfc_core.errors import InvalidParameterError
+from llfc_core.errors import InvalidParameterError, SymmetryProofError
 from llfc_core.matching.activation import activation_matching
 from llfc_core.matching.weight import weight_matching, weight_objective
 from llfc_core.models import load_model
@@ -24,6 +24,10 @@ from llfc_core.permutation import (
     permutation_to_lists,
 )
 from llfc_core.progress import Reporter
+from llfc_core.symmetry.proof import PROOF_TOLERANCE, check_proof, relative_change
+from llfc_core.symmetry.report import proof_json, symmetry_summary
+
+FUNCTION_CHECK_EXAMPLES = 64
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,10 @@ class MatchResult:
     weight_distance_after: float
     iterations: int
     permuted_b: StateDict
+    function_check: dict[str, Any]
+    """How much permuted B's outputs differ from B's on a batch (:func:`check_function`)."""
+    symmetry: dict[str, Any]
+    """The spec's summary (:func:`llfc_core.symmetry.report.symmetry_summary`)."""
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready description (the permutation included, the tensors not)."""
@@ -54,7 +62,46 @@ class MatchResult:
             "weight_distance_before": self.weight_distance_before,
             "weight_distance_after": self.weight_distance_after,
             "iterations": self.iterations,
+            "function_check": self.function_check,
+            "symmetry": self.symmetry,
         }
+
+
+def check_function(
+    arch: Architecture,
+    state_b: Mapping[str, torch.Tensor],
+    permuted_b: Mapping[str, torch.Tensor],
+    dataset: Dataset | None,
+    *,
+    seed: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Prove that permuted B computes B's function: their outputs on the first batch of the
+    job's data (random inputs when the job has none) must agree to the proof's tolerance. A
+    failure is a :class:`~llfc_core.errors.SymmetryProofError` naming the permutation that
+    broke the function, never a silently wrong result."""
+    if dataset is not None and dataset.num_examples > 0:
+        inputs, _ = next(iter(fit_to_arch(arch, dataset).batches(FUNCTION_CHECK_EXAMPLES)))
+        source = "data"
+    else:
+        generator = torch.Generator().manual_seed(seed)
+        inputs = torch.randn((FUNCTION_CHECK_EXAMPLES, *arch.input_shape), generator=generator)
+        source = "random"
+    inputs = inputs.to(device)
+    model_b = load_model(arch, state_b, device)
+    with torch.inference_mode():
+        reference = model_b(inputs).float()
+        permuted = load_model(arch, permuted_b, device)(inputs).float()
+    change = relative_change(reference, permuted)
+    if change > PROOF_TOLERANCE:
+        # Name the permutation at fault: the spec's proof on B's own weights and these inputs.
+        check_proof(model_b, arch.permutation_spec(), inputs, seed=seed)
+        raise SymmetryProofError(
+            f"Permuted B does not compute B's function: its outputs differ by {change:.2e} of "
+            f"their scale (tolerance {PROOF_TOLERANCE:.0e}). This is a bug in the spec "
+            "derivation: please report the arch."
+        )
+    return proof_json(change, int(inputs.shape[0]), source)
 
 
 def match_models(
@@ -72,8 +119,8 @@ def match_models(
 ) -> MatchResult:
     """Permute B's hidden units onto A's with ``method`` ('weight' or 'activation').
 
-    Activation matching needs ``dataset``; weight matching ignores it. The returned ``permuted_b``
-    computes exactly the same function as B.
+    Activation matching needs ``dataset``; weight matching uses it only to check, on its first
+    batch, that the returned ``permuted_b`` computes exactly the same function as B.
     """
     if method not in MATCH_METHODS:
         raise InvalidParameterError(
@@ -109,6 +156,7 @@ def match_models(
         )
         iterations = 1
     permuted_b = apply_permutation(spec, perm, state_b)
+    function_check = check_function(arch, state_b, permuted_b, dataset, seed=seed, device=device)
     return MatchResult(
         method=method,
         permutation=permutation_to_lists(perm),
@@ -120,4 +168,6 @@ def match_models(
         weight_distance_after=weight_objective(spec, perm, state_a, state_b),
         iterations=iterations,
         permuted_b={key: value.cpu() for key, value in permuted_b.items()},
+        function_check=function_check,
+        symmetry=symmetry_summary(arch.symmetry()),
     )

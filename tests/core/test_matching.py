@@ -7,10 +7,15 @@ import torch
 
 from llfc_core.archs import parse_arch
 from llfc_core.data import ArrayDataset, digits
-from llfc_core.errors import IncompatiblePairError, InvalidParameterError
+from llfc_core.errors import IncompatiblePairError, InvalidParameterError, SymmetryProofError
 from llfc_core.matching import match_models
 from llfc_core.models import load_model
-from llfc_core.permutation import apply_permutation, invert_permutation, random_permutation
+from llfc_core.permutation import (
+    PermutationSpec,
+    apply_permutation,
+    invert_permutation,
+    random_permutation,
+)
 
 CPU = torch.device("cpu")
 
@@ -152,3 +157,28 @@ def test_activation_statistics_keep_correlations_of_units_with_a_large_mean() ->
     columns = torch.tensor([1, 2, 0, 4, 5, 3])
     distance = (units_a.float().double() - units_b.float().double()[:, columns]).pow(2).sum()
     assert moments.squared_distance(columns) == pytest.approx(float(distance), rel=1e-6)
+
+
+def test_a_match_reports_that_permuted_b_keeps_bs_function() -> None:
+    arch = parse_arch(ARCHS["resnet"])
+    state_a, state_b = _random_state(ARCHS["resnet"], 0), _random_state(ARCHS["resnet"], 1)
+    result = match_models(arch, state_a, state_b, "weight", digits("test"), device=CPU)
+    check = result.summary()["function_check"]
+    assert check["passed"] and check["inputs"] == "data" and check["examples"] == 64
+    assert 0 <= check["relative_change"] < check["tolerance"]
+    assert result.summary()["symmetry"]["permutations"] == len(arch.permutation_spec().perm_names)
+
+
+def test_a_spec_that_breaks_bs_function_fails_the_job_naming_the_permutation(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    arch = parse_arch(ARCHS["resnet"])
+    spec = arch.permutation_spec()
+    axes = dict(spec.axes_to_perm)
+    axes["layer1.0.bn1.running_var"] = (None,)
+    broken = PermutationSpec(axes, spec.perm_to_features, spec.statistics_keys, spec.composites)
+    monkeypatch.setattr(type(arch), "permutation_spec", lambda self: broken)
+    state_a, state_b = _random_state(ARCHS["resnet"], 0), _random_state(ARCHS["resnet"], 1)
+    with pytest.raises(SymmetryProofError) as raised:
+        match_models(arch, state_a, state_b, "weight", digits("test"), device=CPU)
+    assert spec.axes_to_perm["layer1.0.bn1.running_var"][0] in raised.value.message

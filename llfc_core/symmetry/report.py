@@ -1,0 +1,128 @@
+"""What the derived symmetries of an arch are, as JSON: the inspect report and the summary that
+match and analyze results carry, with the proof's figure.
+
+The report lists every permutation group (its size and the tensor axes it acts on), every unit
+axis left unpermuted and the op that stopped it, and the feature layers LLFC measures. The proof
+runs on randomly initialised weights (BatchNorm statistics randomised too, so that an axis the
+spec forgot changes the outputs) and random inputs; jobs prove again on the job's own weights.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from llfc_core.archs.base import Architecture
+from llfc_core.features import ResidualTap, feature_site_names, weighted_layer_names
+from llfc_core.symmetry.derive import DerivedSymmetry
+from llfc_core.symmetry.proof import PROOF_TOLERANCE, check_proof
+
+PROOF_EXAMPLES = 4
+MAX_LISTED_UNPERMUTED = 100
+"""Unpermuted axes listed in a job result's summary (the inspect report lists all)."""
+
+
+def randomised_model(arch: Architecture, seed: int) -> nn.Module:
+    """The arch with random weights on the CPU, in eval mode, with BatchNorm affine parameters
+    and statistics that differ per channel."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    model = arch.build().eval()
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
+            size = module.running_mean.shape
+            module.running_mean.copy_(torch.randn(size, generator=generator))
+            if module.running_var is not None:
+                module.running_var.copy_(torch.rand(size, generator=generator) + 0.5)
+            if module.affine:
+                module.weight.data.copy_(torch.rand(size, generator=generator) + 0.5)
+                module.bias.data.copy_(torch.randn(size, generator=generator))
+    return model
+
+
+def prove_arch(arch: Architecture, seed: int = 0) -> dict[str, Any]:
+    """The proof of the arch's spec on random weights and inputs, as JSON; raises
+    :class:`~llfc_core.errors.SymmetryProofError` naming the permutation that broke it."""
+    model = randomised_model(arch, seed)
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn((PROOF_EXAMPLES, *arch.input_shape), generator=generator)
+    change = check_proof(model, arch.permutation_spec(), inputs, seed=seed)
+    return proof_json(change, PROOF_EXAMPLES, "random")
+
+
+def proof_json(change: float, examples: int, inputs: str) -> dict[str, Any]:
+    return {
+        "relative_change": change,
+        "tolerance": PROOF_TOLERANCE,
+        "passed": change <= PROOF_TOLERANCE,
+        "examples": examples,
+        "inputs": inputs,
+    }
+
+
+def symmetry_summary(derived: DerivedSymmetry) -> dict[str, Any]:
+    """Counts and the unpermuted axes, as match and analyze results carry them."""
+    unpermuted = _unpermuted(derived)
+    return {
+        "permutations": len(derived.spec.perm_names),
+        "permuted_units": sum(derived.sizes.values()),
+        "composite_axes": len(derived.spec.composites),
+        "unpermuted_axes": len(unpermuted),
+        "unpermuted": unpermuted[:MAX_LISTED_UNPERMUTED],
+    }
+
+
+def inspect_report(arch: Architecture, proof: dict[str, Any] | None) -> dict[str, Any]:
+    """The whole report of ``arch``: what POST /v1/archs/inspect answers."""
+    derived = arch.symmetry()
+    spec = derived.spec
+    sizes = derived.sizes
+    permutations = []
+    for name in spec.perm_names:
+        axes = []
+        for use in spec.perm_to_uses[name]:
+            axis: dict[str, Any] = {"tensor": use.key, "axis": use.axis}
+            if use.units is not None:
+                axis.update(offset=use.offset, block=use.block)
+            axes.append(axis)
+        permutations.append(
+            {
+                "name": name,
+                "size": sizes[name],
+                "observed_at": list(spec.perm_to_features.get(name, ())),
+                "axes": axes,
+            }
+        )
+    with torch.device("meta"):
+        model = arch.build()
+    modules = dict(model.named_modules())
+    return {
+        "arch": arch.to_json(),
+        "num_params": arch.num_params(),
+        "input_shape": list(arch.input_shape),
+        "num_classes": arch.num_classes,
+        "has_batch_norm": arch.has_batch_norm,
+        "permutations": permutations,
+        "unpermuted": _unpermuted(derived),
+        "feature_layers": [
+            *(
+                {
+                    "name": name,
+                    "kind": "residual" if isinstance(modules[name], ResidualTap) else "activation",
+                }
+                for name in feature_site_names(model)
+            ),
+            {"name": "logits", "kind": "logits"},
+        ],
+        "condition_ii_layers": weighted_layer_names(model),
+        "proof": proof,
+    }
+
+
+def _unpermuted(derived: DerivedSymmetry) -> list[dict[str, Any]]:
+    return [
+        {"tensor": axis.key, "axis": axis.axis, "reason": axis.reason}
+        for axis in derived.unpermuted
+    ]
