@@ -63,3 +63,7 @@ class StorageQuotaError(ServiceError):
 
 class UnauthorizedError(ServiceError):
     """No API key, or one that is unknown or revoked."""
+
+
+class ServiceBusyError(ServiceError):
+    """Work the API does itself (an inspection's proof) is already running; retry shortly."""

@@ -150,3 +150,76 @@ class LayerMetricsPublic(BaseModel):
 
 class ServiceConfigPublic(BaseModel):
     auth: bool = Field(description="Whether /v1 requests need 'Authorization: Bearer <api key>'.")
+
+
+class ArchInspect(BaseModel):
+    """``{"arch": {...}, "prove": bool}``, or the arch object itself (proved)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    arch: dict[str, Any] | None = Field(
+        default=None,
+        description='The arch JSON, as for an upload: {"name": "torchvision", "model": ...}.',
+    )
+    prove: bool = Field(default=True, description="Run the proof (random weights and inputs).")
+
+    def arch_json(self) -> dict[str, Any]:
+        """The arch object, from ``arch`` or, without it, the whole body."""
+        extra = dict(self.model_extra or {})
+        if self.arch is None:
+            return extra
+        if extra:
+            raise PydanticCustomError(
+                "unknown_fields",
+                "the body takes only 'arch' and 'prove', or is the arch object itself",
+            )
+        return self.arch
+
+
+class TensorAxis(BaseModel):
+    tensor: str
+    axis: int
+    offset: int | None = Field(default=None, description="First entry, on a composite axis.")
+    block: int | None = Field(default=None, description="Entries per unit, on a composite axis.")
+
+
+class PermutationGroup(BaseModel):
+    name: str = Field(description="Named after the first layer whose outputs it reorders.")
+    size: int
+    observed_at: list[str] = Field(description="Feature layers activation matching reads.")
+    axes: list[TensorAxis]
+
+
+class UnpermutedAxisPublic(BaseModel):
+    tensor: str
+    axis: int
+    reason: str = Field(description="The op or rule that keeps these units in place.")
+
+
+class FeatureLayerPublic(BaseModel):
+    name: str
+    kind: Literal["activation", "residual", "logits"]
+
+
+class ProofPublic(BaseModel):
+    relative_change: float | None = Field(
+        default=None, description="max |f(permuted) - f| / max |f| under random permutations."
+    )
+    tolerance: float
+    passed: bool | None = Field(default=None, description="None when the proof was not run.")
+    examples: int | None = None
+    inputs: str | None = None
+    skipped: str | None = Field(default=None, description="Why the proof was not run here.")
+
+
+class ArchReport(BaseModel):
+    arch: dict[str, Any]
+    num_params: int
+    input_shape: list[int]
+    num_classes: int
+    has_batch_norm: bool
+    permutations: list[PermutationGroup]
+    unpermuted: list[UnpermutedAxisPublic]
+    feature_layers: list[FeatureLayerPublic]
+    condition_ii_layers: list[str]
+    proof: ProofPublic

@@ -57,6 +57,14 @@ class Settings(BaseSettings):
         description="Folder holding local copies of mnist/ and cifar10/; default <data>/datasets.",
     )
     max_params: int = Field(default=200_000_000, ge=1, description="Largest accepted model.")
+    inspect_proof_max_params: int = Field(
+        default=50_000_000,
+        ge=0,
+        description=(
+            "Largest model whose spec POST /v1/archs/inspect proves in the API process (random "
+            "weights on the CPU); larger ones are proved by every job instead."
+        ),
+    )
     max_examples: int = Field(default=100_000, ge=1, description="Most examples a job may use.")
     max_alphas: int = Field(default=101, ge=2, description="Most alphas in one analyze job.")
     max_epochs: int = Field(default=500, ge=1, description="Most epochs in one train job.")
