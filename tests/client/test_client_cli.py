@@ -525,3 +525,28 @@ def test_a_failing_command_in_a_real_process_prints_one_line_and_no_traceback(
     assert unreachable.returncode == 1
     [line] = unreachable.stderr.splitlines()
     assert env["LLFC_URL"] in line and "Traceback" not in unreachable.stderr
+
+
+def test_inspect_prints_the_groups_what_stays_in_place_and_the_proof(
+    llfc: Cli, tmp_path: Path
+) -> None:
+    arch = {"name": "torchvision", "model": "resnet18", "kwargs": {"num_classes": 10}}
+    arch["input_shape"] = [3, 32, 32]
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    result = llfc("inspect", f"@{tmp_path / 'arch.json'}")
+    assert result.exit_code == 0, result.output
+    text = result.output
+    assert "parameters: 11,181,642" in text
+    assert "proof: passed" in text
+    assert "permutation groups: 12" in text
+    assert "P_layer1.0.conv1" in text
+    assert "fc.weight" in text and "the model's output (logits)" in text
+    assert "layer1.0.relu#2" in text
+
+    as_json = llfc("inspect", '{"name": "mlp", "widths": [4, 8, 2]}', "--no-proof", "--json")
+    assert json.loads(as_json.output)["proof"]["skipped"].startswith("not asked for")
+
+
+def test_inspect_of_an_unknown_model_fails_with_one_line(llfc: Cli) -> None:
+    result = llfc("inspect", '{"name": "torchvision", "model": "resnet81"}')
+    assert_one_line_error(result, "Close matches: resnet18")

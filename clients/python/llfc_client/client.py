@@ -233,6 +233,16 @@ class Client:
         body: dict[str, Any] = self._json("GET", "/readyz")
         return body
 
+    # --- archs -------------------------------------------------------------------------------
+
+    def inspect_arch(self, arch: Mapping[str, Any], prove: bool = True) -> dict[str, Any]:
+        """``POST /v1/archs/inspect``: the arch's derived permutation groups, the axes left in
+        place and why, its feature layers and (with ``prove``) the proof's figure."""
+        body: dict[str, Any] = self._json(
+            "POST", "/v1/archs/inspect", json={"arch": dict(arch), "prove": prove}
+        )
+        return body
+
     # --- checkpoints -------------------------------------------------------------------------
 
     def upload_checkpoint(

@@ -25,6 +25,7 @@ from llfc_client import ApiError, Checkpoint, Client, Dataset, Job, LLFCClientEr
 from llfc_client.cli.tables import (
     analysis_table,
     flatten,
+    format_number,
     format_table,
     key_value_lines,
 )
@@ -782,6 +783,80 @@ def delete_checkpoint(client: Client, reference: str) -> None:
     click.echo(f"Checkpoint {checkpoint.id} ({checkpoint.name}) deleted.")
 
 
+def _proof_line(proof: dict[str, Any]) -> str:
+    if proof.get("skipped"):
+        return f"proof: not run here ({proof['skipped']})"
+    verdict = "passed" if proof.get("passed") else "FAILED"
+    return (
+        f"proof: {verdict}, outputs changed by {format_number(proof.get('relative_change'))} of "
+        f"their scale (tolerance {format_number(proof.get('tolerance'))}) under random "
+        f"permutations, {proof.get('examples')} {proof.get('inputs')} inputs"
+    )
+
+
+def inspect_report_text(report: dict[str, Any]) -> str:
+    """The inspect report as tables: the groups, what stays in place and why, the layers."""
+    groups = report["permutations"]
+    lines = [
+        f"arch: {_short_arch(report['arch'])}",
+        f"parameters: {report['num_params']:,}; input {report['input_shape']}; "
+        f"{report['num_classes']} classes",
+        _proof_line(report["proof"]),
+        "",
+        f"permutation groups: {len(groups)} "
+        f"({sum(group['size'] for group in groups):,} hidden units)",
+        format_table(
+            ["group", "size", "axes", "observed at"],
+            [
+                [
+                    group["name"],
+                    str(group["size"]),
+                    str(len(group["axes"])),
+                    ", ".join(group["observed_at"][:3])
+                    + (" ..." if len(group["observed_at"]) > 3 else ""),
+                ]
+                for group in groups
+            ],
+            indent="  ",
+        ),
+        "",
+        f"left in place: {len(report['unpermuted'])} axes",
+    ]
+    if report["unpermuted"]:
+        lines.append(
+            format_table(
+                ["tensor", "axis", "why"],
+                [[a["tensor"], str(a["axis"]), a["reason"]] for a in report["unpermuted"]],
+                indent="  ",
+            )
+        )
+    layers = report["feature_layers"]
+    kinds = {
+        kind: sum(layer["kind"] == kind for layer in layers) for kind in ("activation", "residual")
+    }
+    lines += [
+        "",
+        f"feature layers LLFC measures: {len(layers)} ({kinds['activation']} activations, "
+        f"{kinds['residual']} residual streams, the logits)",
+        "  " + ", ".join(layer["name"] for layer in layers),
+        f"Condition II layers: {len(report['condition_ii_layers'])}",
+    ]
+    return "\n".join(lines)
+
+
+@click.command("inspect", cls=ClientCommand)
+@click.argument("arch_json")
+@click.option("--no-proof", is_flag=True, help="Skip the proof on random weights (faster).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@with_client
+def inspect(client: Client, arch_json: str, no_proof: bool, as_json: bool) -> None:
+    """Show how an arch's hidden units can be permuted: the groups derived from its graph, the
+    axes left in place and the op that stopped each, the feature layers LLFC measures, and the
+    proof that the permutations keep the function. ARCH_JSON is JSON or @file.json."""
+    report = client.inspect_arch(_arch_option(arch_json), prove=not no_proof)
+    click.echo(json.dumps(report, indent=2) if as_json else inspect_report_text(report))
+
+
 CLIENT_COMMANDS: list[click.Command] = [
     checkpoints,
     upload,
@@ -795,4 +870,5 @@ CLIENT_COMMANDS: list[click.Command] = [
     results,
     cancel,
     download,
+    inspect,
 ]
