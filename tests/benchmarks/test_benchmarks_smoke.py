@@ -95,3 +95,18 @@ def test_memory_scaling_reports_each_size_and_a_summary() -> None:
         assert record["peak_rss_mib"] > record["rss_growth_mib"] >= 0
     expected = sizes[-1]["peak_rss_mib"] / sizes[0]["peak_rss_mib"] - 1
     assert summary["peak_growth"] == pytest.approx(expected, abs=1e-3)
+
+
+@pytest.mark.slow
+def test_spec_derivation_reports_each_model_and_a_weight_matching() -> None:
+    records = _run("spec_derivation", "--repeats", "1")
+    derivations = [record for record in records if record["benchmark"] == "spec_derivation"]
+    assert [record["model"] for record in derivations] == [
+        "torchvision/resnet18",
+        "timm/convnext_atto",
+    ]
+    for record in derivations:
+        assert record["derive_seconds"] > 0 and record["groups"] > 0
+        assert record["proof_relative_change"] < 1e-4
+    (matching,) = [r for r in records if r["benchmark"] == "spec_derivation_weight_matching"]
+    assert matching["sweeps"] >= 1 and 0 < matching["solver_share"] < 1
