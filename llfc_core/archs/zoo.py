@@ -16,6 +16,7 @@ own config for the model, ``[3, 224, 224]`` for torchvision.
 from __future__ import annotations
 
 import difflib
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -23,6 +24,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from llfc_core.archs.base import Architecture, reject_unknown_fields
 from llfc_core.errors import ArchitectureError
@@ -30,6 +32,8 @@ from llfc_core.params import check_int
 from llfc_core.symmetry.derive import instrument, trace
 
 MAX_INPUT_DIM = 4096
+MAX_MODULES = 10_000
+"""Modules a zoo model may have (resnet152 has 423, convnext_xxlarge about 1,000)."""
 MAX_INPUT_RANK = 4
 CLOSE_MATCHES = 5
 JsonValue = Any
@@ -185,6 +189,8 @@ def _meta_facts(arch: ZooArchitecture) -> _MetaFacts:
             f"{list(arch.input_shape)} with kwargs {dict(arch.kwargs)} "
             f"({type(error).__name__}: {error})."
         ) from error
+    finally:
+        _constructing.count = None
     if not isinstance(output, torch.Tensor) or output.dim() != 2:
         raise ArchitectureError(
             f"The {arch.name} model {arch.model} must return logits of shape [batch, classes]; "
@@ -242,12 +248,42 @@ def _timm_models() -> list[str]:
     return sorted(timm.list_models())
 
 
+class _ModuleCount(threading.local):
+    """Modules registered so far by the construction running in this thread, or None."""
+
+    count: int | None = None
+
+
+_constructing = _ModuleCount()
+
+
+def _count_registration(module: nn.Module, name: str, submodule: nn.Module | None) -> None:
+    if _constructing.count is None:
+        return
+    _constructing.count += 1
+    if _constructing.count > MAX_MODULES:
+        raise ArchitectureError(
+            f"The model has more than {MAX_MODULES:,} modules; lower its depth or width kwargs."
+        )
+
+
+# Process-wide, but counting only inside _called, per thread: kwargs such as a depth of a
+# million would otherwise build for minutes and take gigabytes before the parameter cap is
+# ever checked.
+register_module_module_registration_hook(_count_registration)
+
+
 def _called(factory: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
+    _constructing.count = 0
     try:
         return factory(*args, **kwargs)
+    except ArchitectureError:
+        raise
     except Exception as error:  # an unknown kwarg, a bad value: the library's own sentence
         raise ArchitectureError(
             f"The model {args[0]} cannot be built with kwargs "
             f"{ {k: v for k, v in kwargs.items() if k not in ('weights', 'pretrained')} } "
             f"({type(error).__name__}: {error})."
         ) from error
+    finally:
+        _constructing.count = None

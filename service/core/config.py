@@ -57,12 +57,12 @@ class Settings(BaseSettings):
         description="Folder holding local copies of mnist/ and cifar10/; default <data>/datasets.",
     )
     max_params: int = Field(default=200_000_000, ge=1, description="Largest accepted model.")
-    inspect_proof_max_params: int = Field(
-        default=50_000_000,
+    inspect_proof_max_bytes: int = Field(
+        default=2 * 1024**3,
         ge=0,
         description=(
-            "Largest model whose spec POST /v1/archs/inspect proves in the API process (random "
-            "weights on the CPU); larger ones are proved by every job instead."
+            "Largest estimated memory of the proof POST /v1/archs/inspect runs in the API process "
+            "(random weights and 4 examples on the CPU); larger archs are proved by their jobs."
         ),
     )
     max_examples: int = Field(default=100_000, ge=1, description="Most examples a job may use.")

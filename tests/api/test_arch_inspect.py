@@ -63,9 +63,9 @@ def test_an_arch_larger_than_the_proof_cap_is_reported_without_a_proof() -> None
     from service.archs import inspect_arch
     from service.core.config import Settings
 
-    settings = Settings(inspect_proof_max_params=10)
-    report = inspect_arch({"name": "mlp", "widths": [4, 8, 2]}, True, settings)
-    assert "more than this service proves on request (10)" in report["proof"]["skipped"]
+    settings = Settings(inspect_proof_max_bytes=1024)
+    report = inspect_arch({"name": "torchvision", "model": "resnet18"}, True, settings)
+    assert "more than this service spends on request" in report["proof"]["skipped"]
     assert report["proof"].get("passed") is None
 
 

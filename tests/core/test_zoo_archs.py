@@ -7,6 +7,7 @@ import pytest
 import timm
 import torch
 import torchvision
+from torch import nn
 
 from llfc_core.analysis import analyze_pair
 from llfc_core.analysis.config import AnalysisConfig
@@ -152,3 +153,12 @@ def test_a_gelu_convnext_is_measured_at_every_activation_and_block_output() -> N
     assert len(layers) == 12 + 12 + 1  # activations, block outputs, logits
     matching = result["matching"]
     assert matching["objective_after"] < matching["objective_before"]
+
+
+def test_kwargs_that_would_build_a_million_blocks_are_refused_while_building() -> None:
+    bomb = {"name": "timm", "model": "vit_tiny_patch16_224", "kwargs": {"depth": 1_000_000}}
+    with pytest.raises(ArchitectureError, match="more than 10,000 modules"):
+        parse_arch(bomb)
+    # A big model of the zoo is well within the cap, and the guard is off outside building.
+    assert parse_arch({"name": "torchvision", "model": "resnet152"}).num_params() > 60_000_000
+    assert nn.Sequential(*[nn.Identity() for _ in range(10_001)])[0] is not None
