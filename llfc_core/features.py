@@ -21,9 +21,22 @@ from typing import Any
 import torch
 from torch import fx, nn
 
-from llfc_core.symmetry.rules import ACTIVATION_MODULES
-
 WEIGHTED_LAYER_TYPES = (nn.Linear, nn.Conv2d)
+ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
+    nn.ReLU,
+    nn.ReLU6,
+    nn.GELU,
+    nn.SiLU,
+    nn.Sigmoid,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Tanh,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.Mish,
+    nn.Softplus,
+)
+"""Elementwise activations: each output unit depends on its own input unit only."""
 
 FeatureCallback = Callable[[str, torch.Tensor, torch.Tensor], None]
 """Called with (module name, the module's input, its output)."""

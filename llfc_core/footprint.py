@@ -42,9 +42,8 @@ from torch import nn
 
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import JobTooLargeError
-from llfc_core.features import ResidualTap
+from llfc_core.features import ACTIVATION_MODULES, ResidualTap
 from llfc_core.permutation import perm_sizes
-from llfc_core.symmetry.rules import ACTIVATION_MODULES
 
 FLOAT32 = 4
 FLOAT64 = 8

@@ -283,6 +283,7 @@ def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Se
             f"got {len(config.alphas)}."
         )
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
+    config.check_layers(arch.feature_layers())
     dataset_ref = _fitting_dataset(session, settings, owner_id, body.dataset, arch, "to analyse on")
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
     params = {

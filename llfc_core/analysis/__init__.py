@@ -56,6 +56,7 @@ def analyze_pair(
     state_a = validate_state_dict(arch, state_a)
     state_b = validate_state_dict(arch, state_b)
     check_same_layout(state_a, state_b)
+    config.check_layers(arch.feature_layers())
     dataset = fit_to_arch(arch, dataset)
     if dataset.num_examples == 0:
         raise DatasetError("The dataset holds no examples; an analysis needs at least one.")

@@ -15,6 +15,7 @@ DEFAULT_LLFC_ALPHAS = (0.25, 0.5, 0.75)
 MAX_ALPHAS = 101
 MAX_LLFC_ALPHAS = 21
 MATCH_CHOICES = ("none", *MATCH_METHODS)
+MAX_LAYERS = 10_000
 # Job parameters that choose the data rather than the analysis; the caller applies them.
 DATA_SELECTION_KEYS = frozenset({"split", "max_examples", "train_dataset"})
 
@@ -37,11 +38,26 @@ def _alphas(value: Any, name: str, limit: int) -> tuple[float, ...]:
     return tuple(sorted({check_alpha(alpha) for alpha in values}))
 
 
+def _layer_names(value: Any) -> tuple[str, ...]:
+    if (
+        not isinstance(value, list | tuple)
+        or not value
+        or len(value) > MAX_LAYERS
+        or not all(isinstance(name, str) for name in value)
+    ):
+        raise InvalidParameterError(
+            "'layers' must be a non-empty list of feature layer names, e.g. "
+            '["layer1.0.relu", "layer4.1.add"] (llfc inspect lists them).'
+        )
+    return tuple(dict.fromkeys(value))
+
+
 @dataclass(frozen=True)
 class AnalysisConfig:
     """What to measure: LMC on ``alphas``, LLFC and Condition I on ``llfc_alphas``.
 
-    ``match`` is 'none', 'weight' or 'activation'; ``reset_bn`` None means "on for BatchNorm nets".
+    ``match`` is 'none', 'weight' or 'activation'; ``reset_bn`` None means "on for BatchNorm nets";
+    ``layers`` restricts the feature layers measured (None: all; the logits always are).
     """
 
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
@@ -50,6 +66,7 @@ class AnalysisConfig:
     batch_size: int = DEFAULT_BATCH_SIZE
     reset_bn: bool | None = None
     seed: int = 0
+    layers: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alphas", _alphas(self.alphas, "alphas", MAX_ALPHAS))
@@ -64,6 +81,20 @@ class AnalysisConfig:
         if self.reset_bn is not None and not isinstance(self.reset_bn, bool):
             raise InvalidParameterError(f"'reset_bn' must be true or false, got {self.reset_bn!r}.")
         check_int(self.seed, 0, MAX_SEED, "'seed'")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", _layer_names(self.layers))
+
+    def check_layers(self, available: list[str]) -> None:
+        """Refuse ``layers`` naming a feature layer the arch does not have."""
+        if self.layers is None:
+            return
+        unknown = [name for name in self.layers if name not in available]
+        if unknown:
+            shown = ", ".join(available[:20]) + (" ..." if len(available) > 20 else "")
+            raise InvalidParameterError(
+                f"'layers' names {', '.join(map(repr, unknown[:5]))}, not a feature layer of "
+                f"this arch; its layers are {shown} (llfc inspect lists them all)."
+            )
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any]) -> AnalysisConfig:

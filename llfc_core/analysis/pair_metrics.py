@@ -285,6 +285,11 @@ class _Path:
         return self.work
 
 
+def _chosen(names: list[str], layers: tuple[str, ...] | None) -> list[str]:
+    """``names`` restricted to ``layers`` (all of them when None), in their own order."""
+    return names if layers is None else [name for name in names if name in layers]
+
+
 class _PairPass:
     """The per-batch work: A once, B once compared by hooks, every theta_alpha once."""
 
@@ -300,8 +305,8 @@ class _PairPass:
         self.model_b = model_b
         self.path = path
         self.config = config
-        self.sites = feature_site_names(model_a)
-        self.activations = activation_names(model_a)
+        self.sites = _chosen(feature_site_names(model_a), config.layers)
+        self.activations = _chosen(activation_names(model_a), config.layers)
         self.weighted = weighted_layer_names(model_a)
         self.layer_order = [*self.sites, LOGITS]
         self.modules_a = dict(model_a.named_modules())

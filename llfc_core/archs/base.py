@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from llfc_core.errors import ArchitectureError
+from llfc_core.features import feature_site_names
 from llfc_core.params import check_int
 from llfc_core.permutation import PermutationSpec
 from llfc_core.symmetry import DerivedSymmetry, derive_symmetry
@@ -72,6 +73,12 @@ class Architecture(ABC):
         with torch.device("meta"):
             model = self.build()
         return {key: tuple(value.shape) for key, value in model.state_dict().items()}
+
+    def feature_layers(self) -> list[str]:
+        """The feature layers an analysis measures, in forward order, then ``logits``."""
+        with torch.device("meta"):
+            model = self.build()
+        return [*feature_site_names(model), "logits"]
 
     def num_params(self) -> int:
         """Number of learned parameters."""

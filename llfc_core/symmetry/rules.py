@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from llfc_core.features import ACTIVATION_MODULES
 from llfc_core.symmetry.labels import (
     Label,
     Part,
@@ -49,21 +50,6 @@ class TensorLabels:
 
 Rule = Callable[["Walk", fx.Node, tuple[Any, ...], dict[str, Any]], Any]
 
-ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
-    nn.ReLU,
-    nn.ReLU6,
-    nn.GELU,
-    nn.SiLU,
-    nn.Sigmoid,
-    nn.Hardswish,
-    nn.Hardsigmoid,
-    nn.Tanh,
-    nn.LeakyReLU,
-    nn.ELU,
-    nn.Mish,
-    nn.Softplus,
-)
-"""Elementwise activations: each output unit depends on its own input unit only."""
 
 PASS_THROUGH_MODULES: tuple[type[nn.Module], ...] = (
     nn.Identity,

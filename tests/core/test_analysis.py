@@ -221,3 +221,24 @@ def test_matching_makes_independently_trained_digit_mlps_connected(digits_modes,
     assert statistics.mean(matched["commutativity"]) < statistics.mean(naive["commutativity"])
     # LLFC co-occurs with LMC: the interpolated features stay far closer than A's and B's.
     assert matched_llfc < statistics.mean(matched["llfc"]["cos_ab"])
+
+
+def test_params_layers_restrict_the_feature_layers_and_unknown_ones_are_refused() -> None:
+    arch = parse_arch(
+        {"name": "resnet", "depth": 8, "width": 0.5, "in_channels": 1, "input_size": 8}
+    )
+    torch.manual_seed(0)
+    state_a, state_b = arch.build().state_dict(), arch.build().state_dict()
+    data = digits("test").limit(32)
+    chosen = ["layer1.0.relu2", "layer3.0.relu1"]
+    result = analyze_pair(
+        arch, state_a, state_b, data, AnalysisConfig(layers=chosen, batch_size=16), device=CPU
+    ).to_json()
+    naive = result["pairs"]["naive"]
+    assert naive["llfc"]["layers"] == [*chosen, "logits"]
+    assert naive["weak_additivity_layers"] == chosen
+    assert arch.feature_layers()[:3] == ["relu", "layer1.0.relu1", "layer1.0.relu2"]
+    with pytest.raises(InvalidParameterError, match=r"'layer9\.relu', not a feature layer"):
+        analyze_pair(arch, state_a, state_b, data, AnalysisConfig(layers=["layer9.relu"]))
+    with pytest.raises(InvalidParameterError, match="non-empty list"):
+        AnalysisConfig(layers=[])
