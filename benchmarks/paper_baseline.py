@@ -28,7 +28,7 @@ from torch import nn
 from llfc_core.analysis import AnalysisConfig
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset
-from llfc_core.features import relu_names, weighted_layer_names
+from llfc_core.features import feature_site_names, weighted_layer_names
 from llfc_core.interpolation import interpolate_states, reset_batch_norm
 from llfc_core.metrics import cosine_distance, relative_squared_distance
 from llfc_core.models import load_model
@@ -116,7 +116,7 @@ def baseline_measure_pair(
 
     model_a = _model(arch, state_a, data, batch_size, device)
     model_b = _model(arch, state_b, data, batch_size, device)
-    relus = relu_names(model_a)
+    relus = feature_site_names(model_a)
     layers = [*relus, LOGITS]
     cos_ab: list[float] = []
     cos_alpha: dict[str, list[float]] = {}

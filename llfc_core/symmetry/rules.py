@@ -31,11 +31,6 @@ from llfc_core.symmetry.labels import (
 if TYPE_CHECKING:
     from llfc_core.symmetry.derive import Walk
 
-try:  # torchvision's stochastic depth is a wrapped function in traced graphs
-    from torchvision.ops import stochastic_depth
-except ImportError:  # pragma: no cover - torchvision is a dependency
-    stochastic_depth = None
-
 
 class TensorLabels:
     """The labels of a tensor's axes, in order."""
@@ -120,8 +115,16 @@ POOL_FUNCTIONS: set[Any] = {
     F.max_pool2d,
     F.max_pool3d,
 }
-if stochastic_depth is not None:
-    PASS_THROUGH_FUNCTIONS.add(stochastic_depth)
+PASS_THROUGH_FUNCTION_NAMES = {("torchvision.ops.stochastic_depth", "stochastic_depth")}
+"""Pass-through functions of other libraries, by module and name: importing torchvision to
+compare with its function would cost every process a second at start."""
+
+
+def _passes_through(target: Any) -> bool:
+    if target in PASS_THROUGH_FUNCTIONS:
+        return True
+    name = (getattr(target, "__module__", None), getattr(target, "__name__", None))
+    return name in PASS_THROUGH_FUNCTION_NAMES
 
 
 def tensor_args(values: Sequence[Any]) -> list[TensorLabels]:
@@ -462,7 +465,7 @@ def function_rule(walk: Walk, node: fx.Node, args: tuple[Any, ...], kwargs: dict
     if target in ACTIVATION_FUNCTIONS:
         walk.activation(node, x)
         return x
-    if target in PASS_THROUGH_FUNCTIONS:
+    if _passes_through(target):
         return x
     if target is torch.flatten:
         return flattened(

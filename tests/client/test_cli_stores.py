@@ -74,6 +74,7 @@ SERVICE_COMMANDS: dict[CommandPath, tuple[str, ...]] = {
     ("results",): ("job_x",),
     ("cancel",): ("job_x",),
     ("download",): ("job_x", "--output", "{folder}"),
+    ("inspect",): ('{"name": "mlp", "widths": [4, 2]}',),
     ("checkpoints", "list"): (),
     ("checkpoints", "show"): ("ckpt_x",),
     ("checkpoints", "delete"): ("ckpt_x",),

@@ -36,6 +36,14 @@ def test_analysis_and_training_share_the_engine_limits() -> None:
 
 
 def test_the_analysis_fields_are_the_config_fields_and_all_it_accepts() -> None:
-    assert ANALYSIS_FIELDS == ("alphas", "llfc_alphas", "match", "batch_size", "reset_bn", "seed")
+    assert ANALYSIS_FIELDS == (
+        "alphas",
+        "llfc_alphas",
+        "match",
+        "batch_size",
+        "reset_bn",
+        "seed",
+        "layers",
+    )
     with pytest.raises(InvalidParameterError, match="known ones are alphas, batch_size"):
         AnalysisConfig.from_params({"sead": 1})

@@ -52,7 +52,9 @@ def test_a_deflate_bomb_checkpoint_is_refused_without_inflating_it(
 @pytest.mark.filterwarnings("ignore:`torch.jit.s:DeprecationWarning")
 def test_a_torchscript_archive_is_refused(alice: httpx.Client) -> None:
     response = upload_checkpoint(alice, torchscript_archive(), mlp_arch([2, 2]))
-    assert_problem(response, 422, "This is a TorchScript archive; its loader unpickles")
+    assert_problem(
+        response, 422, "This is a TorchScript archive (torch.jit.save); its loader unpickles"
+    )
 
 
 @pytest.mark.parametrize(
