@@ -9,6 +9,7 @@ from llfc_core.archs.base import DEFAULT_MAX_PARAMS, Architecture, check_size
 from llfc_core.archs.mlp import MLP
 from llfc_core.archs.onnx_graph import (
     OnnxArchitecture,
+    compare_onnx_archs,
     onnx_architecture,
     onnx_architecture_from_file,
 )
@@ -62,6 +63,7 @@ __all__ = [
     "Architecture",
     "OnnxArchitecture",
     "ResNet",
+    "compare_onnx_archs",
     "onnx_architecture",
     "onnx_architecture_from_file",
     "parse_arch",

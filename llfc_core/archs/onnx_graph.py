@@ -27,8 +27,15 @@ from torch import fx, nn
 
 from llfc_core.archs.base import Architecture, reject_unknown_fields
 from llfc_core.errors import ArchitectureError
-from llfc_core.onnx_import import OnnxTorchModel, onnx_to_torch, read_onnx_model
+from llfc_core.onnx_import import (
+    GraphSignature,
+    OnnxTorchModel,
+    compare_onnx_graphs,
+    onnx_to_torch,
+    read_onnx_model,
+)
 from llfc_core.onnx_import.building import strip_weights
+from llfc_core.onnx_import.signature import graph_signature
 from llfc_core.permutation import StateDict
 from llfc_core.symmetry.derive import instrument, trace
 
@@ -91,6 +98,10 @@ class OnnxArchitecture(Architecture):
     def has_batch_norm(self) -> bool:
         return self.batch_norm
 
+    def signature(self) -> GraphSignature:
+        """The graph's structure, which ``graph_sha256`` digests."""
+        return graph_signature(onnx.load_model_from_string(self.graph), self.sample_shape)
+
     def source_model(self) -> nn.Module:
         """The converted graph, layers initialised by torch (the weights are the checkpoint's)."""
         return onnx_to_torch(onnx.load_model_from_string(self.graph)).module
@@ -102,6 +113,12 @@ class OnnxArchitecture(Architecture):
 
     def to_json(self) -> dict[str, Any]:
         return {"name": NAME, "graph_sha256": self.graph_sha256}
+
+
+def compare_onnx_archs(first: OnnxArchitecture, second: OnnxArchitecture) -> None:
+    """Nothing when the two graphs are the same model up to weights; else
+    :class:`~llfc_core.errors.IncompatiblePairError` saying where they first differ."""
+    compare_onnx_graphs(first.signature(), second.signature())
 
 
 def onnx_architecture(model: onnx.ModelProto) -> tuple[OnnxArchitecture, StateDict]:

@@ -4,12 +4,10 @@ weight matching, activation matching and the whole analysis take like any built-
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import onnx
 import pytest
 import torch
+from support.onnx_models import DigitsCNN, DigitsMLP, training_mode_export
 from torch import nn
 
 from llfc_core.analysis import analyze_pair
@@ -24,37 +22,6 @@ from llfc_core.onnx_import.building import is_stripped
 CPU = torch.device("cpu")
 MAX_BYTES = 10_000_000
 ALPHAS = (0.0, 0.5, 1.0)
-
-
-class DigitsMLP(nn.Module):
-    """A lab's MLP as a class with named layers; one ReLU module called twice."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(64, 32)
-        self.fc2 = nn.Linear(32, 32)
-        self.out = nn.Linear(32, 10)
-        self.relu = nn.ReLU()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.out(self.relu(self.fc2(self.relu(self.fc1(x)))))
-
-
-class DigitsCNN(nn.Module):
-    """A small CNN with BatchNorm over 1 x 8 x 8 digits."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 8, 3, padding=1)
-        self.bn1 = nn.BatchNorm2d(8)
-        self.conv2 = nn.Conv2d(8, 16, 3, padding=1)
-        self.bn2 = nn.BatchNorm2d(16)
-        self.head = nn.Linear(16, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.bn1(self.conv1(x)))
-        x = torch.relu(self.bn2(self.conv2(x)))
-        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
 CNN_TRAIN_EXAMPLES = 640
@@ -75,23 +42,6 @@ def trained(
             loss.backward()
             optimizer.step()
     return model
-
-
-def training_mode_export(model: nn.Module, input_shape: tuple[int, ...]) -> bytes:
-    """The TorchScript-based exporter in training mode: BatchNorm stays a node."""
-    buffer = io.BytesIO()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model.train(),
-            (torch.zeros(2, *input_shape),),
-            buffer,
-            dynamo=False,
-            training=torch.onnx.TrainingMode.TRAINING,
-            input_names=["x"],
-            dynamic_axes={"x": {0: "batch"}},
-        )
-    return buffer.getvalue()
 
 
 def exported_pair(
