@@ -139,16 +139,16 @@ def _model_pair(
         models.append(checkpoint)
     model_a, model_b = models
     store = BlobStore(settings.blob_dir)
-    arch_a = checkpoint_arch(store, model_a, settings)
     if model_a.arch != model_b.arch:
-        arch_b = checkpoint_arch(store, model_b, settings)
-        if isinstance(arch_a, OnnxArchitecture) and isinstance(arch_b, OnnxArchitecture):
+        if model_a.graph_blob_sha256 is not None and model_b.graph_blob_sha256 is not None:
+            arch_a, arch_b = (checkpoint_arch(store, model, settings) for model in models)
+            assert isinstance(arch_a, OnnxArchitecture) and isinstance(arch_b, OnnxArchitecture)
             compare_onnx_archs(arch_a, arch_b)  # says where the two graphs differ
         raise IncompatiblePairError(
             f"Models A and B have different archs ({json.dumps(model_a.arch)} and "
             f"{json.dumps(model_b.arch)}); both must be checkpoints of the same arch."
         )
-    return model_a, model_b, arch_a
+    return model_a, model_b, checkpoint_arch(store, model_a, settings)
 
 
 def _fitting_dataset(
