@@ -45,7 +45,8 @@ def keep_blob_file(session: Session, store: BlobStore, path: Path) -> tuple[str,
 
 
 def release_blob(session: Session, store: BlobStore, sha256: str) -> None:
-    """Unlink blob ``sha256`` unless a checkpoint or dataset still names it.
+    """Unlink blob ``sha256`` unless a checkpoint (its state dict or ONNX graph) or a dataset
+    still names it.
 
     Commits the session first: the caller has deleted (and flushed) the row that named the blob,
     and that deletion must be durable before the file goes. Were the unlink done in the
@@ -67,7 +68,9 @@ def release_blob(session: Session, store: BlobStore, sha256: str) -> None:
         return
     still_named = session.scalar(
         select(
-            exists().where(Checkpoint.blob_sha256 == sha256)
+            exists().where(
+                or_(Checkpoint.blob_sha256 == sha256, Checkpoint.graph_blob_sha256 == sha256)
+            )
             | exists().where(or_(Dataset.sha256 == sha256, Dataset.blob_sha256 == sha256))
         )
     )

@@ -9,6 +9,11 @@ An upload may carry a ``key_map`` (``llfc_core.key_maps``): its tensors are then
 arch's names before validation, the blob holds the arch's names, and the row keeps the renaming
 applied.
 
+An ``.onnx`` upload (arch ``{"name": "onnx"}``, ``llfc_core.archs.onnx_graph``) is the model
+itself: its weights become the state-dict blob like any upload's, and its graph, weights stripped,
+a second blob (``graph_blob_sha256``) from which the arch is rebuilt for every job
+(:func:`checkpoint_arch`); the row's arch is ``{"name": "onnx", "graph_sha256": ...}``.
+
 A checkpoint is identified by its owner, its uploaded bytes and its arch: the same bytes fitting
 two archs are two checkpoints sharing one blob. Validation runs with no database transaction
 open (in embedded mode an open writing transaction holds SQLite's one write lock); the quota
@@ -21,14 +26,19 @@ import logging
 import unicodedata
 from collections.abc import Mapping
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from llfc_core.archs import Architecture, parse_arch
+from llfc_core.archs import (
+    Architecture,
+    OnnxArchitecture,
+    onnx_architecture_from_file,
+    parse_arch,
+)
 from llfc_core.checkpoints import (
     CheckpointFormat,
     is_stored_form,
@@ -51,6 +61,8 @@ from service.quotas import check_stored_bytes
 from service.storage import BlobStore, IncomingBlob, hash_file
 
 MAX_NAME_LENGTH = 200
+StoredFormat = CheckpointFormat | Literal["onnx"]
+"""The format a checkpoint was uploaded in (the ``format`` of its JSON)."""
 
 logger = logging.getLogger(__name__)
 
@@ -83,15 +95,73 @@ def _without_control_characters(text: str) -> str:
 
 def parse_arch_text(arch_text: str | None, settings: Settings) -> Architecture:
     """The ``arch`` form field (JSON text) as an architecture, or a 422 saying what is wrong."""
+    return parse_arch(_arch_spec(arch_text), max_params=settings.max_params)
+
+
+def _arch_spec(arch_text: str | None) -> Any:
+    """The ``arch`` form field's JSON value, or a 422 saying what is wrong with the text."""
     if arch_text is None or not arch_text.strip():
         raise ArchitectureError(
             'The upload needs an \'arch\' field: JSON such as {"name": "mlp", "widths": [64, 10]}.'
         )
     try:
-        spec: Any = parse_json(arch_text)
+        return parse_json(arch_text)
     except JsonInputError as error:
         raise ArchitectureError(f"The 'arch' field {error}.") from error
-    return parse_arch(spec, max_params=settings.max_params)
+
+
+def _is_onnx(spec: Any) -> bool:
+    return isinstance(spec, Mapping) and spec.get("name") == OnnxArchitecture.name
+
+
+def _read_onnx_upload(
+    path: Path, spec: Mapping[str, Any], key_map: KeyMapRequest, settings: Settings
+) -> tuple[OnnxArchitecture, StateDict]:
+    """The arch and validated weights of an ``.onnx`` upload whose arch field is ``spec``."""
+    if key_map is not None:
+        raise KeyMapError(
+            "An ONNX upload takes no key_map: its tensors are named by the file's initializers."
+        )
+    arch, state = onnx_architecture_from_file(path, settings.max_upload_bytes)
+    # The arch field's other fields (a graph_sha256, typos) and the size limit, checked as for
+    # any arch, on the graph the file holds.
+    checked = parse_arch(spec, max_params=settings.max_params, onnx_graph=arch.graph)
+    assert isinstance(checked, OnnxArchitecture)
+    return checked, validate_state_dict(checked, state)
+
+
+def checkpoint_arch(store: BlobStore, checkpoint: Checkpoint, settings: Settings) -> Architecture:
+    """The arch of a stored checkpoint: its JSON, with its graph for an ONNX one."""
+    graph = (
+        None
+        if checkpoint.graph_blob_sha256 is None
+        else store.path_for(checkpoint.graph_blob_sha256).read_bytes()
+    )
+    return parse_arch(checkpoint.arch, max_params=settings.max_params, onnx_graph=graph)
+
+
+def job_arch(session: Session, store: BlobStore, job: Job, settings: Settings) -> Architecture:
+    """The arch a job runs on: its JSON, with the graph of model A (whose arch it is) for an
+    ONNX one."""
+    assert job.arch is not None
+    model_a = None if job.model_a_id is None else session.get(Checkpoint, job.model_a_id)
+    if model_a is None or model_a.arch != job.arch:
+        return parse_arch(job.arch, max_params=settings.max_params)
+    return checkpoint_arch(store, model_a, settings)
+
+
+def _keep_graph(session: Session, store: BlobStore, arch: Architecture) -> str | None:
+    """Keep an ONNX arch's graph as a blob (locked like any blob the row about to be inserted
+    names) and return its sha256; None for other archs."""
+    if not isinstance(arch, OnnxArchitecture):
+        return None
+    written = store.temporary_path(".onnx")
+    try:
+        written.write_bytes(arch.graph)
+        graph_sha256, _size = keep_blob_file(session, store, written)
+    finally:
+        written.unlink(missing_ok=True)
+    return graph_sha256
 
 
 def parse_key_map_text(key_map_text: str | None) -> KeyMapRequest:
@@ -145,26 +215,36 @@ def ingest_checkpoint(
     """Validate an uploaded file against its arch and store it; returns (checkpoint, created).
 
     An upload in the stored form becomes the blob itself (blob sha256 = upload sha256); any
-    other file is loaded, renamed by its key_map, cleaned and re-written. The same bytes uploaded
-    again by the same owner with the same arch give back the existing checkpoint, once a key_map
-    sent with them is found to rename them as the existing one did (409 when it does not); with
-    another arch they are validated against it like any upload (422 when they do not fit).
+    other file is loaded, renamed by its key_map, cleaned and re-written; an ``.onnx`` file (arch
+    ``{"name": "onnx"}``, no key_map) is split into that and its graph's blob. The same bytes
+    uploaded again by the same owner with the same arch give back the existing checkpoint, once a
+    key_map sent with them is found to rename them as the existing one did (409 when it does
+    not); with another arch they are validated against it like any upload (422 when they do not
+    fit).
     """
     with incoming:
         sha256 = incoming.finish()
-        arch = parse_arch_text(arch_text, settings)
+        spec = _arch_spec(arch_text)
         key_map = parse_key_map_text(key_map_text)
+        arch: Architecture
+        fitted: StateDict | None = None
+        if _is_onnx(spec):
+            # The file is the arch: read (and validated) before anything else.
+            arch, fitted = _read_onnx_upload(incoming.path, spec, key_map, settings)
+        else:
+            arch = parse_arch(spec, max_params=settings.max_params)
         existing = _same_bytes_and_arch(session, owner_id, sha256, arch)
         # From here to the insert no transaction is open: validation may take seconds.
         session.commit()
         if existing is not None and key_map is None:
             return existing, False
-        file_format: CheckpointFormat
-        fitted: StateDict | None = None
+        file_format: StoredFormat
         applied: dict[str, str] = {}
         # An explicit map may rename the arch's names among themselves, so it takes the general
         # path; "by_order" leaves a file with the arch's names as it is.
-        if not isinstance(key_map, Mapping) and is_stored_form(arch, incoming.path):
+        if isinstance(arch, OnnxArchitecture):
+            file_format = "onnx"
+        elif not isinstance(key_map, Mapping) and is_stored_form(arch, incoming.path):
             file_format = "safetensors"
         else:
             state, file_format = read_checkpoint(incoming.path, arch)
@@ -184,6 +264,7 @@ def ingest_checkpoint(
         finally:
             # Moved into the store unless refused; never left in incoming/.
             blob_source.unlink(missing_ok=True)
+        graph_blob_sha256 = _keep_graph(session, store, arch)
         checkpoint = Checkpoint(
             id=new_id("ckpt"),
             owner_id=owner_id,
@@ -195,6 +276,7 @@ def ingest_checkpoint(
             num_params=arch.num_params(),
             size_bytes=incoming.size,
             key_map=applied or None,
+            graph_blob_sha256=graph_blob_sha256,
             created_at=utcnow(),
         )
         return _insert_or_existing(session, checkpoint, arch), True
@@ -272,6 +354,7 @@ def store_artifact(
     existing = _same_bytes_and_arch(session, owner_id, blob_sha256, arch)
     if existing is not None:
         return existing
+    graph_blob_sha256 = _keep_graph(session, store, arch)
     checkpoint = Checkpoint(
         id=new_id("ckpt"),
         owner_id=owner_id,
@@ -283,6 +366,7 @@ def store_artifact(
         num_params=arch.num_params(),
         size_bytes=store.path_for(blob_sha256).stat().st_size,
         source_job_id=job_id,
+        graph_blob_sha256=graph_blob_sha256,
         created_at=utcnow(),
     )
     session.add(checkpoint)
@@ -294,4 +378,6 @@ def delete_checkpoint(session: Session, store: BlobStore, checkpoint: Checkpoint
     """Delete a checkpoint unless a queued or running job uses it (409)."""
     uses = (Job.model_a_id == checkpoint.id) | (Job.model_b_id == checkpoint.id)
     refuse_if_used(session, checkpoint.owner_id, uses, f"Checkpoint {checkpoint.id}")
-    delete_with_blob(session, store, checkpoint, Checkpoint.blob_sha256)
+    delete_with_blob(
+        session, store, checkpoint, Checkpoint.blob_sha256, Checkpoint.graph_blob_sha256
+    )

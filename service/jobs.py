@@ -22,7 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from llfc_core.analysis import AnalysisConfig
-from llfc_core.archs import Architecture, parse_arch
+from llfc_core.archs import Architecture, OnnxArchitecture, compare_onnx_archs, parse_arch
 from llfc_core.data import ArrayDataset, fit_to_arch
 from llfc_core.errors import DatasetError, IncompatiblePairError, InvalidParameterError
 from llfc_core.footprint import (
@@ -37,6 +37,7 @@ from llfc_core.interpolation import check_alpha
 from llfc_core.params import DEFAULT_BATCH_SIZE, MATCH_METHODS, MAX_BATCH_SIZE, MAX_SEED, check_int
 from llfc_core.training import TrainConfig
 from service import lifecycle
+from service.checkpoints import checkpoint_arch
 from service.core.config import Settings
 from service.datasets import dataset_shape, is_builtin
 from service.db.models import (
@@ -56,6 +57,7 @@ from service.errors import (
 )
 from service.quotas import check_queued_jobs, check_stored_bytes
 from service.schemas import ArtifactPublic, JobCreate, JobPublic, Progress
+from service.storage import BlobStore
 
 DATA_KEYS = ("split", "max_examples")
 TRAIN_DATASET_KEY = "train_dataset"
@@ -72,6 +74,8 @@ class JobPlan:
     kind: JobKind
     params: dict[str, Any]
     arch: dict[str, Any] | None
+    architecture: Architecture
+    """``arch`` parsed (an ONNX arch with its graph): what the job's memory is estimated on."""
     model_a_id: str | None
     model_b_id: str | None
     dataset_ref: str | None
@@ -134,12 +138,17 @@ def _model_pair(
             )
         models.append(checkpoint)
     model_a, model_b = models
+    store = BlobStore(settings.blob_dir)
     if model_a.arch != model_b.arch:
+        if model_a.graph_blob_sha256 is not None and model_b.graph_blob_sha256 is not None:
+            arch_a, arch_b = (checkpoint_arch(store, model, settings) for model in models)
+            assert isinstance(arch_a, OnnxArchitecture) and isinstance(arch_b, OnnxArchitecture)
+            compare_onnx_archs(arch_a, arch_b)  # says where the two graphs differ
         raise IncompatiblePairError(
             f"Models A and B have different archs ({json.dumps(model_a.arch)} and "
             f"{json.dumps(model_b.arch)}); both must be checkpoints of the same arch."
         )
-    return model_a, model_b, parse_arch(model_a.arch, max_params=settings.max_params)
+    return model_a, model_b, checkpoint_arch(store, model_a, settings)
 
 
 def _fitting_dataset(
@@ -211,6 +220,7 @@ def _side_dataset(
 def _pair_plan(
     kind: JobKind,
     params: dict[str, Any],
+    arch: Architecture,
     model_a: Checkpoint,
     model_b: Checkpoint,
     dataset_ref: str | None,
@@ -221,6 +231,7 @@ def _pair_plan(
         kind,
         params,
         model_a.arch,
+        arch,
         model_a.id,
         model_b.id,
         dataset_ref,
@@ -252,7 +263,7 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
         **_data_params(body.params, settings, "train", dataset_ref),
         **train_data,
     }
-    return _pair_plan(JobKind.MATCH, params, model_a, model_b, dataset_ref, train_data)
+    return _pair_plan(JobKind.MATCH, params, arch, model_a, model_b, dataset_ref, train_data)
 
 
 def _plan_interpolate(
@@ -272,7 +283,7 @@ def _plan_interpolate(
         **_data_params(body.params, settings, "train", dataset_ref),
         **train_data,
     }
-    return _pair_plan(JobKind.INTERPOLATE, params, model_a, model_b, dataset_ref, train_data)
+    return _pair_plan(JobKind.INTERPOLATE, params, arch, model_a, model_b, dataset_ref, train_data)
 
 
 def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
@@ -291,7 +302,7 @@ def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Se
         **_data_params(body.params, settings, "test", dataset_ref),
         **train_data,
     }
-    return _pair_plan(JobKind.ANALYZE, params, model_a, model_b, dataset_ref, train_data)
+    return _pair_plan(JobKind.ANALYZE, params, arch, model_a, model_b, dataset_ref, train_data)
 
 
 def analysis_params(config: AnalysisConfig) -> dict[str, Any]:
@@ -335,7 +346,7 @@ def _plan_train(session: Session, owner_id: str, body: JobCreate, settings: Sett
         **train_params(train_config),
         **_data_params(body.params, settings, "train", dataset_ref),
     }
-    return JobPlan(JobKind.TRAIN, params, arch.to_json(), None, None, dataset_ref)
+    return JobPlan(JobKind.TRAIN, params, arch.to_json(), arch, None, None, dataset_ref)
 
 
 def make_train_config(params: Mapping[str, Any]) -> TrainConfig:
@@ -422,7 +433,7 @@ def submit_job(
             return existing, False
     plan = PLANNERS[body.kind](session, owner_id, body, settings)
     assert plan.arch is not None  # every kind's planner names the arch
-    arch = parse_arch(plan.arch, max_params=settings.max_params)
+    arch = plan.architecture
     job_memory(plan, arch).refuse_above(settings.max_job_memory_bytes)
     check_queued_jobs(session, settings, owner_id)
     reserved = output_checkpoints(plan) * stored_checkpoint_bytes(arch)

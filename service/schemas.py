@@ -22,7 +22,7 @@ class CheckpointPublic(BaseModel):
     name: str
     sha256: str = Field(description="sha256 of the bytes as uploaded.")
     size_bytes: int = Field(description="Size of the bytes as uploaded.")
-    format: Literal["safetensors", "torch"] = Field(description="Format of the upload.")
+    format: Literal["safetensors", "torch", "onnx"] = Field(description="Format of the upload.")
     arch: dict[str, Any]
     num_params: int
     created_at: datetime

@@ -15,7 +15,6 @@ import logging
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from llfc_core.archs import parse_arch
 from llfc_core.device import (
     is_device_failure,
     is_out_of_memory,
@@ -25,6 +24,7 @@ from llfc_core.device import (
 from llfc_core.errors import CancelledError, LLFCError
 from llfc_core.precision import float32_precision
 from llfc_core.progress import Reporter
+from service.checkpoints import job_arch
 from service.core.config import Settings, get_settings
 from service.db.models import Job, JobKind
 from service.db.session import session_scope
@@ -78,10 +78,11 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
     logger.info("Job %s (%s) started, attempt %d", job_id, job.kind, job.attempts)
     device_failed = False
     try:
-        assert job.arch is not None
+        with session_scope() as session:
+            arch = job_arch(session, store, job, settings)
         context = JobContext(
             job=job,
-            arch=parse_arch(job.arch, max_params=settings.max_params),
+            arch=arch,
             settings=settings,
             store=store,
             reporter=Reporter(callback=run.on_progress, should_stop=run.should_stop),

@@ -5,6 +5,11 @@ An ONNX value is one of three things here: an activation (an ``fx.Node``, batch 
 known now (a ``torch.Tensor``: initializers and ``Constant`` nodes), or a shape computed from an
 activation's shape (:class:`ShapeValue`, the batch size left symbolic), the last only as far as
 exporters compute shapes to flatten a tensor.
+
+A graph may hold layers' initializers without their values (:func:`strip_weights`: the weights
+of an upload live in its checkpoint, the graph is kept apart): such a layer keeps torch's own
+initialisation, and a loose parameter is zeros, on the current default device (nothing is
+allocated on the meta device).
 """
 
 from __future__ import annotations
@@ -70,6 +75,7 @@ class GraphBuilder:
         self._op_counts: dict[str, int] = {}
         for name in self.initializers:
             self.values[name] = tensor_from_proto(self.initializers[name])
+        self._stripped = {name for name, proto in self.initializers.items() if is_stripped(proto)}
 
     def refuse(self, index: int, node: onnx.NodeProto, reason: str) -> OnnxModelError:
         return OnnxModelError(f"The ONNX graph's {describe(index, node)} {reason}")
@@ -164,8 +170,9 @@ class GraphBuilder:
                     f"has initializer {name!r} of shape {list(tensor.shape)} where "
                     f"{list(current.shape)} is needed.",
                 )
-            with torch.no_grad():
-                current.copy_(tensor)
+            if name not in self._stripped:
+                with torch.no_grad():
+                    current.copy_(tensor)
             self.tensor_names[f"{path}.{attribute}"] = name
             self._used_initializers.add(name)
         self._place(path, module)
@@ -234,6 +241,39 @@ def _sanitized(name: str) -> str:
 
 def tensor_from_proto(proto: onnx.TensorProto) -> torch.Tensor:
     """An initializer or Constant as a torch tensor; floating values as float32, the precision
-    every analysis runs in."""
+    every analysis runs in. A stripped initializer is zeros of its shape on the current default
+    device."""
+    if is_stripped(proto):
+        return torch.zeros(tuple(int(dim) for dim in proto.dims))
     tensor = torch.from_numpy(numpy_helper.to_array(proto).copy())
     return tensor.float() if tensor.is_floating_point() else tensor
+
+
+STRIPPED_LOCATION = "llfc:checkpoint"
+"""Where a stripped initializer says its values are: in the checkpoint's state dict. Uploads
+with external data are refused before conversion, so no file the service reads carries it."""
+
+
+def is_stripped(proto: onnx.TensorProto) -> bool:
+    """Whether the initializer's values were taken out by :func:`strip_weights`."""
+    return proto.data_location == onnx.TensorProto.EXTERNAL and any(
+        entry.key == "location" and entry.value == STRIPPED_LOCATION
+        for entry in proto.external_data
+    )
+
+
+def strip_weights(model: onnx.ModelProto, names: set[str]) -> onnx.ModelProto:
+    """A copy of ``model`` whose initializers ``names`` keep their name, type and shape but not
+    their values (marked as external data at :data:`STRIPPED_LOCATION`), so the graph of a large
+    model is small; the other initializers (shape targets, scalars) keep their values."""
+    stripped = onnx.ModelProto()
+    stripped.CopyFrom(model)
+    for tensor in stripped.graph.initializer:
+        if tensor.name in names:
+            name, dims, data_type = tensor.name, list(tensor.dims), tensor.data_type
+            tensor.Clear()
+            tensor.name, tensor.data_type = name, data_type
+            tensor.dims.extend(dims)
+            tensor.data_location = onnx.TensorProto.EXTERNAL
+            tensor.external_data.add(key="location", value=STRIPPED_LOCATION)
+    return stripped

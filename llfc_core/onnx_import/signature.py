@@ -5,6 +5,8 @@ name them alike anyway."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 
 import onnx
@@ -41,6 +43,19 @@ class GraphSignature:
     input_shape: tuple[int, ...]
     nodes: tuple[NodeSignature, ...]
     initializers: tuple[tuple[str, tuple[int, ...]], ...]
+
+    def sha256(self) -> str:
+        """sha256 of the canonical JSON of what :func:`compare_onnx_graphs` compares (node names
+        left out): two graphs it finds the same have the same digest."""
+        canonical = json.dumps(
+            [
+                self.input_shape,
+                [[node.op_type, node.attributes, node.initializer_inputs] for node in self.nodes],
+                self.initializers,
+            ],
+            separators=(",", ":"),
+        )
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def graph_signature(model: onnx.ModelProto, input_shape: tuple[int, ...]) -> GraphSignature:

@@ -143,7 +143,8 @@ class Checkpoint(Base):
     file finds the same row); ``blob_sha256`` names the stored safetensors blob. ``arch_key`` is
     the sha256 of the canonical arch JSON: the same bytes fitting two archs are two checkpoints.
     ``key_map`` is ``{name in the file: name stored}`` for the tensors the upload's key_map
-    renamed, None when it renamed none.
+    renamed, None when it renamed none. ``graph_blob_sha256`` names the blob of an ONNX
+    checkpoint's graph (its weights stripped), which its arch is built from; None for other archs.
     """
 
     __tablename__ = "checkpoints"
@@ -164,6 +165,7 @@ class Checkpoint(Base):
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     source_job_id: Mapped[str | None] = mapped_column(String(40), nullable=True)
     key_map: Mapped[dict[str, str] | None] = mapped_column(JSONType, nullable=True)
+    graph_blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
