@@ -577,7 +577,9 @@ def measure_pair(
         build_reporter.report((index + 1) / stages, f"built {label}")
         endpoints.append(model)
     model_a, model_b = endpoints
-    sites = feature_site_names(model_a)
+    # The probe sees the sites the pass hooks: a layer's output is reused as a site's kept
+    # pre-activation only where that site is measured.
+    sites = _chosen(feature_site_names(model_a), config.layers)
     weighted = weighted_layer_names(model_a)
     probe = _probe(model_a, next(iter(dataset.batches(1)))[0].to(device), sites, weighted)
     parameters = sum(parameter.numel() for parameter in model_a.parameters())

@@ -242,3 +242,22 @@ def test_params_layers_restrict_the_feature_layers_and_unknown_ones_are_refused(
         analyze_pair(arch, state_a, state_b, data, AnalysisConfig(layers=["layer9.relu"]))
     with pytest.raises(InvalidParameterError, match="non-empty list"):
         AnalysisConfig(layers=[])
+
+
+def test_a_restricted_analysis_gives_the_numbers_of_the_full_one_at_its_layers() -> None:
+    # In an MLP each Linear's output is its ReLU's input; restricting to the last ReLU must not
+    # reuse the second one's (unmeasured) pre-activation for Condition II of the Linear "2".
+    arch = parse_arch({"name": "mlp", "widths": [64, 32, 16, 12, 10]})
+    torch.manual_seed(0)
+    state_a, state_b = arch.build().state_dict(), arch.build().state_dict()
+    data = digits("test").limit(48)
+    config = {"match": "weight", "alphas": [0, 0.5, 1], "llfc_alphas": [0.5], "batch_size": 16}
+    full = analyze_pair(arch, state_a, state_b, data, AnalysisConfig(**config), device=CPU)
+    part = analyze_pair(
+        arch, state_a, state_b, data, AnalysisConfig(layers=["5"], **config), device=CPU
+    )
+    full_pair, part_pair = full.to_json()["pairs"]["matched"], part.to_json()["pairs"]["matched"]
+    assert part_pair["llfc"]["layers"] == ["5", "logits"]
+    assert part_pair["llfc"]["cos_alpha"]["0.5"] == full_pair["llfc"]["cos_alpha"]["0.5"][2:]
+    assert part_pair["weak_additivity"]["0.5"] == full_pair["weak_additivity"]["0.5"][2:]
+    assert part_pair["commutativity"] == pytest.approx(full_pair["commutativity"], rel=1e-5)
