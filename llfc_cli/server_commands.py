@@ -28,6 +28,8 @@ logger = logging.getLogger("llfc")
 
 WORKER_KILL_WAIT_S = 5.0
 WORKER_RESTART_DELAYS_S = (1.0, 2.0, 5.0, 10.0, 30.0)
+MAX_OWNER_NAME = 200
+"""The longest owner name (the owners table's column)."""
 
 
 def load_settings() -> Settings:
@@ -297,8 +299,20 @@ def keys() -> None:
     """Create, list and revoke API keys."""
 
 
+def _owner_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """An owner's name: printable, not blank, at most 200 characters (what the table holds)."""
+    name = value.strip()
+    if not name or len(name) > MAX_OWNER_NAME or not name.isprintable():
+        raise click.BadParameter(
+            f"must be a printable name of 1 to {MAX_OWNER_NAME} characters, got {value!r}."
+        )
+    return name
+
+
 @keys.command("create", cls=StoreCommand)
-@click.option("--owner", required=True, help="The owner's name; created if new.")
+@click.option(
+    "--owner", required=True, callback=_owner_name, help="The owner's name; created if new."
+)
 def create_key(owner: str) -> None:
     """Create an API key for OWNER and print it, alone on the last line; only its hash is kept."""
     settings = load_settings()

@@ -127,7 +127,8 @@ def _model_pair(
     """Models A and B of the owner, which must have the same arch."""
     if not body.model_a or not body.model_b:
         raise InvalidParameterError(
-            f"A {body.kind} job needs 'model_a' and 'model_b', two checkpoint ids."
+            f"{_article(body.kind)} {body.kind} job needs 'model_a' and 'model_b', two "
+            "checkpoint ids."
         )
     models = []
     for field, checkpoint_id in (("model_a", body.model_a), ("model_b", body.model_b)):
@@ -303,6 +304,10 @@ def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Se
         **train_data,
     }
     return _pair_plan(JobKind.ANALYZE, params, arch, model_a, model_b, dataset_ref, train_data)
+
+
+def _article(word: str) -> str:
+    return "An" if word[:1] in "aeiou" else "A"
 
 
 def analysis_params(config: AnalysisConfig) -> dict[str, Any]:

@@ -46,6 +46,8 @@ def parse_arch(
     name = spec.get("name")
     if name not in ARCHITECTURES:
         known = ", ".join(sorted(ARCHITECTURES))
+        if name is None:
+            raise ArchitectureError(f"The arch needs a 'name'; known archs are {known}.")
         raise ArchitectureError(f"Unknown arch name {name!r}; known archs are {known}.")
     arch: Architecture = (
         OnnxArchitecture.from_json(spec, onnx_graph)

@@ -269,3 +269,11 @@ def test_a_service_command_without_a_running_service_says_so_in_one_sentence(
     args = _args(path, SERVICE_COMMANDS[path], tmp_path, url)
     done = llfc(*args, env=service_env(tmp_path / "data", LLFC_URL=url), timeout=60)
     assert_one_sentence_error(done, CANNOT_REACH_SERVICE, url)
+
+
+@pytest.mark.parametrize("owner", ["", "   ", "a\nb", "x" * 201])
+def test_keys_create_refuses_a_blank_or_unprintable_owner(owner: str, tmp_path: Path) -> None:
+    done = llfc("keys", "create", "--owner", owner, env=service_env(tmp_path / "data"))
+    assert done.returncode == 2
+    assert "must be a printable name of 1 to 200 characters" in done.stderr
+    assert not (tmp_path / "data").exists()

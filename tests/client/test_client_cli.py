@@ -550,3 +550,28 @@ def test_inspect_prints_the_groups_what_stays_in_place_and_the_proof(
 def test_inspect_of_an_unknown_model_fails_with_one_line(llfc: Cli) -> None:
     result = llfc("inspect", '{"name": "torchvision", "model": "resnet81"}')
     assert_one_line_error(result, "Close matches: resnet18")
+
+
+def test_an_empty_id_is_refused_before_any_request(llfc: Cli) -> None:
+    assert_one_line_error(llfc("status", ""), "An id is empty")
+    assert_one_line_error(llfc("cancel", " "), "An id is empty")
+
+
+def test_bad_timeouts_and_non_finite_params_are_refused_before_submitting(
+    llfc: Cli, client: Client
+) -> None:
+    def newest() -> str | None:
+        jobs = client.list_jobs(limit=1).items
+        return jobs[0].id if jobs else None
+
+    before = newest()
+    for timeout in ("-5", "nan", "0"):
+        refused = llfc("wait", "job_x", "--timeout", timeout)
+        assert refused.exit_code == 2 and "seconds above 0" in refused.output
+    submitted = llfc("submit", "train", "--dataset", "builtin:digits", "--wait", "--timeout", "nan")
+    assert submitted.exit_code == 2
+    nan = llfc(
+        "submit", "analyze", "a", "b", "--dataset", "builtin:digits", "--param", "alphas=[NaN]"
+    )
+    assert nan.exit_code == 2 and "NaN is not a JSON number" in nan.output
+    assert newest() == before

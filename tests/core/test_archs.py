@@ -335,3 +335,8 @@ def test_absurd_width_is_refused_before_anything_is_allocated(name: str) -> None
 def test_allowed_but_too_large_width_hits_the_parameter_limit(spec: dict[str, Any]) -> None:
     with pytest.raises(ArchitectureError, match="more than the limit"):
         parse_arch(spec)
+
+
+def test_an_arch_without_a_name_is_told_to_give_one() -> None:
+    with pytest.raises(ArchitectureError, match="The arch needs a 'name'; known archs are"):
+        parse_arch({})

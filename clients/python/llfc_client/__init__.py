@@ -9,7 +9,13 @@ with Client() as client:  # LLFC_URL / LLFC_API_KEY, or Client(base_url, api_key
 """
 
 from llfc_client.client import Client
-from llfc_client.errors import ApiError, ConnectionFailed, JobTimeout, LLFCClientError
+from llfc_client.errors import (
+    ApiError,
+    ConnectionFailed,
+    InvalidIdError,
+    JobTimeout,
+    LLFCClientError,
+)
 from llfc_client.models import Artifact, Checkpoint, Dataset, Job, LayerMetric, Page, Progress
 
 __all__ = [
@@ -19,6 +25,7 @@ __all__ = [
     "Client",
     "ConnectionFailed",
     "Dataset",
+    "InvalidIdError",
     "Job",
     "JobTimeout",
     "LLFCClientError",

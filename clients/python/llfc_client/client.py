@@ -21,7 +21,13 @@ from urllib.parse import quote
 
 import httpx
 
-from llfc_client.errors import ApiError, ConnectionFailed, JobTimeout, LLFCClientError
+from llfc_client.errors import (
+    ApiError,
+    ConnectionFailed,
+    InvalidIdError,
+    JobTimeout,
+    LLFCClientError,
+)
 from llfc_client.models import Checkpoint, Dataset, Job, LayerMetric, Page
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -38,7 +44,10 @@ T = TypeVar("T")
 
 
 def _segment(value: str) -> str:
-    """An id as one URL path segment, so no id can reach another route."""
+    """An id as one URL path segment, so no id can reach another route; an empty one would
+    name the collection instead, so it is refused."""
+    if not value.strip():
+        raise InvalidIdError("An id is empty; give the id a command printed (job_..., ckpt_...).")
     return quote(value, safe="")
 
 

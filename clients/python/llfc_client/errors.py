@@ -13,6 +13,10 @@ class LLFCClientError(Exception):
     """Base of the client's errors; ``str(error)`` is a sentence a person can act on."""
 
 
+class InvalidIdError(LLFCClientError, ValueError):
+    """An id that cannot name any resource (empty), refused before a request is sent."""
+
+
 class ApiError(LLFCClientError):
     """The service answered with an error: the RFC 9457 problem detail it sent.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import shutil
 import sys
 from collections.abc import Callable, Sequence
@@ -97,12 +98,19 @@ def _json_option(text: str, what: str) -> Any:
     if text.startswith("@"):
         text = Path(text[1:]).read_text()
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=_no_constant)
     except json.JSONDecodeError as error:
         raise click.BadParameter(f"{what} is not valid JSON: {error}") from error
     except (RecursionError, ValueError) as error:
         # Nesting past the recursion limit, or an integer past Python's digit limit.
         raise click.BadParameter(f"{what} is JSON too deep or too long to read.") from error
+
+
+def _positive_seconds(ctx: click.Context, param: click.Parameter, value: float | None) -> Any:
+    """A timeout, checked before anything is submitted: a number of seconds above 0."""
+    if value is not None and not (math.isfinite(value) and value > 0):
+        raise click.BadParameter(f"must be a number of seconds above 0, got {value}.")
+    return value
 
 
 def _arch_option(text: str) -> dict[str, Any]:
@@ -353,12 +361,17 @@ def _examples_column(dataset: Dataset) -> str:
     return "by split" if dataset.num_examples is None else str(dataset.num_examples)
 
 
+def _no_constant(name: str) -> Any:
+    raise click.BadParameter(f"{name} is not a JSON number; give a finite number.")
+
+
 def _parse_param(text: str) -> tuple[str, Any]:
     key, separator, value = text.partition("=")
     if not separator or not key.strip():
         raise click.BadParameter(f"{text!r} is not key=value, e.g. epochs=2 or split=test.")
     try:
-        return key.strip(), json.loads(value)
+        # NaN and Infinity would otherwise pass here and fail only when the body is encoded.
+        return key.strip(), json.loads(value, parse_constant=_no_constant)
     except json.JSONDecodeError:
         return key.strip(), value
     except (RecursionError, ValueError) as error:
@@ -412,7 +425,11 @@ WAIT_OPTION = click.option(
     "--wait", "wait_for_it", is_flag=True, help="Wait for the job, showing progress."
 )
 TIMEOUT_OPTION = click.option(
-    "--timeout", type=float, default=None, help="With --wait: give up after seconds."
+    "--timeout",
+    type=float,
+    default=None,
+    callback=_positive_seconds,
+    help="With --wait: give up after seconds.",
 )
 
 
@@ -591,7 +608,13 @@ def status(client: Client, job_id: str) -> None:
 
 @click.command("wait", cls=ClientCommand)
 @click.argument("job_id")
-@click.option("--timeout", type=float, default=None, help="Give up after this many seconds.")
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    callback=_positive_seconds,
+    help="Give up after this many seconds.",
+)
 @click.option("--quiet", is_flag=True, help="No progress display.")
 @with_client
 def wait(client: Client, job_id: str, timeout: float | None, quiet: bool) -> None:
