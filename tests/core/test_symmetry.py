@@ -174,3 +174,42 @@ def test_a_wrong_spec_fails_its_proof_naming_the_permutation_that_broke_the_func
     owner = spec.axes_to_perm["layer2.0.bn1.running_var"][0]
     assert owner is not None and owner in raised.value.message
     assert check_proof(model, spec, inputs) < PROOF_TOLERANCE
+
+
+class NormsAndAttention(nn.Module):
+    """GroupNorm with one group, one group per channel and four groups; then attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.whole = nn.GroupNorm(1, 8)
+        self.middle = nn.Conv2d(8, 8, 3, padding=1)
+        self.per_channel = nn.GroupNorm(8, 8)
+        self.grouped = nn.Conv2d(8, 8, 1)
+        self.four = nn.GroupNorm(4, 8)
+        self.attention = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.whole(self.stem(x)))
+        x = torch.relu(self.per_channel(self.middle(x)))
+        x = torch.relu(self.four(self.grouped(x)))
+        tokens = x.flatten(2).transpose(1, 2)
+        attended, _ = self.attention(tokens, tokens, tokens)
+        return self.head(attended.mean(dim=1))
+
+
+def test_group_norm_keeps_its_channels_free_only_with_one_group_or_one_per_channel() -> None:
+    model = NormsAndAttention().eval()
+    derived = derive_symmetry(model, (3, 4, 4))
+    axes = derived.spec.axes_to_perm
+    assert axes["stem.weight"][0] is not None and axes["whole.weight"] == (axes["stem.weight"][0],)
+    assert axes["middle.weight"][0] is not None
+    assert axes["per_channel.bias"] == (axes["middle.weight"][0],)
+    # Four groups of two channels: a permutation could move a channel into another group.
+    assert axes["grouped.weight"][0] is None and axes["four.weight"] == (None,)
+    reasons = {axis.key: axis.reason for axis in derived.unpermuted}
+    assert "GroupNorm with 4 groups" in reasons["grouped.weight"]
+    # Attention is no op the rules know: what reaches it stays in place, and says so.
+    assert all(axes[key] == (None,) * len(axes[key]) for key in axes if key.startswith("attention"))
+    assert prove_symmetry(model, derived.spec, torch.randn(3, 3, 4, 4)) < PROOF_TOLERANCE
