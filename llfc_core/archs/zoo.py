@@ -16,6 +16,8 @@ own config for the model, ``[3, 224, 224]`` for torchvision.
 from __future__ import annotations
 
 import difflib
+import inspect
+import re
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -36,6 +38,9 @@ MAX_MODULES = 10_000
 """Modules a zoo model may have (resnet152 has 423, convnext_xxlarge about 1,000)."""
 MAX_INPUT_RANK = 4
 CLOSE_MATCHES = 5
+FIXED_KWARGS = ("weights", "pretrained")
+"""The kwargs this module passes itself, never the user's."""
+UNEXPECTED_KEYWORD = re.compile(r"unexpected keyword argument '([^']+)'")
 JsonValue = Any
 FORBIDDEN_KWARGS = {
     "weights",
@@ -282,8 +287,34 @@ def _called(factory: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.
     except Exception as error:  # an unknown kwarg, a bad value: the library's own sentence
         raise ArchitectureError(
             f"The model {args[0]} cannot be built with kwargs "
-            f"{ {k: v for k, v in kwargs.items() if k not in ('weights', 'pretrained')} } "
-            f"({type(error).__name__}: {error})."
+            f"{ {k: v for k, v in kwargs.items() if k not in FIXED_KWARGS} } "
+            f"({type(error).__name__}: {error}).{_kwarg_hint(factory, args, kwargs, error)}"
         ) from error
     finally:
         _constructing.count = None
+
+
+def _kwarg_hint(
+    factory: Callable[..., nn.Module],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    error: Exception,
+) -> str:
+    """For an unexpected keyword, the close matches among what the model's class takes (read
+    off the class of the model built without the user's kwargs, on the meta device)."""
+    unexpected = UNEXPECTED_KEYWORD.search(str(error))
+    if not isinstance(error, TypeError) or unexpected is None:
+        return ""
+    fixed = {key: value for key, value in kwargs.items() if key in FIXED_KWARGS}
+    try:
+        with torch.device("meta"):
+            default = _called(factory, *args, **fixed)
+    except ArchitectureError:
+        return ""
+    taken = [
+        name
+        for name in inspect.signature(type(default).__init__).parameters
+        if name not in ("self", "args", "kwargs")
+    ]
+    close = difflib.get_close_matches(unexpected.group(1), taken, n=CLOSE_MATCHES, cutoff=0.6)
+    return f" Close matches: {', '.join(close)}." if close else ""

@@ -59,6 +59,14 @@ def test_a_built_zoo_model_computes_what_the_library_model_does() -> None:
         ({"name": "torchvision", "model": "resnet18", "kwargs": {"weights": "DEFAULT"}}, "weights"),
         ({"name": "timm", "model": "resnet18", "kwargs": {"pretrained": True}}, "downloaded"),
         ({"name": "torchvision", "model": "resnet18", "kwargs": {"colour": 1}}, "'colour'"),
+        (
+            {"name": "torchvision", "model": "resnet18", "kwargs": {"num_clases": 10}},
+            "Close matches: num_classes",
+        ),
+        (
+            {"name": "timm", "model": "resnet18", "kwargs": {"in_chan": 1}},
+            "Close matches: in_chans",
+        ),
         ({"name": "torchvision", "model": "resnet18", "kwargs": [1]}, "JSON object"),
         ({"name": "torchvision", "model": "resnet18", "input_shape": [3, 0, 8]}, "input_shape"),
         ({"name": "torchvision", "model": "resnet18", "shape": [3, 8, 8]}, "does not take"),
