@@ -43,6 +43,7 @@ from torch import nn
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import JobTooLargeError
 from llfc_core.features import ACTIVATION_MODULES, ResidualTap
+from llfc_core.graph_lock import GRAPH_LOCK
 from llfc_core.permutation import perm_sizes
 
 FLOAT32 = 4
@@ -110,7 +111,7 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
                 site_values[name] = output.numel()
 
         handles.append(module.register_forward_hook(note))
-    with torch.no_grad():
+    with torch.no_grad(), GRAPH_LOCK:
         model(example)
     for handle in handles:
         handle.remove()

@@ -30,6 +30,7 @@ from torch.nn.modules.module import register_module_module_registration_hook
 
 from llfc_core.archs.base import Architecture, reject_unknown_fields
 from llfc_core.errors import ArchitectureError
+from llfc_core.graph_lock import GRAPH_LOCK
 from llfc_core.params import check_int
 from llfc_core.symmetry.derive import instrument, trace
 
@@ -185,7 +186,8 @@ def _meta_facts(arch: ZooArchitecture) -> _MetaFacts:
     try:
         with torch.device("meta"):
             model = arch.construct().eval()
-            output = model(torch.empty((2, *arch.input_shape)))
+            with GRAPH_LOCK:
+                output = model(torch.empty((2, *arch.input_shape)))
     except ArchitectureError:
         raise
     except Exception as error:  # the library's own sentence, whatever its type

@@ -29,6 +29,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from llfc_core.errors import ArchitectureError
 from llfc_core.features import ResidualTap
+from llfc_core.graph_lock import GRAPH_LOCK
 from llfc_core.permutation import PermutationSpec, Segment
 from llfc_core.symmetry.labels import Label, Part, Unknowns, fixed, label_unknowns
 from llfc_core.symmetry.rules import (
@@ -234,7 +235,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
     """``model`` as a torch.fx graph, or :class:`ArchitectureError` saying why it cannot be."""
     tracer = _Tracer()
     try:
-        graph = tracer.trace(model)
+        with GRAPH_LOCK:
+            graph = tracer.trace(model)
     except Exception as error:  # any tracing failure is the model's limitation
         raise ArchitectureError(
             f"The model cannot be traced into a graph ({type(error).__name__}: {error}); its "
@@ -253,7 +255,8 @@ def derive_symmetry(model: nn.Module, input_shape: tuple[int, ...]) -> DerivedSy
         copy.deepcopy(graph_module).to("meta") if _has_real_tensors(graph_module) else graph_module
     )
     try:
-        ShapeProp(meta_module).propagate(example)
+        with GRAPH_LOCK:
+            ShapeProp(meta_module).propagate(example)
     except Exception as error:  # a shape error is the input shape's
         raise ArchitectureError(
             f"The model does not run on inputs of shape {list(input_shape)} "

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from llfc_core.errors import SymmetryProofError
+from llfc_core.graph_lock import GRAPH_LOCK
 from llfc_core.permutation import (
     Permutation,
     PermutationSpec,
@@ -42,7 +43,7 @@ def _outputs(
     model: nn.Module, state: Mapping[str, torch.Tensor], inputs: torch.Tensor
 ) -> torch.Tensor:
     model.load_state_dict(dict(state))
-    with torch.inference_mode():
+    with torch.inference_mode(), GRAPH_LOCK:
         output = model(inputs)
     return (
         output.float()

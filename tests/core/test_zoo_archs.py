@@ -3,6 +3,8 @@ sentence when unknown, and analysed end to end like the built-in archs."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import timm
 import torch
@@ -170,3 +172,21 @@ def test_kwargs_that_would_build_a_million_blocks_are_refused_while_building() -
     # A big model of the zoo is well within the cap, and the guard is off outside building.
     assert parse_arch({"name": "torchvision", "model": "resnet152"}).num_params() > 60_000_000
     assert nn.Sequential(*[nn.Identity() for _ in range(10_001)])[0] is not None
+
+
+def test_archs_derived_in_many_threads_at_once_are_all_right() -> None:
+    # torch.fx patches nn.Module.__call__ for the whole process while it traces: without the
+    # graph lock, an MLP checked in one thread ran into another thread's trace (a load test's
+    # submissions were refused as "does not run on inputs of shape [64]").
+    def derive(index: int) -> int:
+        if index % 2:
+            arch = parse_arch(
+                {"name": "torchvision", "model": "resnet18", "kwargs": {"num_classes": 10 + index}}
+            )
+        else:
+            arch = parse_arch({"name": "mlp", "widths": [64, 16 + index, 10]})
+        return len(arch.permutation_spec().perm_names)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        counts = list(pool.map(derive, range(48)))
+    assert counts == [1 if index % 2 == 0 else 12 for index in range(48)]
