@@ -37,3 +37,18 @@ def check_int(
         bounds = f"{low:,} to {high:,}" if grouped else f"{low} to {high}"
         raise error(f"{described} must be an integer from {bounds}, got {value!r}.")
     return value
+
+
+MAX_NAMES_IN_MESSAGE = 20
+MAX_NAME_CHARACTERS = 60
+
+
+def named(names: list[str]) -> str:
+    """Names for a sentence, quoted: at most 20 of them, each cut to 60 characters, then how many
+    more. A body of ten thousand unknown keys must not make a megabyte of error message."""
+    shown = [
+        repr(name if len(name) <= MAX_NAME_CHARACTERS else name[:MAX_NAME_CHARACTERS] + "...")
+        for name in names[:MAX_NAMES_IN_MESSAGE]
+    ]
+    rest = len(names) - len(shown)
+    return ", ".join(shown) + (f" and {rest:,} more" if rest else "")

@@ -34,7 +34,14 @@ from llfc_core.footprint import (
     training_memory,
 )
 from llfc_core.interpolation import check_alpha
-from llfc_core.params import DEFAULT_BATCH_SIZE, MATCH_METHODS, MAX_BATCH_SIZE, MAX_SEED, check_int
+from llfc_core.params import (
+    DEFAULT_BATCH_SIZE,
+    MATCH_METHODS,
+    MAX_BATCH_SIZE,
+    MAX_SEED,
+    check_int,
+    named,
+)
 from llfc_core.training import TrainConfig
 from service import lifecycle
 from service.checkpoints import checkpoint_arch
@@ -89,7 +96,7 @@ def _refuse_unknown(kind: str, params: Mapping[str, Any], allowed: tuple[str, ..
     unknown = sorted(set(params) - set(allowed))
     if unknown:
         raise InvalidParameterError(
-            f"The {kind} job does not take the parameter(s) {', '.join(map(repr, unknown))}; "
+            f"The {kind} job does not take the parameter(s) {named(unknown)}; "
             f"it takes {', '.join(sorted(allowed))}."
         )
 

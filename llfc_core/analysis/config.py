@@ -8,7 +8,14 @@ from typing import Any
 
 from llfc_core.errors import InvalidParameterError
 from llfc_core.interpolation import check_alpha
-from llfc_core.params import DEFAULT_BATCH_SIZE, MATCH_METHODS, MAX_BATCH_SIZE, MAX_SEED, check_int
+from llfc_core.params import (
+    DEFAULT_BATCH_SIZE,
+    MATCH_METHODS,
+    MAX_BATCH_SIZE,
+    MAX_SEED,
+    check_int,
+    named,
+)
 
 DEFAULT_ALPHAS = tuple(i / 10 for i in range(11))
 DEFAULT_LLFC_ALPHAS = (0.25, 0.5, 0.75)
@@ -103,7 +110,7 @@ class AnalysisConfig:
         unknown = sorted(set(params) - known - DATA_SELECTION_KEYS)
         if unknown:
             raise InvalidParameterError(
-                f"Unknown analyze parameter(s) {', '.join(map(repr, unknown))}; "
+                f"Unknown analyze parameter(s) {named(unknown)}; "
                 f"known ones are {', '.join(sorted(known | DATA_SELECTION_KEYS))}."
             )
         return cls(**{key: params[key] for key in known if key in params})

@@ -7,6 +7,7 @@ mode points ``LLFC_DATABASE_URL`` at PostgreSQL and ``LLFC_BROKER_URL`` at Redis
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 from functools import lru_cache
@@ -258,6 +259,10 @@ class Settings(BaseSettings):
         holds the SQLite file with the key hashes, and every upload. An existing folder keeps
         the permissions its owner gave it."""
         folder = self.data_dir.resolve()
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(
+                errno.ENOTDIR, "LLFC_DATA_DIR must name a folder, and this is a file", str(folder)
+            )
         if not folder.is_dir():
             folder.parent.mkdir(parents=True, exist_ok=True)
             folder.mkdir(mode=0o700, exist_ok=True)

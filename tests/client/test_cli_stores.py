@@ -277,3 +277,11 @@ def test_keys_create_refuses_a_blank_or_unprintable_owner(owner: str, tmp_path: 
     assert done.returncode == 2
     assert "must be a printable name of 1 to 200 characters" in done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_data_dir_that_is_a_file_is_named_as_such(tmp_path: Path) -> None:
+    a_file = tmp_path / "not-a-folder"
+    a_file.write_text("")
+    done = llfc("keys", "create", "--owner", "alice", env=service_env(a_file))
+    assert done.returncode == 1
+    assert "LLFC_DATA_DIR must name a folder, and this is a file" in done.stderr

@@ -47,3 +47,14 @@ def test_the_analysis_fields_are_the_config_fields_and_all_it_accepts() -> None:
     )
     with pytest.raises(InvalidParameterError, match="known ones are alphas, batch_size"):
         AnalysisConfig.from_params({"sead": 1})
+
+
+def test_an_analysis_with_thousands_of_unknown_parameters_is_refused_in_one_short_sentence() -> (
+    None
+):
+    params = {f"typo_{index}_" + "x" * 100: 1 for index in range(10_000)}
+    with pytest.raises(InvalidParameterError) as raised:
+        AnalysisConfig.from_params(params)
+    message = raised.value.message
+    assert "and 9,980 more" in message and len(message) < 3_000
+    assert "'typo_0_" in message and "..." in message
