@@ -70,12 +70,6 @@ def _in_forward_order(model: nn.Module, names: list[str]) -> list[str]:
     return sorted(names, key=lambda name: position.get(name, len(called)))
 
 
-def activation_names(model: nn.Module) -> list[str]:
-    """The model's elementwise activation modules, in forward order: Condition I's layers."""
-    names = [n for n, module in model.named_modules() if isinstance(module, ACTIVATION_MODULES)]
-    return _in_forward_order(model, names)
-
-
 def feature_site_names(model: nn.Module) -> list[str]:
     """Every LLFC feature layer but the logits: activations and residual taps, in forward
     order."""

@@ -56,8 +56,8 @@ from llfc_core.analysis.config import AnalysisConfig, alpha_key
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset
 from llfc_core.features import (
+    ACTIVATION_MODULES,
     Scratch,
-    activation_names,
     feature_site_names,
     watch_features,
     weighted_layer_names,
@@ -300,16 +300,21 @@ class _PairPass:
         path: _Path,
         config: AnalysisConfig,
         probe: _Probe,
+        sites: list[str],
     ) -> None:
         self.model_a = model_a
         self.model_b = model_b
         self.path = path
         self.config = config
-        self.sites = _chosen(feature_site_names(model_a), config.layers)
-        self.activations = _chosen(activation_names(model_a), config.layers)
+        self.modules_a = dict(model_a.named_modules())
+        # The feature sites measured, the very list the probe saw; Condition I at those that
+        # are activations (the others are residual taps).
+        self.sites = sites
+        self.activations = [
+            name for name in sites if isinstance(self.modules_a[name], ACTIVATION_MODULES)
+        ]
         self.weighted = weighted_layer_names(model_a)
         self.layer_order = [*self.sites, LOGITS]
-        self.modules_a = dict(model_a.named_modules())
         # The activation of each Condition I layer, applied to mixed pre-activations; a ReLU's
         # runs in place in scratch memory. Residual taps are the identity: no Condition I.
         self.activation_of = {name: self.modules_a[name] for name in self.activations}
@@ -577,7 +582,7 @@ def measure_pair(
         build_reporter.report((index + 1) / stages, f"built {label}")
         endpoints.append(model)
     model_a, model_b = endpoints
-    # The probe sees the sites the pass hooks: a layer's output is reused as a site's kept
+    # One list for the probe and the pass: a layer's output is reused as a site's kept
     # pre-activation only where that site is measured.
     sites = _chosen(feature_site_names(model_a), config.layers)
     weighted = weighted_layer_names(model_a)
@@ -594,7 +599,7 @@ def measure_pair(
         device=device,
         reporter=build_reporter.sub(2 / stages, len(interior) / stages),
     )
-    pair_pass = _PairPass(model_a, model_b, path, config, probe)
+    pair_pass = _PairPass(model_a, model_b, path, config, probe, sites)
     channels_last = _prefers_channels_last(model_a, device)
     pass_reporter = reporter.sub(build_share, 1.0 - build_share)
     total_batches = dataset.num_batches(config.batch_size)
