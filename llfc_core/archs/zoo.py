@@ -140,6 +140,11 @@ class ZooArchitecture(Architecture):
     def has_batch_norm(self) -> bool:
         return _meta_facts(self).has_batch_norm
 
+    def num_params(self) -> int:
+        # Counted on the model built to check the kwargs: the parameter cap then needs no
+        # second build and trace.
+        return _meta_facts(self).num_params
+
     def source_model(self) -> nn.Module:
         return self.construct()
 
@@ -177,6 +182,7 @@ def _input_shape(value: Any) -> tuple[int, ...]:
 class _MetaFacts:
     num_classes: int
     has_batch_norm: bool
+    num_params: int
 
 
 @lru_cache(maxsize=64)
@@ -204,7 +210,8 @@ def _meta_facts(arch: ZooArchitecture) -> _MetaFacts:
             "it returns something else with these kwargs."
         )
     has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
-    return _MetaFacts(int(output.shape[1]), has_batch_norm)
+    num_params = sum(parameter.numel() for parameter in model.parameters())
+    return _MetaFacts(int(output.shape[1]), has_batch_norm, num_params)
 
 
 @dataclass(frozen=True)
