@@ -15,6 +15,15 @@ torchvision's VGG: channel-major, so unit ``c`` owns ``block`` consecutive entri
 *composite*: a list of :class:`Segment` s, each a permutation (or None: entries left in place)
 over ``units`` units of ``block`` entries. Composites are never solved for; their index vectors
 are made from their parts (:func:`expanded_permutation`).
+
+Attention adds a third kind: a *nested* permutation (:class:`Nesting`) of ``heads`` x
+``head_size`` entries, head-major. Whole heads move by a head order shared with every other
+nested permutation of the same attention (query/key and value/output dimensions of one head
+stay together), and the entries within each head by one permutation per head. Its index vector
+is an ordinary one over all ``heads * head_size`` entries, so applying it is no different; only
+drawing and solving it respect the structure: row ``i`` of ``perm[name].view(heads, head_size)``
+is ``order[i] * head_size + within[i]``, head ``i`` of the result being head ``order[i]`` of the
+original with its entries reordered by ``within[i]``.
 """
 
 from __future__ import annotations
@@ -55,6 +64,16 @@ class AxisUse:
 
 
 @dataclass(frozen=True)
+class Nesting:
+    """A nested permutation's structure: ``heads`` heads of ``head_size`` entries, the heads
+    moved by the order named ``head_order`` (shared by every permutation of one attention)."""
+
+    head_order: str
+    heads: int
+    head_size: int
+
+
+@dataclass(frozen=True)
 class PermutationSpec:
     """Which tensor axes each permutation acts on, and where its activations are observed.
 
@@ -64,13 +83,15 @@ class PermutationSpec:
     expanded into their segments). ``perm_to_features[name]`` lists module names whose outputs
     carry permutation ``name`` on dimension 1; activation matching correlates those outputs.
     ``statistics_keys`` are tensors that are permuted but are not learned weights (BatchNorm
-    running statistics), and so are left out of the weight-matching objective.
+    running statistics), and so are left out of the weight-matching objective. ``nested`` gives
+    the structure of each nested permutation (attention heads).
     """
 
     axes_to_perm: Mapping[str, tuple[str | None, ...]]
     perm_to_features: Mapping[str, tuple[str, ...]]
     statistics_keys: frozenset[str] = frozenset()
     composites: Mapping[str, tuple[Segment, ...]] = field(default_factory=dict)
+    nested: Mapping[str, Nesting] = field(default_factory=dict)
     perm_to_uses: Mapping[str, tuple[AxisUse, ...]] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -97,6 +118,14 @@ class PermutationSpec:
     def perm_names(self) -> list[str]:
         """The permutations solved for, in the order the spec defines them."""
         return list(self.perm_to_uses)
+
+    @property
+    def head_orders(self) -> dict[str, list[str]]:
+        """Each shared head order and the nested permutations that move their heads by it."""
+        orders: dict[str, list[str]] = {}
+        for name, nesting in self.nested.items():
+            orders.setdefault(nesting.head_order, []).append(name)
+        return orders
 
     @property
     def perm_to_axes(self) -> dict[str, tuple[tuple[str, int], ...]]:
@@ -142,15 +171,39 @@ def identity_permutation(spec: PermutationSpec, state: Mapping[str, torch.Tensor
     return {name: torch.arange(size) for name, size in perm_sizes(spec, state).items()}
 
 
+def nested_indices(order: torch.Tensor, within: torch.Tensor) -> torch.Tensor:
+    """The index vector of a nested permutation: heads reordered by ``order`` (H), the entries
+    of new head ``i`` by row ``i`` of ``within`` (H x head_size)."""
+    head_size = within.shape[1]
+    return (order.unsqueeze(1) * head_size + within).flatten()
+
+
+def split_nested(indices: torch.Tensor, nesting: Nesting) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(order, within)`` of a nested permutation's index vector (:func:`nested_indices`)."""
+    grid = indices.view(nesting.heads, nesting.head_size)
+    return grid[:, 0] // nesting.head_size, grid % nesting.head_size
+
+
 def random_permutation(
     spec: PermutationSpec, state: Mapping[str, torch.Tensor], seed: int
 ) -> Permutation:
-    """A uniformly random permutation of every hidden unit group, reproducible from ``seed``."""
+    """A uniformly random permutation of every hidden unit group, reproducible from ``seed``
+    (nested permutations sharing a head order move their heads alike)."""
     generator = torch.Generator().manual_seed(seed)
-    return {
-        name: torch.randperm(size, generator=generator)
-        for name, size in perm_sizes(spec, state).items()
-    }
+    perm = {}
+    orders: dict[str, torch.Tensor] = {}
+    for name, size in perm_sizes(spec, state).items():
+        nesting = spec.nested.get(name)
+        if nesting is None:
+            perm[name] = torch.randperm(size, generator=generator)
+            continue
+        if nesting.head_order not in orders:
+            orders[nesting.head_order] = torch.randperm(nesting.heads, generator=generator)
+        within = torch.stack(
+            [torch.randperm(nesting.head_size, generator=generator) for _ in range(nesting.heads)]
+        )
+        perm[name] = nested_indices(orders[nesting.head_order], within)
+    return perm
 
 
 def invert_permutation(perm: Permutation) -> Permutation:
