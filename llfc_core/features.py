@@ -37,6 +37,30 @@ ACTIVATION_MODULES: tuple[type[nn.Module], ...] = (
     nn.Softplus,
 )
 """Elementwise activations: each output unit depends on its own input unit only."""
+NAMED_ACTIVATION_MODULES = {
+    ("transformers.activations", name)
+    for name in (
+        "NewGELUActivation",
+        "GELUActivation",
+        "FastGELUActivation",
+        "QuickGELUActivation",
+        "GELUTanh",
+        "PytorchGELUTanh",
+        "SiLUActivation",
+        "ReLUSquaredActivation",
+    )
+}
+"""Elementwise activations of other libraries, by module and class name: importing
+transformers to compare classes would cost every process seconds at start."""
+
+
+def is_activation_module(module: nn.Module) -> bool:
+    """Whether ``module`` is an elementwise activation."""
+    kind = type(module)
+    return isinstance(module, ACTIVATION_MODULES) or (
+        (kind.__module__, kind.__name__) in NAMED_ACTIVATION_MODULES
+    )
+
 
 FeatureCallback = Callable[[str, torch.Tensor, torch.Tensor], None]
 """Called with (module name, the module's input, its output)."""
@@ -76,7 +100,7 @@ def feature_site_names(model: nn.Module) -> list[str]:
     names = [
         name
         for name, module in model.named_modules()
-        if isinstance(module, (*ACTIVATION_MODULES, ResidualTap))
+        if is_activation_module(module) or isinstance(module, ResidualTap)
     ]
     return _in_forward_order(model, names)
 

@@ -42,7 +42,7 @@ from torch import nn
 
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import JobTooLargeError
-from llfc_core.features import ACTIVATION_MODULES, ResidualTap
+from llfc_core.features import ResidualTap, is_activation_module
 from llfc_core.graph_lock import GRAPH_LOCK
 from llfc_core.permutation import perm_sizes
 
@@ -107,7 +107,7 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
 
         def note(module: nn.Module, inputs: object, output: torch.Tensor, name: str = name) -> None:
             module_values[name] = output.numel()
-            if isinstance(module, (*ACTIVATION_MODULES, ResidualTap)):
+            if is_activation_module(module) or isinstance(module, ResidualTap):
                 site_values[name] = output.numel()
 
         handles.append(module.register_forward_hook(note))

@@ -84,7 +84,8 @@ class PermutationSpec:
     carry permutation ``name`` on dimension 1; activation matching correlates those outputs.
     ``statistics_keys`` are tensors that are permuted but are not learned weights (BatchNorm
     running statistics), and so are left out of the weight-matching objective. ``nested`` gives
-    the structure of each nested permutation (attention heads).
+    the structure of each nested permutation (attention heads), ``feature_axes`` the units'
+    axis of a feature site that does not have them on axis 1.
     """
 
     axes_to_perm: Mapping[str, tuple[str | None, ...]]
@@ -92,6 +93,9 @@ class PermutationSpec:
     statistics_keys: frozenset[str] = frozenset()
     composites: Mapping[str, tuple[Segment, ...]] = field(default_factory=dict)
     nested: Mapping[str, Nesting] = field(default_factory=dict)
+    feature_axes: Mapping[str, int] = field(default_factory=dict)
+    """The axis of units of each feature site in ``perm_to_features`` that does not have them on
+    axis 1 (a transformer's tokens x units: the last)."""
     perm_to_uses: Mapping[str, tuple[AxisUse, ...]] = field(init=False)
 
     def __post_init__(self) -> None:

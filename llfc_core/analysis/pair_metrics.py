@@ -56,9 +56,9 @@ from llfc_core.analysis.config import AnalysisConfig, alpha_key
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset
 from llfc_core.features import (
-    ACTIVATION_MODULES,
     Scratch,
     feature_site_names,
+    is_activation_module,
     watch_features,
     weighted_layer_names,
 )
@@ -310,9 +310,7 @@ class _PairPass:
         # The feature sites measured, the very list the probe saw; Condition I at those that
         # are activations (the others are residual taps).
         self.sites = sites
-        self.activations = [
-            name for name in sites if isinstance(self.modules_a[name], ACTIVATION_MODULES)
-        ]
+        self.activations = [name for name in sites if is_activation_module(self.modules_a[name])]
         self.weighted = weighted_layer_names(model_a)
         self.layer_order = [*self.sites, LOGITS]
         # The activation of each Condition I layer, applied to mixed pre-activations; a ReLU's

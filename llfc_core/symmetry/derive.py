@@ -18,25 +18,36 @@ named by module path.
 from __future__ import annotations
 
 import copy
+import inspect
 import operator
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
 import torch
 from torch import fx, nn
+from torch.fx.experimental.meta_tracer import MetaTracer
 from torch.fx.passes.shape_prop import ShapeProp
 
 from llfc_core.errors import ArchitectureError
-from llfc_core.features import ResidualTap
+from llfc_core.features import ResidualTap, is_activation_module
 from llfc_core.graph_lock import GRAPH_LOCK
-from llfc_core.permutation import PermutationSpec, Segment
-from llfc_core.symmetry.labels import Label, Part, Unknowns, fixed, label_unknowns
+from llfc_core.permutation import Nesting, PermutationSpec, Segment
+from llfc_core.symmetry.labels import (
+    Heads,
+    Label,
+    Part,
+    Split,
+    Unknowns,
+    fixed,
+)
 from llfc_core.symmetry.rules import (
     ACTIVATION_FUNCTIONS,
     ACTIVATION_METHODS,
     TensorLabels,
     function_rule,
+    is_transposed_linear,
     method_rule,
     module_rule,
 )
@@ -54,7 +65,8 @@ class FeatureSite:
     """"activation" or "residual"."""
     node: str
     """The fx node that computes it."""
-    channels: Label
+    labels: tuple[Label, ...]
+    """Its axes' labels (the batch first)."""
 
 
 @dataclass(frozen=True)
@@ -80,8 +92,26 @@ class DerivedSymmetry:
     """Feature site name -> the module of the instrumented model that computes it."""
 
 
+def _known_leaf(module: nn.Module) -> bool:
+    """Modules of other libraries that the rules know as a whole (GPT-2's Conv1D, Hugging
+    Face's activations), so the graph keeps them as one call."""
+    return is_transposed_linear(module) or is_activation_module(module)
+
+
 class _Tracer(fx.Tracer):
     """torch.fx's tracer; torch.nn's own modules are leaves (the rules know them by type)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return super().is_leaf_module(m, module_qualified_name) or _known_leaf(m)
+
+
+class _ShapeTracer(MetaTracer):
+    """A tracer that runs every op on the meta device as it records it, so that Python code
+    branching on shapes (Hugging Face's models do, building masks and views) sees real sizes;
+    the graph is then valid for inputs of the traced shape only."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return super().is_leaf_module(m, module_qualified_name) or _known_leaf(m)
 
 
 class Walk:
@@ -128,6 +158,11 @@ class Walk:
     def bind(self, path: str, tensor: str, axis: int, label: Label, reason: str) -> None:
         """Tensor ``path.tensor``'s ``axis`` carries ``label``; a second binding must agree."""
         key = f"{path}.{tensor}" if path else tensor
+        if any(part.role is not None for part in label):
+            # One vector for every head (a per-head-dimension norm's weight) cannot follow a
+            # different permutation in each head.
+            self.unknowns.block_label(label, f"{reason}: a tensor shared by every head")
+            label = fixed(sum(part.length for part in label))
         existing = self.axis_labels.get((key, axis))
         if existing is None:
             self.axis_labels[(key, axis)] = label
@@ -139,16 +174,29 @@ class Walk:
             self.statistics_keys.add(f"{path}.{tensor}" if path else tensor)
 
     def activation(self, node: fx.Node, x: TensorLabels) -> None:
-        if len(x.labels) >= 2:
-            self.sites.append(
-                FeatureSite(self._site_name(node), "activation", node.name, x.labels[1])
-            )
+        self._site(node, "activation", x)
 
     def residual(self, node: fx.Node, x: TensorLabels) -> None:
+        self._site(node, "residual", x)
+
+    def _site(self, node: fx.Node, kind: str, x: TensorLabels) -> None:
         if len(x.labels) >= 2:
-            self.sites.append(
-                FeatureSite(self._site_name(node), "residual", node.name, x.labels[1])
-            )
+            self.sites.append(FeatureSite(self._site_name(node), kind, node.name, x.labels))
+
+    def moves(self, label: Label) -> bool:
+        """Whether some unit of the axis may be permuted (once the walk is over)."""
+        return any(
+            part.unknown is not None and not self.unknowns.is_blocked(part.unknown)
+            for part in label
+        )
+
+    def unit_axis(self, site: FeatureSite) -> int:
+        """A site's axis of units: 1, unless that one never moves and the last one does (a
+        transformer's batch x tokens x units)."""
+        labels = site.labels
+        if len(labels) >= 3 and not self.moves(labels[1]) and self.moves(labels[-1]):
+            return len(labels) - 1
+        return 1
 
     def _site_name(self, node: fx.Node) -> str:
         if node.op == "call_module":
@@ -231,12 +279,24 @@ def _tensors_in(value: Any) -> list[TensorLabels]:
     return []
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """``model`` as a torch.fx graph, or :class:`ArchitectureError` saying why it cannot be."""
-    tracer = _Tracer()
+def trace(model: nn.Module, example: torch.Tensor | None = None) -> fx.GraphModule:
+    """``model`` as a torch.fx graph, or :class:`ArchitectureError` saying why it cannot be.
+
+    With ``example`` (a meta tensor), the graph is traced for inputs of its shape and dtype
+    only (:class:`_ShapeTracer`), for models whose Python code branches on shapes."""
+    tracer: fx.Tracer
     try:
         with GRAPH_LOCK:
-            graph = tracer.trace(model)
+            if example is None:
+                tracer = _Tracer()
+                graph = tracer.trace(model)
+            else:
+                tracer = _ShapeTracer()
+                (argument, *_) = inspect.signature(model.forward).parameters
+                with warnings.catch_warnings():
+                    # It warns for every op whose output is not one tensor (a tuple, a size).
+                    warnings.simplefilter("ignore")
+                    graph = tracer.trace(model, meta_args={argument: example})
     except Exception as error:  # any tracing failure is the model's limitation
         raise ArchitectureError(
             f"The model cannot be traced into a graph ({type(error).__name__}: {error}); its "
@@ -245,12 +305,19 @@ def trace(model: nn.Module) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph)
 
 
-def derive_symmetry(model: nn.Module, input_shape: tuple[int, ...]) -> DerivedSymmetry:
+def derive_symmetry(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    input_dtype: torch.dtype = torch.float32,
+    shape_specific: bool = False,
+) -> DerivedSymmetry:
     """The permutation spec of ``model`` (in eval mode) for inputs of ``input_shape`` (one
-    example, no batch axis), with its feature sites and the axes left unpermuted."""
+    example, no batch axis) and ``input_dtype`` (token ids: ``torch.long``), with its feature
+    sites and the axes left unpermuted. ``shape_specific`` traces for that shape only
+    (:func:`trace`)."""
     model = model.eval()
-    graph_module = trace(model)
-    example = torch.empty((2, *input_shape), device="meta")
+    example = torch.empty((2, *input_shape), dtype=input_dtype, device="meta")
+    graph_module = trace(model, example if shape_specific else None)
     meta_module = (
         copy.deepcopy(graph_module).to("meta") if _has_real_tensors(graph_module) else graph_module
     )
@@ -273,20 +340,55 @@ def _has_real_tensors(module: nn.Module) -> bool:
     return any(not tensor.is_meta for tensor in [*module.parameters(), *module.buffers()])
 
 
+class _Naming:
+    """Names for the classes left at the end of a walk: ``P_<first birth>`` for a permutation,
+    ``H_<its first nested permutation>`` for a shared head order; None for a class that may
+    not move."""
+
+    def __init__(self, walk: Walk) -> None:
+        self.unknowns = walk.unknowns
+        self.birth_order = {path: index for index, path in enumerate(walk.births)}
+        self.names: dict[int, str | None] = {}
+        self.nested: dict[str, Nesting] = {}
+        self.order_names: dict[int, str] = {}
+
+    def name(self, unknown: int) -> str | None:
+        root = self.unknowns.find(unknown)
+        if root not in self.names:
+            cls = self.unknowns.get(root)
+            self.names[root] = (
+                None
+                if self.unknowns.is_blocked(root) or not cls.births
+                else "P_" + min(cls.births, key=self.birth_order.__getitem__)
+            )
+        return self.names[root]
+
+    def segments(self, part: Part) -> list[tuple[Segment, str | None]]:
+        """The segments ``part`` stands for (a split class's pieces one by one), each with the
+        reason it may not move when it is left in place."""
+        assert part.unknown is not None
+        refinement = self.unknowns.refinement(part.unknown)
+        if isinstance(refinement, Split) and not self.unknowns.is_blocked(part.unknown):
+            pieces = []
+            for piece in refinement.pieces:
+                size = self.unknowns.get(piece).size
+                pieces.extend(self.segments(Part(piece, size, part.block)))
+            return pieces
+        name = self.name(part.unknown)
+        if name is not None and isinstance(refinement, Heads):
+            order = self.unknowns.find(refinement.order)
+            self.order_names.setdefault(order, "H_" + name.removeprefix("P_"))
+            self.nested[name] = Nesting(
+                self.order_names[order], part.units // refinement.head_size, refinement.head_size
+            )
+        reason = None
+        if name is None and self.unknowns.get(part.unknown).births:
+            reason = self.unknowns.blocked_reason(part.unknown)
+        return [(Segment(name, part.units, part.block), reason)]
+
+
 def _result(walk: Walk, model: nn.Module, graph_module: fx.GraphModule) -> DerivedSymmetry:
-    unknowns = walk.unknowns
-    birth_order = {path: index for index, path in enumerate(walk.births)}
-    names: dict[int, str] = {}
-
-    def permutation_of(unknown: int) -> str | None:
-        root = unknowns.find(unknown)
-        if root not in names:
-            cls = unknowns.get(root)
-            if cls.blocked_by is not None or not cls.births:
-                return None
-            names[root] = "P_" + min(cls.births, key=birth_order.__getitem__)
-        return names[root]
-
+    naming = _Naming(walk)
     axes: dict[str, tuple[str | None, ...]] = {}
     composites: dict[str, tuple[Segment, ...]] = {}
     unpermuted: list[UnpermutedAxis] = []
@@ -294,56 +396,64 @@ def _result(walk: Walk, model: nn.Module, graph_module: fx.GraphModule) -> Deriv
         per_axis: list[str | None] = []
         for axis in range(tensor.dim()):
             label = walk.axis_labels.get((key, axis))
-            per_axis.append(
-                None if label is None else _axis_name(key, axis, label, permutation_of, composites)
-            )
-            for unknown in label_unknowns(label or ()):
-                cls = unknowns.get(unknown)
-                if cls.births and cls.blocked_by is not None:
-                    unpermuted.append(UnpermutedAxis(key, axis, cls.blocked_by))
-                    break
+            if label is None:
+                per_axis.append(None)
+                continue
+            found = [
+                found
+                for part in label
+                for found in (
+                    [(Segment(None, part.units, part.block), None)]
+                    if part.unknown is None
+                    else naming.segments(part)
+                )
+            ]
+            per_axis.append(_axis_name(key, axis, [segment for segment, _ in found], composites))
+            reasons = [reason for _, reason in found if reason is not None]
+            if reasons:
+                unpermuted.append(UnpermutedAxis(key, axis, reasons[0]))
         axes[key] = tuple(per_axis)
     # Activation matching observes a permutation at its activations; a residual stream with
     # none (ConvNeXt's: its blocks add without an activation after) at its additions.
     by_kind: dict[str, dict[str, list[str]]] = {"activation": {}, "residual": {}}
+    feature_axes: dict[str, int] = {}
     for site in walk.sites:
-        (part, *more) = site.channels
-        if not more and part.block == 1 and part.unknown is not None:
-            name = permutation_of(part.unknown)
-            if name is not None:
+        axis = walk.unit_axis(site)
+        (part, *more) = site.labels[axis]
+        if not more and part.block == 1 and part.unknown is not None and part.role is None:
+            name = naming.name(part.unknown)
+            if name is not None and name not in naming.nested:
                 by_kind[site.kind].setdefault(name, []).append(site.name)
+                if axis != 1:
+                    feature_axes[site.name] = axis
     features = {**by_kind["residual"], **by_kind["activation"]}
     spec = PermutationSpec(
         axes_to_perm=axes,
         perm_to_features={name: tuple(sites) for name, sites in features.items()},
         statistics_keys=frozenset(walk.statistics_keys & set(axes)),
         composites=composites,
+        nested=naming.nested,
+        feature_axes=feature_axes,
     )
-    sizes = {name: unknowns.get(root).size for root, name in names.items()}
+    sizes = {
+        name: walk.unknowns.get(root).size
+        for root, name in naming.names.items()
+        if name is not None
+    }
     instrumented = copy.deepcopy(graph_module)
     site_modules = instrument(instrumented, walk.sites)
     return DerivedSymmetry(spec, sizes, walk.sites, unpermuted, instrumented, site_modules)
 
 
 def _axis_name(
-    key: str,
-    axis: int,
-    label: Label,
-    permutation_of: Any,
-    composites: dict[str, tuple[Segment, ...]],
+    key: str, axis: int, segments: list[Segment], composites: dict[str, tuple[Segment, ...]]
 ) -> str | None:
-    segments = tuple(
-        Segment(
-            None if part.unknown is None else permutation_of(part.unknown), part.units, part.block
-        )
-        for part in label
-    )
     if all(segment.perm is None for segment in segments):
         return None
     if len(segments) == 1 and segments[0].block == 1:
         return segments[0].perm
     name = f"C_{key}[{axis}]"
-    composites[name] = segments
+    composites[name] = tuple(segments)
     return name
 
 

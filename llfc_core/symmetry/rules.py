@@ -17,7 +17,15 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from llfc_core.features import ACTIVATION_MODULES
+from llfc_core.features import is_activation_module
+from llfc_core.symmetry.attention import (
+    matrix_product,
+    merged_heads,
+    pieces_of,
+    scaled_dot_product_attention,
+    selected,
+    split_into_heads,
+)
 from llfc_core.symmetry.labels import (
     Label,
     Part,
@@ -88,8 +96,10 @@ ACTIVATION_FUNCTIONS: dict[Any, type[nn.Module]] = {
 ACTIVATION_METHODS = {"relu": nn.ReLU, "relu_": nn.ReLU, "sigmoid": nn.Sigmoid, "tanh": nn.Tanh}
 
 PASS_THROUGH_FUNCTIONS: set[Any] = {F.dropout, torch.clone, torch.Tensor.contiguous}
-PASS_THROUGH_METHODS = {"contiguous", "clone", "float", "detach"}
+PASS_THROUGH_METHODS = {"contiguous", "clone", "float", "detach", "to", "type_as"}
 ELEMENTWISE_FUNCTIONS: set[Any] = {
+    operator.pow,
+    torch.pow,
     operator.add,
     operator.iadd,
     operator.sub,
@@ -102,7 +112,10 @@ ELEMENTWISE_FUNCTIONS: set[Any] = {
     torch.mul,
     torch.div,
 }
-ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+ELEMENTWISE_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "pow"}
+MATRIX_PRODUCT_FUNCTIONS: set[Any] = {operator.matmul, torch.matmul, torch.bmm}
+ATTENTION_FUNCTIONS: set[Any] = {F.scaled_dot_product_attention}
+TENSOR_ATTRIBUTES = {"shape", "dtype", "device", "ndim", "is_cuda"}
 RESIDUAL_FUNCTIONS: set[Any] = {operator.add, operator.iadd, torch.add}
 POOL_FUNCTIONS: set[Any] = {
     F.adaptive_avg_pool1d,
@@ -118,6 +131,14 @@ POOL_FUNCTIONS: set[Any] = {
 PASS_THROUGH_FUNCTION_NAMES = {("torchvision.ops.stochastic_depth", "stochastic_depth")}
 """Pass-through functions of other libraries, by module and name: importing torchvision to
 compare with its function would cost every process a second at start."""
+
+
+TRANSPOSED_LINEAR_MODULES = {("transformers.pytorch_utils", "Conv1D")}
+"""Linear layers of other libraries that store their weight transposed, by module and name."""
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    return (type(module).__module__, type(module).__name__) in TRANSPOSED_LINEAR_MODULES
 
 
 def _passes_through(target: Any) -> bool:
@@ -178,6 +199,29 @@ def linear(walk: Walk, node: fx.Node, module: nn.Linear, x: TensorLabels) -> Ten
     walk.bind(path, "weight", 0, units, f"{path} (Linear)")
     if module.bias is not None:
         walk.bind(path, "bias", 0, units, f"{path} (Linear)")
+    return TensorLabels([*x.labels[:-1], units])
+
+
+def embedding(walk: Walk, node: fx.Node, module: nn.Embedding, x: TensorLabels) -> TensorLabels:
+    """A lookup table: row ``i`` is the vector of token ``i`` (the vocabulary never moves);
+    its columns are born units, like a Linear's outputs."""
+    path = str(node.target)
+    units = walk.birth(module.embedding_dim, path)
+    walk.bind(path, "weight", 1, units, f"{path} (Embedding)")
+    return TensorLabels([*x.labels, units])
+
+
+def transposed_linear(walk: Walk, node: fx.Node, module: nn.Module, x: TensorLabels) -> Any:
+    """Hugging Face's ``Conv1D`` (GPT-2): a Linear whose weight is stored inputs x outputs."""
+    path = str(node.target)
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.dim() != 2:
+        return unknown_op(walk, node, (x,), {})
+    walk.bind(path, "weight", 0, x.labels[-1], f"{path} (Conv1D)")
+    units = walk.birth(int(weight.shape[1]), path)
+    walk.bind(path, "weight", 1, units, f"{path} (Conv1D)")
+    if getattr(module, "bias", None) is not None:
+        walk.bind(path, "bias", 0, units, f"{path} (Conv1D)")
     return TensorLabels([*x.labels[:-1], units])
 
 
@@ -253,6 +297,10 @@ def module_rule(walk: Walk, node: fx.Node, args: tuple[Any, ...], kwargs: dict[s
     batched = _channel(walk, node, x)
     if isinstance(module, nn.Linear) and isinstance(x, TensorLabels) and not kwargs:
         return linear(walk, node, module, x)
+    if isinstance(module, nn.Embedding) and isinstance(x, TensorLabels) and not kwargs:
+        return embedding(walk, node, module, x)
+    if is_transposed_linear(module) and isinstance(x, TensorLabels) and not kwargs:
+        return transposed_linear(walk, node, module, x)
     if (
         isinstance(module, nn.Conv1d | nn.Conv2d | nn.Conv3d)
         and batched
@@ -265,7 +313,7 @@ def module_rule(walk: Walk, node: fx.Node, args: tuple[Any, ...], kwargs: dict[s
         return layer_norm(walk, node, module, x)
     if isinstance(module, nn.GroupNorm) and batched:
         return group_norm(walk, node, module, batched)
-    if isinstance(module, ACTIVATION_MODULES) and isinstance(x, TensorLabels):
+    if is_activation_module(module) and isinstance(x, TensorLabels):
         walk.activation(node, x)
         return x
     if isinstance(module, PASS_THROUGH_MODULES) and isinstance(x, TensorLabels):
@@ -315,7 +363,11 @@ def elementwise(walk: Walk, node: fx.Node, args: tuple[Any, ...]) -> Any:
 
 
 def _merged(walk: Walk, node: fx.Node, outer: Label, inner: Label) -> Label:
-    """Two adjacent axes as one (row-major): ``outer``'s units, each ``len(inner)`` entries."""
+    """Two adjacent axes as one (row-major): ``outer``'s units, each ``len(inner)`` entries;
+    heads and the entries within them as the nested class they came from."""
+    heads = merged_heads(walk, outer, inner)
+    if heads is not None:
+        return heads
     if is_fixed(inner):
         return repeated_entries(outer, label_length(inner))
     if is_fixed(outer):
@@ -377,6 +429,8 @@ def reshaped(walk: Walk, node: fx.Node, x: TensorLabels) -> TensorLabels:
             part = group_in[0][0]
             labels.append((Part(part.unknown, part.units, 1),))
             labels.extend(fixed(size) for size in group_out[1:])
+        elif len(group_in) == 1 and (heads := split_into_heads(walk, node, group_in[0], group_out)):
+            labels.extend(heads)
         else:
             for label in group_in:
                 walk.unknowns.block_label(label, reason)
@@ -451,8 +505,16 @@ def function_rule(walk: Walk, node: fx.Node, args: tuple[Any, ...], kwargs: dict
     x = args[0] if args else None
     if target is operator.getitem and isinstance(x, list | tuple):
         return x[args[1]]
+    if target is getattr and isinstance(x, TensorLabels) and args[1] in TENSOR_ATTRIBUTES:
+        return walk.opaque()
+    if target is operator.getitem and isinstance(x, TensorLabels):
+        return indexed(walk, node, x, args[1])
     if target in ELEMENTWISE_FUNCTIONS:
         return elementwise(walk, node, args)
+    if target in MATRIX_PRODUCT_FUNCTIONS:
+        return matrix_product(walk, node, args[0], args[1])
+    if target in ATTENTION_FUNCTIONS:
+        return scaled_dot_product_attention(walk, node, args, kwargs)
     if target in (torch.cat, torch.concat):
         return concatenation(
             walk,
@@ -481,6 +543,14 @@ def function_rule(walk: Walk, node: fx.Node, args: tuple[Any, ...], kwargs: dict
         return permuted_axes(x, _argument(args, kwargs, 1, "dims", ()))
     if target is torch.transpose:
         return _transposed(x, args[1], args[2])
+    if target is torch.unbind:
+        return unbound(walk, node, x, _argument(args, kwargs, 1, "dim", 0))
+    if target in (torch.split, torch.chunk):
+        return pieces_of(
+            walk, node, x, args[1], _argument(args, kwargs, 2, "dim", 0), target is torch.chunk
+        )
+    if target is torch.unsqueeze:
+        return unsqueezed(x, _argument(args, kwargs, 1, "dim", 0))
     if target in (torch.mean, torch.sum, torch.amax):
         return reduction(
             walk,
@@ -560,4 +630,86 @@ def method_rule(walk: Walk, node: fx.Node, args: tuple[Any, ...], kwargs: dict[s
         )
     if name == "softmax":
         return x
+    if name in ("matmul", "bmm"):
+        return matrix_product(walk, node, x, args[1])
+    if name == "unbind":
+        return unbound(walk, node, x, _argument(args, kwargs, 1, "dim", 0))
+    if name in ("split", "chunk"):
+        return pieces_of(
+            walk, node, x, args[1], _argument(args, kwargs, 2, "dim", 0), name == "chunk"
+        )
+    if name == "unsqueeze":
+        return unsqueezed(x, _argument(args, kwargs, 1, "dim", 0))
+    if name in ("expand", "expand_as"):
+        return expanded(walk, node, x)
     return unknown_op(walk, node, args, kwargs)
+
+
+def unsqueezed(x: TensorLabels, dim: int) -> TensorLabels:
+    rank = len(x.labels) + 1
+    position = dim + rank if dim < 0 else dim
+    labels = list(x.labels)
+    labels.insert(position, fixed(1))
+    return TensorLabels(labels)
+
+
+def expanded(walk: Walk, node: fx.Node, x: TensorLabels) -> TensorLabels:
+    """A broadcast view: axes keep their labels, axes of size 1 that grow (and new leading
+    axes) are fixed."""
+    shape = walk.output_shape(node)
+    new_axes = len(shape) - len(x.labels)
+    labels = [fixed(size) for size in shape[:new_axes]]
+    for label, size in zip(x.labels, shape[new_axes:], strict=True):
+        labels.append(label if label_length(label) == size else fixed(size))
+    return TensorLabels(labels)
+
+
+def unbound(walk: Walk, node: fx.Node, x: TensorLabels, dim: int) -> Any:
+    """``unbind``: one tensor per entry of axis ``dim`` (the pieces of a stack axis)."""
+    rank = len(x.labels)
+    dim = _dim(dim, rank)
+    entries = range(label_length(x.labels[dim]))
+    return tuple(selected(walk, node, x, dim, index) for index in entries)
+
+
+def indexed(walk: Walk, node: fx.Node, x: TensorLabels, index: Any) -> Any:
+    """Basic indexing (``x[:, 0]``, ``x[..., None]``, ``x[:, 1:]``): whole axes keep their
+    labels; an integer picks one entry, a part of an axis some entries, which only a fixed axis
+    (or a stack of pieces) allows; tensor indices are not followed."""
+    items = list(index) if isinstance(index, tuple) else [index]
+    if any(item is Ellipsis for item in items):
+        at = items.index(Ellipsis)
+        used = sum(1 for item in items if item is not None and item is not Ellipsis)
+        items[at : at + 1] = [slice(None)] * (len(x.labels) - used)
+    if not all(item is None or isinstance(item, int | slice) for item in items):
+        return unknown_op(walk, node, (x,), {})
+    current = x
+    axis = 0
+    labels: list[Label] = []
+    reason = f"{walk.describe(node)}: picks entries of a permuted axis"
+    for item in items:
+        if item is None:
+            labels.append(fixed(1))
+            continue
+        if axis >= len(current.labels):
+            return unknown_op(walk, node, (x,), {})
+        label = current.labels[axis]
+        if isinstance(item, slice) and item == slice(None):
+            labels.append(label)
+            axis += 1
+        elif isinstance(item, int):
+            if len(label) == 1 and label[0].role == "stack" and not labels:
+                # A piece of a fused projection (``qkv[0]``): its heads become the piece's.
+                current = selected(walk, node, current, axis, item)
+            else:
+                walk.unknowns.block_label(label, reason)
+                current = TensorLabels([*current.labels[:axis], *current.labels[axis + 1 :]])
+        else:
+            walk.unknowns.block_label(label, reason)
+            labels.append(fixed(len(range(*item.indices(label_length(label))))))
+            axis += 1
+    labels.extend(current.labels[axis:])
+    result = TensorLabels(labels)
+    if result.shape != walk.output_shape(node):
+        return unknown_op(walk, node, (x,), {})
+    return result
