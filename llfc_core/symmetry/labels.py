@@ -142,6 +142,10 @@ class Unknowns:
             if isinstance(unknown.refinement, Split):
                 for piece in unknown.refinement.pieces:
                     self.block(piece, reason)
+            elif isinstance(unknown.refinement, Heads):
+                # Every nested class moving its heads by this order would move them without
+                # this one's: the heads stay in place.
+                self.block(unknown.refinement.order, reason)
 
     def unite(self, first: int, second: int, reason: str) -> None:
         """Require ``first`` and ``second`` to be one permutation; block both when their sizes

@@ -497,6 +497,11 @@ def _functional_norm_vectors(
                 walk.unknowns.block_label(vector.labels[0], walk.describe(node))
                 continue
             for vector_axis, label in zip(vector.labels, axes, strict=True):
+                if any(part.role is not None for part in label):
+                    reason = f"{walk.describe(node)}: a tensor shared by every head"
+                    walk.unknowns.block_label(label, reason)
+                    walk.unknowns.block_label(vector_axis, reason)
+                    continue
                 walk.unknowns.unite_labels(vector_axis, label, walk.describe(node))
 
 
