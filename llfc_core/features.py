@@ -87,9 +87,10 @@ class ResidualTap(nn.Identity):
 def _in_forward_order(model: nn.Module, names: list[str]) -> list[str]:
     """``names`` in the order a traced model calls them (definition order otherwise, which the
     built-in archs keep equal to forward order)."""
-    if not isinstance(model, fx.GraphModule):
+    graph = getattr(model, "graph", None)
+    if not isinstance(graph, fx.Graph):
         return names
-    called = [str(node.target) for node in model.graph.nodes if node.op == "call_module"]
+    called = [str(node.target) for node in graph.nodes if node.op == "call_module"]
     position = {name: index for index, name in reversed(list(enumerate(called)))}
     return sorted(names, key=lambda name: position.get(name, len(called)))
 

@@ -21,6 +21,7 @@ import copy
 import inspect
 import operator
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -88,6 +89,8 @@ class DerivedSymmetry:
     unpermuted: list[UnpermutedAxis]
     graph_module: fx.GraphModule
     """The traced model, every activation call its own module (see :func:`instrumented`)."""
+    traced: fx.GraphModule
+    """The traced model as traced, before instrumenting."""
     site_modules: dict[str, str] = field(default_factory=dict)
     """Feature site name -> the module of the instrumented model that computes it."""
 
@@ -310,13 +313,14 @@ def derive_symmetry(
     input_shape: tuple[int, ...],
     input_dtype: torch.dtype = torch.float32,
     shape_specific: bool = False,
+    batch_size: int = 2,
 ) -> DerivedSymmetry:
     """The permutation spec of ``model`` (in eval mode) for inputs of ``input_shape`` (one
     example, no batch axis) and ``input_dtype`` (token ids: ``torch.long``), with its feature
     sites and the axes left unpermuted. ``shape_specific`` traces for that shape only
-    (:func:`trace`)."""
+    (:func:`trace`), and ``batch_size`` examples."""
     model = model.eval()
-    example = torch.empty((2, *input_shape), dtype=input_dtype, device="meta")
+    example = torch.empty((batch_size, *input_shape), dtype=input_dtype, device="meta")
     graph_module = trace(model, example if shape_specific else None)
     meta_module = (
         copy.deepcopy(graph_module).to("meta") if _has_real_tensors(graph_module) else graph_module
@@ -442,7 +446,9 @@ def _result(walk: Walk, model: nn.Module, graph_module: fx.GraphModule) -> Deriv
     }
     instrumented = copy.deepcopy(graph_module)
     site_modules = instrument(instrumented, walk.sites)
-    return DerivedSymmetry(spec, sizes, walk.sites, unpermuted, instrumented, site_modules)
+    return DerivedSymmetry(
+        spec, sizes, walk.sites, unpermuted, instrumented, graph_module, site_modules
+    )
 
 
 def _axis_name(
@@ -457,17 +463,40 @@ def _axis_name(
     return name
 
 
-def instrument(graph_module: fx.GraphModule, sites: list[FeatureSite]) -> dict[str, str]:
+def instrument(
+    graph_module: fx.GraphModule,
+    sites: list[FeatureSite],
+    placed: Mapping[str, tuple[str, nn.Module]] | None = None,
+) -> dict[str, str]:
     """Make every activation call of a traced model a module of its own, at the site's name
     (``layer1.0.relu#2`` for the second call of ``layer1.0.relu``; ``features.relu`` for
     ``F.relu`` called in ``features``' forward), so forward hooks see each call once, and follow
     every residual addition by a :class:`~llfc_core.features.ResidualTap` at its site's name.
+    ``placed`` (site name -> path and module of an earlier instrumentation of the same model)
+    makes a second graph call the very same modules, so hooks on them see either graph's calls.
     In place; returns the module path of each site."""
     nodes = {node.name: node for node in graph_module.graph.nodes}
     site_modules: dict[str, str] = {}
     existing = {name for name, _ in graph_module.named_modules()}
+    placed = placed or {}
     for site in sites:
         node = nodes[site.node]
+        if site.name in placed:
+            path, module = placed[site.name]
+            if path not in existing:
+                graph_module.add_submodule(path, module)
+                existing.add(path)
+            site_modules[site.name] = path
+            if site.kind == "residual":
+                with graph_module.graph.inserting_after(node):
+                    tap = graph_module.graph.call_module(path, (node,))
+                node.replace_all_uses_with(tap, delete_user_cb=partial(operator.is_not, tap))
+            else:
+                with graph_module.graph.inserting_after(node):
+                    call = graph_module.graph.call_module(path, (node.args[0],))
+                node.replace_all_uses_with(call)
+                graph_module.graph.erase_node(node)
+            continue
         if site.kind == "residual":
             path = _free_path(site.name, existing)
             graph_module.add_submodule(path, ResidualTap())
