@@ -54,6 +54,17 @@ NAMED_ACTIVATION_MODULES = {
 transformers to compare classes would cost every process seconds at start."""
 
 
+TRANSPOSED_LINEAR_MODULES = {("transformers.pytorch_utils", "Conv1D")}
+"""Linear layers of other libraries that store their weight transposed (inputs x outputs), by
+module and class name."""
+
+
+def is_transposed_linear(module: nn.Module) -> bool:
+    """Whether ``module`` is a linear layer whose weight is stored inputs x outputs."""
+    kind = type(module)
+    return (kind.__module__, kind.__name__) in TRANSPOSED_LINEAR_MODULES
+
+
 def is_activation_module(module: nn.Module) -> bool:
     """Whether ``module`` is an elementwise activation."""
     kind = type(module)
@@ -107,9 +118,11 @@ def feature_site_names(model: nn.Module) -> list[str]:
 
 
 def weighted_layer_names(model: nn.Module) -> list[str]:
-    """Names of the model's Linear and Conv2d modules in definition order."""
+    """Names of the model's linear maps (Linear, Conv2d, GPT-2's Conv1D) in definition order."""
     return [
-        name for name, module in model.named_modules() if isinstance(module, WEIGHTED_LAYER_TYPES)
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, WEIGHTED_LAYER_TYPES) or is_transposed_linear(module)
     ]
 
 

@@ -188,6 +188,13 @@ class PermutationGroup(BaseModel):
     size: int
     observed_at: list[str] = Field(description="Feature layers activation matching reads.")
     axes: list[TensorAxis]
+    heads: int | None = Field(
+        default=None, description="A nested (attention) permutation's number of heads."
+    )
+    head_size: int | None = Field(default=None, description="Entries per head.")
+    head_order: str | None = Field(
+        default=None, description="The head order it shares with its attention's other one."
+    )
 
 
 class UnpermutedAxisPublic(BaseModel):

@@ -59,6 +59,7 @@ from llfc_core.features import (
     Scratch,
     feature_site_names,
     is_activation_module,
+    is_transposed_linear,
     watch_features,
     weighted_layer_names,
 )
@@ -80,6 +81,8 @@ def _apply_layer(module: nn.Module, inputs: torch.Tensor, weight: torch.Tensor) 
         return F.conv2d(
             inputs, weight, None, module.stride, module.padding, module.dilation, module.groups
         )
+    if is_transposed_linear(module):
+        return inputs @ weight
     return F.linear(inputs, weight)
 
 

@@ -251,7 +251,14 @@ class TimmArchitecture(ZooArchitecture):
 
         config = timm.get_pretrained_cfg(self.model)
         size = tuple(config.input_size) if config is not None else (3, 224, 224)
-        channels = dict(self.kwargs).get("in_chans", size[0])
+        kwargs = dict(self.kwargs)
+        channels = kwargs.get("in_chans", size[0])
+        # A vision transformer built for another image size (img_size=8) takes only that size.
+        image = kwargs.get("img_size")
+        if isinstance(image, int) and not isinstance(image, bool):
+            return (int(channels), image, image)
+        if isinstance(image, tuple) and len(image) == 2 and all(isinstance(s, int) for s in image):
+            return (int(channels), *image)
         return (int(channels), *size[1:])
 
 

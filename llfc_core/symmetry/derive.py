@@ -32,7 +32,7 @@ from torch.fx.experimental.meta_tracer import MetaTracer
 from torch.fx.passes.shape_prop import ShapeProp
 
 from llfc_core.errors import ArchitectureError
-from llfc_core.features import ResidualTap, is_activation_module
+from llfc_core.features import ResidualTap, is_activation_module, is_transposed_linear
 from llfc_core.graph_lock import GRAPH_LOCK
 from llfc_core.permutation import Nesting, PermutationSpec, Segment
 from llfc_core.symmetry.labels import (
@@ -48,7 +48,6 @@ from llfc_core.symmetry.rules import (
     ACTIVATION_METHODS,
     TensorLabels,
     function_rule,
-    is_transposed_linear,
     method_rule,
     module_rule,
 )

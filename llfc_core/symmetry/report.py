@@ -1,8 +1,8 @@
 """What the derived symmetries of an arch are, as JSON: the inspect report and the summary that
 match and analyze results carry, with the proof's figure.
 
-The report lists every permutation group (its size and the tensor axes it acts on), every unit
-axis left unpermuted and the op that stopped it, and the feature layers LLFC measures. The proof
+The report lists every permutation group (its size and the tensor axes it acts on; for attention,
+its heads, their size and the head order it shares), every unit axis left unpermuted and the op that stopped it, and the feature layers LLFC measures. The proof
 runs on randomly initialised weights (BatchNorm statistics randomised too, so that an axis the
 spec forgot changes the outputs) and random inputs; jobs prove again on the job's own weights.
 """
@@ -69,6 +69,7 @@ def symmetry_summary(derived: DerivedSymmetry) -> dict[str, Any]:
         "permutations": len(derived.spec.perm_names),
         "permuted_units": sum(derived.sizes.values()),
         "composite_axes": len(derived.spec.composites),
+        "head_orders": len(derived.spec.head_orders),
         "unpermuted_axes": len(unpermuted),
         "unpermuted": unpermuted[:MAX_LISTED_UNPERMUTED],
     }
@@ -87,14 +88,18 @@ def inspect_report(arch: Architecture, proof: dict[str, Any] | None) -> dict[str
             if use.units is not None:
                 axis.update(offset=use.offset, block=use.block)
             axes.append(axis)
-        permutations.append(
-            {
-                "name": name,
-                "size": sizes[name],
-                "observed_at": list(spec.perm_to_features.get(name, ())),
-                "axes": axes,
-            }
-        )
+        entry: dict[str, Any] = {
+            "name": name,
+            "size": sizes[name],
+            "observed_at": list(spec.perm_to_features.get(name, ())),
+            "axes": axes,
+        }
+        nesting = spec.nested.get(name)
+        if nesting is not None:
+            entry.update(
+                heads=nesting.heads, head_size=nesting.head_size, head_order=nesting.head_order
+            )
+        permutations.append(entry)
     with torch.device("meta"):
         model = arch.build()
     modules = dict(model.named_modules())

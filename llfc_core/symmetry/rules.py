@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from llfc_core.features import is_activation_module
+from llfc_core.features import is_activation_module, is_transposed_linear
 from llfc_core.symmetry.attention import (
     matrix_product,
     merged_heads,
@@ -131,14 +131,6 @@ POOL_FUNCTIONS: set[Any] = {
 PASS_THROUGH_FUNCTION_NAMES = {("torchvision.ops.stochastic_depth", "stochastic_depth")}
 """Pass-through functions of other libraries, by module and name: importing torchvision to
 compare with its function would cost every process a second at start."""
-
-
-TRANSPOSED_LINEAR_MODULES = {("transformers.pytorch_utils", "Conv1D")}
-"""Linear layers of other libraries that store their weight transposed, by module and name."""
-
-
-def is_transposed_linear(module: nn.Module) -> bool:
-    return (type(module).__module__, type(module).__name__) in TRANSPOSED_LINEAR_MODULES
 
 
 def _passes_through(target: Any) -> bool:

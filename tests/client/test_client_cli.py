@@ -547,6 +547,17 @@ def test_inspect_prints_the_groups_what_stays_in_place_and_the_proof(
     assert json.loads(as_json.output)["proof"]["skipped"].startswith("not asked for")
 
 
+def test_inspect_shows_a_vits_attention_as_heads_by_head_size(llfc: Cli) -> None:
+    kwargs = {"img_size": 8, "patch_size": 2, "in_chans": 1, "num_classes": 10}
+    kwargs |= {"embed_dim": 32, "depth": 1, "num_heads": 4}
+    arch = {"name": "timm", "model": "vit_tiny_patch16_224", "kwargs": kwargs}
+    result = llfc("inspect", json.dumps(arch))
+    assert result.exit_code == 0, result.output
+    assert "proof: passed" in result.output
+    qk_row = next(line for line in result.output.splitlines() if "qkv[0:32]" in line)
+    assert qk_row.split()[1] == "4x8"
+
+
 def test_inspect_of_an_unknown_model_fails_with_one_line(llfc: Cli) -> None:
     result = llfc("inspect", '{"name": "torchvision", "model": "resnet81"}')
     assert_one_line_error(result, "Close matches: resnet18")

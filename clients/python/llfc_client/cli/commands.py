@@ -817,6 +817,13 @@ def _proof_line(proof: dict[str, Any]) -> str:
     )
 
 
+def _group_size(group: dict[str, Any]) -> str:
+    """``64``, or ``4x16`` for a nested (attention) permutation's heads and head size."""
+    if "heads" in group:
+        return f"{group['heads']}x{group['head_size']}"
+    return str(group["size"])
+
+
 def inspect_report_text(report: dict[str, Any]) -> str:
     """The inspect report as tables: the groups, what stays in place and why, the layers."""
     groups = report["permutations"]
@@ -833,7 +840,7 @@ def inspect_report_text(report: dict[str, Any]) -> str:
             [
                 [
                     group["name"],
-                    str(group["size"]),
+                    _group_size(group),
                     str(len(group["axes"])),
                     ", ".join(group["observed_at"][:3])
                     + (" ..." if len(group["observed_at"]) > 3 else ""),
