@@ -1,10 +1,11 @@
 """What the derived symmetries of an arch are, as JSON: the inspect report and the summary that
 match and analyze results carry, with the proof's figure.
 
-The report lists every permutation group (its size and the tensor axes it acts on; for attention,
-its heads, their size and the head order it shares), every unit axis left unpermuted and the op that stopped it, and the feature layers LLFC measures. The proof
-runs on randomly initialised weights (BatchNorm statistics randomised too, so that an axis the
-spec forgot changes the outputs) and random inputs; jobs prove again on the job's own weights.
+The report lists every permutation group (its size and the tensor axes it acts on; for
+attention, its heads, their size and the head order it shares), every unit axis left unpermuted
+and the op that stopped it, and the feature layers LLFC measures. The proof runs on randomly
+initialised weights (BatchNorm statistics randomised too, so that an axis the spec forgot
+changes the outputs) and random inputs; jobs prove again on the job's own weights.
 """
 
 from __future__ import annotations
