@@ -22,8 +22,9 @@ it was computed for: unchanged, it is reused (a term with no other permuted axis
 first layer's, the classifier's or a BatchNorm vector's, is computed once); when only some
 positions of its one other permutation moved, as in every sweep after the first few, it gets a
 low-rank update over those positions instead of a new product. When none of C_p's inputs
-changed since P_p was last solved, the assignment would come out the same, so the step is
-skipped. Both sides of every product are laid out axis-first once.
+(for a head order: of any of its C_N) changed since the step was last solved, the assignment
+would come out the same, so the step is skipped. Both sides of every product are laid out
+axis-first once.
 """
 
 from __future__ import annotations
@@ -235,9 +236,8 @@ def _solve_step(
     if nesting is None:
         (cost,) = costs
         columns = solver(cost)
-        return [torch.from_numpy(columns).long()], float(
-            cost[np.arange(cost.shape[0]), columns].sum()
-        )
+        value = float(cost[np.arange(cost.shape[0]), columns].sum())
+        return [torch.from_numpy(columns).long()], value
     order, withins, value = maximise_nested_assignment(
         costs, nesting.heads, nesting.head_size, solver
     )

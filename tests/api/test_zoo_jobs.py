@@ -7,10 +7,12 @@ Hardswish, squeeze-and-excitation gates and depthwise convolutions."""
 from __future__ import annotations
 
 import httpx
-import timm
 import torch
 import torchvision
 from support.api import run_job, torch_file, upload_checkpoint
+from support.vit import VIT_DIGITS
+
+from llfc_core.archs import parse_arch
 
 MOBILENET_DIGITS = {
     "name": "torchvision",
@@ -86,27 +88,9 @@ def test_an_unknown_feature_layer_is_refused_at_submission(alice: httpx.Client) 
     assert "not a feature layer" in response.json()["detail"]
 
 
-VIT_DIGITS = {
-    "name": "timm",
-    "model": "vit_tiny_patch16_224",
-    "kwargs": {
-        "img_size": 8,
-        "patch_size": 2,
-        "in_chans": 1,
-        "num_classes": 10,
-        "embed_dim": 32,
-        "depth": 2,
-        "num_heads": 4,
-    },
-    "input_shape": [1, 8, 8],
-}
-
-
 def _upload_vit(http: httpx.Client, seed: int) -> str:
     torch.manual_seed(seed)
-    kwargs = VIT_DIGITS["kwargs"]
-    assert isinstance(kwargs, dict)
-    state = timm.create_model("vit_tiny_patch16_224", pretrained=False, **kwargs).state_dict()
+    state = parse_arch(VIT_DIGITS).build().state_dict()
     response = upload_checkpoint(http, torch_file(state), VIT_DIGITS, name=f"vit-{seed}")
     assert response.status_code == 201, response.text
     return str(response.json()["id"])

@@ -7,6 +7,7 @@ import dataclasses
 
 import pytest
 import torch
+from support.vit import HEAD_SIZE, HEADS, VIT_DIGITS
 
 from llfc_core.analysis import AnalysisConfig
 from llfc_core.archs import parse_arch
@@ -25,28 +26,13 @@ from llfc_core.permutation import (
 )
 
 CPU = torch.device("cpu")
-VIT = {
-    "name": "timm",
-    "model": "vit_tiny_patch16_224",
-    "kwargs": {
-        "img_size": 8,
-        "patch_size": 2,
-        "in_chans": 1,
-        "num_classes": 10,
-        "embed_dim": 32,
-        "depth": 2,
-        "num_heads": 4,
-    },
-    "input_shape": [1, 8, 8],
-}
-HEADS, HEAD_SIZE = 4, 8
 
 
 def _vit_state(seed: int) -> dict[str, torch.Tensor]:
     """A random ViT whose LayerNorms are not at their initial ones and zeros, so that they
     carry the residual stream's permutation like any other weight."""
     torch.manual_seed(seed)
-    state = parse_arch(VIT).build().state_dict()
+    state = parse_arch(VIT_DIGITS).build().state_dict()
     for key, value in state.items():
         if "norm" in key:
             value.normal_(1.0 if key.endswith("weight") else 0.0, 0.1)
@@ -54,7 +40,7 @@ def _vit_state(seed: int) -> dict[str, torch.Tensor]:
 
 
 def _assert_heads_move_whole(permutation: dict[str, list[int]]) -> None:
-    spec = parse_arch(VIT).permutation_spec()
+    spec = parse_arch(VIT_DIGITS).permutation_spec()
     assert len(spec.nested) == 4
     for members in spec.head_orders.values():
         orders = []
@@ -69,7 +55,7 @@ def _assert_heads_move_whole(permutation: dict[str, list[int]]) -> None:
 
 @pytest.mark.parametrize("method", ["weight", "activation"])
 def test_matching_recovers_a_known_shuffle_of_heads_and_head_dimensions(method: str) -> None:
-    arch = parse_arch(VIT)
+    arch = parse_arch(VIT_DIGITS)
     spec = arch.permutation_spec()
     state_a = _vit_state(0)
     shuffle = random_permutation(spec, state_a, seed=7)
@@ -90,7 +76,7 @@ def test_matching_recovers_a_known_shuffle_of_heads_and_head_dimensions(method: 
 
 
 def test_weight_matching_of_two_vits_keeps_bs_function_and_lowers_the_distance() -> None:
-    arch = parse_arch(VIT)
+    arch = parse_arch(VIT_DIGITS)
     state_a, state_b = _vit_state(1), _vit_state(2)
     data = digits("test").limit(64)
 
@@ -108,7 +94,7 @@ def test_weight_matching_of_two_vits_keeps_bs_function_and_lowers_the_distance()
 
 
 def test_orthogonal_heads_lower_the_distance_further_and_keep_bs_function() -> None:
-    arch = parse_arch(VIT)
+    arch = parse_arch(VIT_DIGITS)
     spec = arch.permutation_spec()
     state_a, state_b = _vit_state(1), _vit_state(2)
 
@@ -149,7 +135,7 @@ def test_orthogonal_is_refused_for_an_arch_without_attention() -> None:
 
 
 def test_activation_matching_of_two_vits_moves_heads_whole_and_keeps_bs_function() -> None:
-    arch = parse_arch(VIT)
+    arch = parse_arch(VIT_DIGITS)
     state_a, state_b = _vit_state(1), _vit_state(2)
 
     result = match_models(arch, state_a, state_b, "activation", digits("test"), device=CPU)
@@ -162,7 +148,7 @@ def test_activation_matching_of_two_vits_moves_heads_whole_and_keeps_bs_function
 
 
 def test_activation_matching_leaves_a_permutation_it_cannot_observe_as_the_identity() -> None:
-    arch = parse_arch(VIT)
+    arch = parse_arch(VIT_DIGITS)
     spec = arch.permutation_spec()
     hidden = "P_blocks.0.mlp.fc1"
     # Without its GELU site and without fc1's weight rows, nothing shows the MLP's units.
