@@ -9,7 +9,7 @@ import pytest
 import torch
 from support.vit import HEAD_SIZE, HEADS, VIT_DIGITS
 
-from llfc_core.analysis import AnalysisConfig
+from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.archs import parse_arch
 from llfc_core.data import digits, fit_to_arch
 from llfc_core.errors import InvalidParameterError
@@ -173,3 +173,20 @@ def test_activation_matching_leaves_a_permutation_it_cannot_observe_as_the_ident
     assert torch.equal(perm[hidden], torch.arange(perm[hidden].numel()))
     assert after < before
     assert weight_objective(blind, perm, state_a, state_b) > 0
+
+
+def test_an_analysis_with_orthogonal_heads_reports_the_symmetry_it_matched_with() -> None:
+    arch = parse_arch(VIT_DIGITS)
+    config = AnalysisConfig(
+        match="weight", symmetry="orthogonal", alphas=[0, 0.5, 1], llfc_alphas=[0.5]
+    )
+
+    result = analyze_pair(
+        arch, _vit_state(1), _vit_state(2), digits("test").limit(64), config, device=CPU
+    ).to_json()
+
+    assert result["settings"]["symmetry"] == "orthogonal"
+    assert result["matching"]["symmetry_group"] == "orthogonal"
+    matching = result["matching"]
+    assert matching["weight_distance_after"] < matching["weight_distance_permuted"]
+    assert result["pairs"]["matched"]["lmc"]["alphas"] == [0.0, 0.5, 1.0]
