@@ -4,7 +4,9 @@ For each model: the seconds to trace the model and derive its spec (target: unde
 for resnet50 and convnext_tiny), the seconds of the proof on random weights, and the size of
 what was found (groups, hidden units, composite axes, axes left in place). Then weight matching
 on two random initialisations of the first model: seconds, sweeps, and the share of the time
-spent in the assignment solver (the floor: the products around it are the rest).
+spent in the assignment solver (the floor: the products around it are the rest). The same for a
+vision transformer (ViT-S/16 at full size), whose attention heads make nested permutations:
+weight matching by heads and head dimensions, and then the orthogonal rotation of every head.
 
     python benchmarks/spec_derivation.py [--size tiny|full] [--repeats 3]
 """
@@ -22,7 +24,9 @@ from measure import emit
 
 from llfc_core.archs import parse_arch
 from llfc_core.matching.assignment import maximise_assignment
-from llfc_core.matching.weight import weight_matching
+from llfc_core.matching.orthogonal import align_heads_orthogonally
+from llfc_core.matching.weight import weight_distance, weight_matching, weight_objective
+from llfc_core.permutation import apply_permutation, identity_permutation
 from llfc_core.symmetry import derive_symmetry
 from llfc_core.symmetry.report import prove_arch
 
@@ -46,6 +50,23 @@ SIZES: dict[str, list[dict[str, Any]]] = {
         },
     ],
 }
+TRANSFORMERS: dict[str, dict[str, Any]] = {
+    "full": {"name": "timm", "model": "vit_small_patch16_224", "kwargs": {"num_classes": 1000}},
+    "tiny": {
+        "name": "timm",
+        "model": "vit_tiny_patch16_224",
+        "kwargs": {
+            "img_size": 32,
+            "patch_size": 8,
+            "num_classes": 10,
+            "embed_dim": 48,
+            "depth": 2,
+            "num_heads": 3,
+        },
+        "input_shape": [3, 32, 32],
+    },
+}
+"""Derived and weight-matched after the models of SIZES, two random initialisations each."""
 TARGET_SECONDS = 2.0
 
 
@@ -79,20 +100,32 @@ class _TimedSolver:
 
 def _weight_matching(arch_json: dict[str, Any]) -> dict[str, Any]:
     arch = parse_arch(arch_json)
+    spec = arch.permutation_spec()
     torch.manual_seed(0)
     state_a = arch.build().state_dict()
     state_b = arch.build().state_dict()
     solver = _TimedSolver()
     started = time.perf_counter()
-    _, sweeps = weight_matching(arch.permutation_spec(), state_a, state_b, solver=solver)
+    perm, sweeps = weight_matching(spec, state_a, state_b, solver=solver)
     seconds = time.perf_counter() - started
-    return {
+    record = {
         "seconds": round(seconds, 3),
         "sweeps": sweeps,
         "solver_calls": solver.calls,
         "solver_seconds": round(solver.seconds, 3),
         "solver_share": round(solver.seconds / seconds, 3),
+        "nested_permutations": len(spec.nested),
+        "weight_distance_before": round(
+            weight_objective(spec, identity_permutation(spec, state_a), state_a, state_b), 2
+        ),
+        "weight_distance_after": round(weight_objective(spec, perm, state_a, state_b), 2),
     }
+    if spec.nested:
+        started = time.perf_counter()
+        rotated = align_heads_orthogonally(spec, state_a, apply_permutation(spec, perm, state_b))
+        record["orthogonal_seconds"] = round(time.perf_counter() - started, 3)
+        record["weight_distance_orthogonal"] = round(weight_distance(spec, state_a, rotated), 2)
+    return record
 
 
 def main() -> None:
@@ -101,7 +134,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     parse_arch(SIZES["tiny"][0])  # imports and first traces outside the measurements
-    for arch_json in SIZES[args.size]:
+    for arch_json in [*SIZES[args.size], TRANSFORMERS[args.size]]:
         seconds, derived = _derivation_seconds(arch_json, args.repeats)
         started = time.perf_counter()
         proof = prove_arch(parse_arch(arch_json))
@@ -117,20 +150,21 @@ def main() -> None:
                 "groups": len(derived.spec.perm_names),
                 "hidden_units": sum(derived.sizes.values()),
                 "composite_axes": len(derived.spec.composites),
+                "nested_permutations": len(derived.spec.nested),
                 "unpermuted_axes": len(derived.unpermuted),
                 "threads": torch.get_num_threads(),
             }
         )
-    first = SIZES[args.size][0]
-    emit(
-        {
-            "benchmark": "spec_derivation_weight_matching",
-            "size": args.size,
-            "model": f"{first['name']}/{first['model']}",
-            **_weight_matching(first),
-            "threads": torch.get_num_threads(),
-        }
-    )
+    for matched in (SIZES[args.size][0], TRANSFORMERS[args.size]):
+        emit(
+            {
+                "benchmark": "spec_derivation_weight_matching",
+                "size": args.size,
+                "model": f"{matched['name']}/{matched['model']}",
+                **_weight_matching(matched),
+                "threads": torch.get_num_threads(),
+            }
+        )
 
 
 if __name__ == "__main__":

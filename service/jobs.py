@@ -34,6 +34,7 @@ from llfc_core.footprint import (
     training_memory,
 )
 from llfc_core.interpolation import check_alpha
+from llfc_core.matching.orthogonal import check_symmetry
 from llfc_core.params import (
     DEFAULT_BATCH_SIZE,
     MATCH_METHODS,
@@ -252,7 +253,9 @@ def _pair_plan(
 
 def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
     _refuse_unknown(
-        "match", body.params, ("method", "seed", "batch_size", TRAIN_DATASET_KEY, *DATA_KEYS)
+        "match",
+        body.params,
+        ("method", "symmetry", "seed", "batch_size", TRAIN_DATASET_KEY, *DATA_KEYS),
     )
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
     method = body.params.get("method", "weight")
@@ -261,11 +264,14 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
             f"The parameter 'method' must be {' or '.join(map(repr, MATCH_METHODS))}, "
             f"got {method!r}."
         )
+    symmetry = body.params.get("symmetry", "permutation")
+    check_symmetry(arch.permutation_spec(), symmetry)
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
     needed_for = "to compare activations on" if method == "activation" else None
     dataset_ref = _side_dataset(session, settings, owner_id, body, arch, train_data, needed_for)
     params = {
         "method": method,
+        "symmetry": symmetry,
         "seed": int_param(body.params, "seed", 0, 0, MAX_SEED),
         "batch_size": int_param(body.params, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE),
         **_data_params(body.params, settings, "train", dataset_ref),
@@ -303,6 +309,7 @@ def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Se
         )
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
     config.check_layers(arch.feature_layers())
+    check_symmetry(arch.permutation_spec(), config.symmetry)
     dataset_ref = _fitting_dataset(session, settings, owner_id, body.dataset, arch, "to analyse on")
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
     params = {

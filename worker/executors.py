@@ -48,6 +48,8 @@ def run_match(context: JobContext) -> Outcome:
         dataset,
         seed=params["seed"],
         batch_size=params["batch_size"],
+        # Jobs queued before the parameter existed matched by permutations.
+        symmetry=params.get("symmetry", "permutation"),
         device=context.device,
         reporter=context.reporter,
     )
@@ -78,7 +80,10 @@ def run_interpolate(context: JobContext) -> Outcome:
 
 def run_analyze(context: JobContext) -> Outcome:
     params = context.job.params
-    config = AnalysisConfig.from_params({key: params[key] for key in ANALYSIS_FIELDS})
+    # Jobs queued before a field existed (symmetry) take its default.
+    config = AnalysisConfig.from_params(
+        {key: params[key] for key in ANALYSIS_FIELDS if key in params}
+    )
     dataset = context.load_dataset()
     # Activation matching and BatchNorm re-estimation use training data: the job's
     # train_dataset, else a built-in's train split, else (an upload) the data itself.

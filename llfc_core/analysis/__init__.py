@@ -76,6 +76,7 @@ def analyze_pair(
             side_data,
             seed=config.seed,
             batch_size=config.batch_size,
+            symmetry=config.symmetry,
             device=device,
             reporter=reporter.sub(0.0, MATCH_SHARE),
         )
@@ -116,6 +117,7 @@ def analyze_pair(
         ),
         settings={
             "match": config.match,
+            "symmetry": config.symmetry,
             "alphas": list(config.alphas),
             "llfc_alphas": [float(alpha_key(a)) for a in config.llfc_alphas],
             "reset_bn": reestimated,

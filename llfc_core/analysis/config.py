@@ -11,6 +11,7 @@ from llfc_core.interpolation import check_alpha
 from llfc_core.params import (
     DEFAULT_BATCH_SIZE,
     MATCH_METHODS,
+    MATCH_SYMMETRIES,
     MAX_BATCH_SIZE,
     MAX_SEED,
     check_int,
@@ -63,13 +64,16 @@ def _layer_names(value: Any) -> tuple[str, ...]:
 class AnalysisConfig:
     """What to measure: LMC on ``alphas``, LLFC and Condition I on ``llfc_alphas``.
 
-    ``match`` is 'none', 'weight' or 'activation'; ``reset_bn`` None means "on for BatchNorm nets";
-    ``layers`` restricts the feature layers measured (None: all; the logits always are).
+    ``match`` is 'none', 'weight' or 'activation', ``symmetry`` the maps it may use
+    ('permutation', or 'orthogonal' within attention heads); ``reset_bn`` None means "on for
+    BatchNorm nets"; ``layers`` restricts the feature layers measured (None: all; the logits
+    always are).
     """
 
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
     llfc_alphas: tuple[float, ...] = DEFAULT_LLFC_ALPHAS
     match: str = "none"
+    symmetry: str = "permutation"
     batch_size: int = DEFAULT_BATCH_SIZE
     reset_bn: bool | None = None
     seed: int = 0
@@ -83,6 +87,15 @@ class AnalysisConfig:
         if self.match not in MATCH_CHOICES:
             raise InvalidParameterError(
                 f"'match' must be one of {', '.join(MATCH_CHOICES)}, got {self.match!r}."
+            )
+        if self.symmetry not in MATCH_SYMMETRIES:
+            raise InvalidParameterError(
+                f"'symmetry' must be one of {', '.join(MATCH_SYMMETRIES)}, got {self.symmetry!r}."
+            )
+        if self.symmetry != "permutation" and self.match == "none":
+            raise InvalidParameterError(
+                f"'symmetry': {self.symmetry!r} chooses how B is matched onto A, and 'match' is "
+                "'none'; name a 'match' method too."
             )
         check_int(self.batch_size, 1, MAX_BATCH_SIZE, "'batch_size'")
         if self.reset_bn is not None and not isinstance(self.reset_bn, bool):

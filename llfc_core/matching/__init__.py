@@ -13,7 +13,8 @@ from llfc_core.data import Dataset, fit_to_arch
 from llfc_core.device import resolve_device
 from llfc_core.errors import InvalidParameterError, SymmetryProofError
 from llfc_core.matching.activation import activation_matching
-from llfc_core.matching.weight import weight_matching, weight_objective
+from llfc_core.matching.orthogonal import align_heads_orthogonally, check_symmetry
+from llfc_core.matching.weight import weight_distance, weight_matching, weight_objective
 from llfc_core.models import load_model
 from llfc_core.pair import check_same_layout
 from llfc_core.params import DEFAULT_BATCH_SIZE, MATCH_METHODS
@@ -36,16 +37,23 @@ class MatchResult:
 
     ``objective_*`` is the method's own objective: the summed squared weight distance for weight
     matching, the mean per-example summed squared feature distance for activation matching.
-    ``weight_distance_*`` is always the weight objective, so the two methods can be compared.
+    ``weight_distance_*`` is always the weight objective, so the two methods can be compared;
+    with ``symmetry_group`` 'orthogonal', ``weight_distance_after`` is that of B with its
+    attention heads rotated too, ``weight_distance_permuted`` that of the permutation alone.
     """
 
     method: str
+    symmetry_group: str
+    """'permutation', or 'orthogonal': heads also rotated (:mod:`llfc_core.matching.orthogonal`)."""
     permutation: dict[str, list[int]]
     objective_before: float
     objective_after: float
     weight_distance_before: float
     weight_distance_after: float
     iterations: int
+    weight_distance_permuted: float
+    unobserved: list[str]
+    """Permutations activation matching saw no feature of, left as the identity."""
     permuted_b: StateDict
     function_check: dict[str, Any]
     """How much permuted B's outputs differ from B's on a batch (:func:`check_function`)."""
@@ -56,12 +64,15 @@ class MatchResult:
         """A JSON-ready description (the permutation included, the tensors not)."""
         return {
             "method": self.method,
+            "symmetry_group": self.symmetry_group,
             "permutation": self.permutation,
             "objective_before": self.objective_before,
             "objective_after": self.objective_after,
             "weight_distance_before": self.weight_distance_before,
             "weight_distance_after": self.weight_distance_after,
             "iterations": self.iterations,
+            "weight_distance_permuted": self.weight_distance_permuted,
+            "unobserved": self.unobserved,
             "function_check": self.function_check,
             "symmetry": self.symmetry,
         }
@@ -114,13 +125,16 @@ def match_models(
     seed: int = 0,
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_iter: int = 100,
+    symmetry: str = "permutation",
     device: torch.device | None = None,
     reporter: Reporter | None = None,
 ) -> MatchResult:
     """Permute B's hidden units onto A's with ``method`` ('weight' or 'activation').
 
     Activation matching needs ``dataset``; weight matching uses it only to check, on its first
-    batch, that the returned ``permuted_b`` computes exactly the same function as B.
+    batch, that the returned ``permuted_b`` computes exactly the same function as B. With
+    ``symmetry`` 'orthogonal', the heads of B matched by either method are then rotated onto A's
+    by weight Procrustes (:func:`~llfc_core.matching.orthogonal.align_heads_orthogonally`).
     """
     if method not in MATCH_METHODS:
         raise InvalidParameterError(
@@ -129,6 +143,8 @@ def match_models(
     check_same_layout(state_a, state_b)
     device = device or resolve_device("auto")
     spec = arch.permutation_spec()
+    check_symmetry(spec, symmetry)
+    unobserved: list[str] = []
     state_a = {key: value.to(device) for key, value in state_a.items()}
     state_b = {key: value.to(device) for key, value in state_b.items()}
     if method == "weight":
@@ -145,7 +161,7 @@ def match_models(
                 "Activation matching needs a dataset to compute features on."
             )
         dataset = fit_to_arch(arch, dataset)
-        perm, objective_before, objective_after = activation_matching(
+        perm, objective_before, objective_after, unobserved = activation_matching(
             spec,
             load_model(arch, state_a, device),
             load_model(arch, state_b, device),
@@ -156,17 +172,27 @@ def match_models(
         )
         iterations = 1
     permuted_b = apply_permutation(spec, perm, state_b)
+    weight_distance_permuted = weight_objective(spec, perm, state_a, state_b)
+    weight_distance_after = weight_distance_permuted
+    if symmetry == "orthogonal":
+        permuted_b = align_heads_orthogonally(spec, state_a, permuted_b)
+        weight_distance_after = weight_distance(spec, state_a, permuted_b)
+        if method == "weight":
+            objective_after = weight_distance_after
     function_check = check_function(arch, state_b, permuted_b, dataset, seed=seed, device=device)
     return MatchResult(
         method=method,
+        symmetry_group=symmetry,
         permutation=permutation_to_lists(perm),
         objective_before=objective_before,
         objective_after=objective_after,
         weight_distance_before=weight_objective(
             spec, identity_permutation(spec, state_a), state_a, state_b
         ),
-        weight_distance_after=weight_objective(spec, perm, state_a, state_b),
+        weight_distance_after=weight_distance_after,
         iterations=iterations,
+        weight_distance_permuted=weight_distance_permuted,
+        unobserved=unobserved,
         permuted_b={key: value.cpu() for key, value in permuted_b.items()},
         function_check=function_check,
         symmetry=symmetry_summary(arch.symmetry()),

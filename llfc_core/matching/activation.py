@@ -13,6 +13,16 @@ that were constant over the first batch (the only ones that can be constant over
 so live units cost nothing extra and their matches are left as their activations decide.
 The reported objective is  E_x sum_l ||h_A^l(x) - P_l h_B^l(x)||^2  from the same statistics.
 
+A feature site's units are on axis 1 unless ``spec.feature_axes`` says otherwise (a transformer's
+(batch, tokens, units): the last, every token being an observation). A permutation with no feature
+site, such as attention's query/key and value dimensions, is observed at the outputs of the layers
+that produce it: a use of it on a module's weight along that module's output axis (nn.Linear and
+nn.Conv2d: axis 0; Hugging Face's transposed Conv1D: axis 1) covers entries ``offset`` to
+``offset + units`` of the module's output units. Nested permutations are solved per head order as
+in weight matching (:func:`~llfc_core.matching.assignment.maximise_nested_assignment`: inner
+assignments on the correlation blocks of each head pair, an outer one over heads). A permutation
+seen nowhere stays the identity, and is reported as such.
+
 Cost: the one forward pass of A and B is the floor; on top of it, one (C, N) x (N, C) product
 per site for the cross moment (for the MLP 784-512-512-512-10, 42 % of the forward's FLOPs; for
 conv nets a few %). Each batch's moments are float32 reductions and that float32 product, added
@@ -33,18 +43,81 @@ from torch import nn
 
 from llfc_core.data import Dataset
 from llfc_core.features import Scratch, capture_features
-from llfc_core.matching.assignment import maximise_assignment
-from llfc_core.permutation import Permutation, PermutationSpec
+from llfc_core.matching.assignment import maximise_assignment, maximise_nested_assignment
+from llfc_core.permutation import Permutation, PermutationSpec, nested_indices, perm_sizes
 from llfc_core.progress import Reporter
 
 EPSILON = 1e-12
 TIE_BREAK = 1e-3
 
 
-def _units_last(activation: torch.Tensor) -> torch.Tensor:
-    """(N, C, *spatial) -> (N * prod(spatial), C): each position is one observation of C units
-    (a view, no copy, for a 2-D or channels_last tensor)."""
-    return activation.movedim(1, -1).reshape(-1, activation.shape[1])
+CONV1D_CLASS = ("transformers.pytorch_utils", "Conv1D")
+"""Hugging Face's Conv1D (GPT-2) stores its weight transposed: (inputs, outputs); named rather
+than imported, as importing transformers costs every process seconds."""
+
+
+@dataclass(frozen=True)
+class _Observation:
+    """Where the units of a permutation are seen: entries ``start`` to ``stop`` (None: all) of
+    axis ``axis`` of module ``module``'s output; ``feature_site``: an activation or residual tap
+    (whose pre-activations break ties between dead units) rather than a producing layer."""
+
+    module: str
+    axis: int
+    feature_site: bool
+    start: int = 0
+    stop: int | None = None
+
+    @property
+    def label(self) -> str:
+        return self.module if self.stop is None else f"{self.module}[{self.start}:{self.stop}]"
+
+    def units(self, output: torch.Tensor) -> torch.Tensor:
+        """(N, ..., C on ``axis``, ...) -> (observations, C): every other position of an
+        example is one observation (a view, no copy, for units already last and whole)."""
+        moved = output.movedim(self.axis, -1)
+        if self.stop is not None:
+            moved = moved[..., self.start : self.stop]
+        return moved.reshape(-1, moved.shape[-1])
+
+
+def _output_axes(module: nn.Module) -> tuple[int, int] | None:
+    """(the weight's output axis, the output's units axis) of a layer, None for other modules."""
+    kind = type(module)
+    if (kind.__module__, kind.__name__) == CONV1D_CLASS:
+        return 1, -1
+    if isinstance(module, nn.Linear):
+        return 0, -1
+    if isinstance(module, nn.Conv2d):
+        return 0, 1
+    return None
+
+
+def _observations(spec: PermutationSpec, model: nn.Module) -> dict[str, list[_Observation]]:
+    """Where each permutation is observed: its feature sites, or else the outputs of the layers
+    that produce its units. A permutation seen nowhere is left out."""
+    modules = dict(model.named_modules())
+    observed: dict[str, list[_Observation]] = {}
+    for name, uses in spec.perm_to_uses.items():
+        sites = spec.perm_to_features.get(name, ())
+        if sites:
+            observed[name] = [
+                _Observation(site, spec.feature_axes.get(site, 1), feature_site=True)
+                for site in sites
+            ]
+            continue
+        producers = []
+        for use in uses:
+            module_name, _, parameter = use.key.rpartition(".")
+            module = modules.get(module_name)
+            axes = _output_axes(module) if module is not None and parameter == "weight" else None
+            if axes is None or axes[0] != use.axis or use.block != 1:
+                continue
+            stop = None if use.units is None else use.offset + use.units
+            producers.append(_Observation(module_name, axes[1], False, use.offset, stop))
+        if producers:
+            observed[name] = producers
+    return observed
 
 
 @dataclass
@@ -176,6 +249,37 @@ class _ConstantUnitTieBreak:
         )
 
 
+def _solve(
+    spec: PermutationSpec, correlations: dict[str, torch.Tensor], sizes: dict[str, int]
+) -> tuple[Permutation, list[str]]:
+    """The permutation maximising the summed correlations, and the permutations seen nowhere
+    (left as the identity; for a nested one, its entries within each head)."""
+    perm: Permutation = {}
+    unobserved = [name for name in spec.perm_names if name not in correlations]
+    for name, correlation in correlations.items():
+        if name not in spec.nested:
+            perm[name] = torch.from_numpy(maximise_assignment(np.asarray(correlation))).long()
+    for members in spec.head_orders.values():
+        seen = [name for name in members if name in correlations]
+        if not seen:
+            continue
+        nesting = spec.nested[seen[0]]
+        order, withins, _ = maximise_nested_assignment(
+            [np.asarray(correlations[name]) for name in seen],
+            nesting.heads,
+            nesting.head_size,
+            maximise_assignment,
+        )
+        order_indices = torch.from_numpy(order).long()
+        unmoved = torch.arange(nesting.head_size).expand(nesting.heads, -1)
+        for name in members:
+            within = torch.from_numpy(withins[seen.index(name)]) if name in seen else unmoved
+            perm[name] = nested_indices(order_indices, within.long())
+    for name in spec.perm_names:
+        perm.setdefault(name, torch.arange(sizes[name]))
+    return perm, unobserved
+
+
 def activation_matching(
     spec: PermutationSpec,
     model_a: nn.Module,
@@ -185,8 +289,9 @@ def activation_matching(
     batch_size: int,
     device: torch.device,
     reporter: Reporter | None = None,
-) -> tuple[Permutation, float, float]:
-    """The permutation of B maximising feature correlation with A, and the objective before/after.
+) -> tuple[Permutation, float, float, list[str]]:
+    """The permutation of B maximising feature correlation with A, the objective before/after,
+    and the permutations that no feature or layer output showed (left as the identity).
 
     ``dataset`` must already be shaped for the arch; models must be in eval mode on ``device``.
     On CPU, conv models are converted to channels_last in place (their function is unchanged).
@@ -198,7 +303,8 @@ def activation_matching(
     if channels_last:
         model_a.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         model_b.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    sites = sorted({name for names in spec.perm_to_features.values() for name in names})
+    observations = _observations(spec, model_a)
+    modules = sorted({seen.module for seen_at in observations.values() for seen in seen_at})
     moments: dict[str, dict[str, _Moments]] = {}
     tie_breaks: dict[str, dict[str, _ConstantUnitTieBreak]] = {}
     scratch = Scratch()
@@ -206,8 +312,8 @@ def activation_matching(
     total_batches = dataset.num_batches(batch_size)
     with (
         torch.inference_mode(),
-        capture_features(model_a, relus=sites, pre_activations=True) as seen_a,
-        capture_features(model_b, relus=sites, pre_activations=True) as seen_b,
+        capture_features(model_a, relus=modules, pre_activations=True) as seen_a,
+        capture_features(model_b, relus=modules, pre_activations=True) as seen_b,
     ):
         for index, (inputs, _) in enumerate(dataset.batches(batch_size)):
             inputs = inputs.to(device)
@@ -216,38 +322,43 @@ def activation_matching(
             model_a(inputs)
             model_b(inputs)
             num_examples += inputs.shape[0]
-            for perm_name, site_names in spec.perm_to_features.items():
+            for perm_name, seen_at in observations.items():
                 per_site = moments.setdefault(perm_name, {})
                 ties_per_site = tie_breaks.setdefault(perm_name, {})
-                for site in site_names:
-                    units_a = _units_last(seen_a.activations[site])
-                    units_b = _units_last(seen_b.activations[site])
+                for seen in seen_at:
+                    site = seen.label
+                    units_a = seen.units(seen_a.activations[seen.module])
+                    units_b = seen.units(seen_b.activations[seen.module])
                     first_batch = site not in per_site
                     if first_batch:
                         per_site[site] = _Moments.shifted_by_first_of(units_a, units_b)
                     per_site[site].add(units_a, units_b, scratch)
+                    if not seen.feature_site:
+                        continue
                     if first_batch:
                         ties_per_site[site] = _ConstantUnitTieBreak.after_first_batch(
                             per_site[site]
                         )
                     ties_per_site[site].add(
-                        _units_last(seen_a.pre_activations[site]),
-                        _units_last(seen_b.pre_activations[site]),
+                        seen.units(seen_a.pre_activations[seen.module]),
+                        seen.units(seen_b.pre_activations[seen.module]),
                         scratch,
                     )
             seen_a.clear()
             seen_b.clear()
             reporter.report((index + 1) / total_batches, "activation matching: feature statistics")
 
-    perm: Permutation = {}
-    before = after = 0.0
+    correlations = {}
     for perm_name, per_site in moments.items():
         correlation = torch.stack([site.correlation() for site in per_site.values()]).sum(0)
         for site_name, tie_break in tie_breaks[perm_name].items():
             tie_break.add_to(correlation, per_site[site_name])
-        columns = maximise_assignment(np.asarray(correlation.cpu()))
-        perm[perm_name] = torch.from_numpy(columns).long()
-        identity = torch.arange(columns.size)
+        correlations[perm_name] = correlation.cpu()
+    sizes = perm_sizes(spec, model_a.state_dict())
+    perm, unobserved = _solve(spec, correlations, sizes)
+    before = after = 0.0
+    for perm_name, per_site in moments.items():
+        identity = torch.arange(perm[perm_name].numel())
         before += sum(site.squared_distance(identity) for site in per_site.values())
         after += sum(site.squared_distance(perm[perm_name]) for site in per_site.values())
-    return perm, before / max(num_examples, 1), after / max(num_examples, 1)
+    return perm, before / max(num_examples, 1), after / max(num_examples, 1), unobserved

@@ -7,14 +7,24 @@ on of  W_A[axis-first, flattened] @ pi_{-p}(W_B)[axis-first, flattened]^T,  so e
 linear assignment problem. Permutations are visited in a seeded random order; the loop stops
 after a full sweep that improves nothing, or after ``max_iter`` sweeps.
 
+Attention's nested permutations (heads x head dimensions, :class:`~llfc_core.permutation.Nesting`)
+are solved as Verma & Elbayad (TMLR 2024) do: a head order and the nested permutations N sharing
+it are one step. Each C_N is built as above; head i of A and head j of B score
+  V(i, j) = sum_N max over permutations Q of <Q, C_N[i d:(i+1) d, j d:(j+1) d]>  (d = head size),
+one inner assignment per head pair and N; the outer assignment on V orders the heads, and each
+matched pair keeps its inner solutions. The step maximises sum_N <P_N, C_N> over every nested
+choice, the current one included, so the descent's improvement test is unchanged; every
+permutation it moves counts as changed.
+
 Besides the assignments, the cost is in the products. The term of a (tensor, axis) pair depends
 only on the permutations of the tensor's other axes, so each term is kept with the permutations
 it was computed for: unchanged, it is reused (a term with no other permuted axis, such as the
 first layer's, the classifier's or a BatchNorm vector's, is computed once); when only some
 positions of its one other permutation moved, as in every sweep after the first few, it gets a
 low-rank update over those positions instead of a new product. When none of C_p's inputs
-changed since P_p was last solved, the assignment would come out the same, so the step is
-skipped. Both sides of every product are laid out axis-first once.
+(for a head order: of any of its C_N) changed since the step was last solved, the assignment
+would come out the same, so the step is skipped. Both sides of every product are laid out
+axis-first once.
 """
 
 from __future__ import annotations
@@ -24,7 +34,11 @@ from collections.abc import Mapping
 import numpy as np
 import torch
 
-from llfc_core.matching.assignment import AssignmentSolver, maximise_assignment
+from llfc_core.matching.assignment import (
+    AssignmentSolver,
+    maximise_assignment,
+    maximise_nested_assignment,
+)
 from llfc_core.permutation import (
     AxisUse,
     Permutation,
@@ -32,6 +46,7 @@ from llfc_core.permutation import (
     composite_indices,
     expanded_permutation,
     identity_permutation,
+    nested_indices,
     permuted_tensor,
 )
 from llfc_core.progress import Reporter
@@ -55,6 +70,19 @@ def _axis_first(tensor: torch.Tensor, use: AxisUse) -> torch.Tensor:
     if use.units is not None:
         moved = moved.narrow(0, use.offset, use.units * use.block)
     return moved.contiguous()
+
+
+def weight_distance(
+    spec: PermutationSpec,
+    state_a: Mapping[str, torch.Tensor],
+    state_b: Mapping[str, torch.Tensor],
+) -> float:
+    """sum over the learned tensors the spec permutes of ||W_A - W_B||_F^2."""
+    return sum(
+        float((state_a[key].float() - state_b[key].float()).pow(2).sum())
+        for key in spec.axes_to_perm
+        if key not in spec.statistics_keys
+    )
 
 
 def weight_objective(
@@ -182,6 +210,43 @@ class _CostTerms:
         return cost
 
 
+def _steps(spec: PermutationSpec) -> list[list[str]]:
+    """The permutations each step of the descent solves together: one plain permutation, or a
+    head order with every nested permutation sharing it."""
+    orders = spec.head_orders
+    steps: list[list[str]] = []
+    for name in spec.perm_names:
+        nesting = spec.nested.get(name)
+        if nesting is None:
+            steps.append([name])
+        elif orders[nesting.head_order][0] == name:
+            steps.append(orders[nesting.head_order])
+    return steps
+
+
+def _solve_step(
+    spec: PermutationSpec,
+    step: list[str],
+    costs: list[np.ndarray],
+    solver: AssignmentSolver,
+) -> tuple[list[torch.Tensor], float]:
+    """The index vectors maximising the summed score <P, C> of the step's permutations, and
+    that score: one assignment, or for a head order the nested one."""
+    nesting = spec.nested.get(step[0])
+    if nesting is None:
+        (cost,) = costs
+        columns = solver(cost)
+        value = float(cost[np.arange(cost.shape[0]), columns].sum())
+        return [torch.from_numpy(columns).long()], value
+    order, withins, value = maximise_nested_assignment(
+        costs, nesting.heads, nesting.head_size, solver
+    )
+    order_indices = torch.from_numpy(order).long()
+    return [
+        nested_indices(order_indices, torch.from_numpy(within).long()) for within in withins
+    ], value
+
+
 def weight_matching(
     spec: PermutationSpec,
     state_a: Mapping[str, torch.Tensor],
@@ -212,29 +277,36 @@ def weight_matching(
     }
     terms = _CostTerms(spec, state_a, state_b)
     versions = dict.fromkeys(spec.perm_names, 0)  # how often each permutation changed
-    solved_with: dict[str, tuple[int, ...]] = {}
+    steps = _steps(spec)
+    step_dependencies = [
+        sorted({other for name in step for other in terms.dependencies[name]}) for step in steps
+    ]
+    solved_with: dict[int, tuple[int, ...]] = {}
     generator = torch.Generator().manual_seed(seed)
-    names = spec.perm_names
     sweeps = 0
     for sweeps in range(1, max_iter + 1):
         improved = False
-        for index in torch.randperm(len(names), generator=generator).tolist():
-            name = names[index]
-            seen = tuple(versions[other] for other in terms.dependencies[name])
-            if solved_with.get(name) == seen:
+        for index in torch.randperm(len(steps), generator=generator).tolist():
+            step = steps[index]
+            seen = tuple(versions[other] for other in step_dependencies[index])
+            if solved_with.get(index) == seen:
                 continue
-            cost = terms.cost(name, expanded)
-            columns = solver(cost)
-            rows = np.arange(cost.shape[0])
-            old_value = cost[rows, perm[name].numpy()].sum()
-            new_value = cost[rows, columns].sum()
+            costs = [terms.cost(name, expanded) for name in step]
+            solutions, new_value = _solve_step(spec, step, costs, solver)
+            old_value = sum(
+                float(cost[np.arange(cost.shape[0]), perm[name].numpy()].sum())
+                for name, cost in zip(step, costs, strict=True)
+            )
             if new_value - old_value > RELATIVE_TOLERANCE * max(1.0, abs(old_value)):
-                perm[name] = expanded[name] = torch.from_numpy(columns).long()
-                for composite in composites_of[name]:
-                    expanded[composite] = composite_indices(spec.composites[composite], perm)
-                versions[name] += 1
+                for name, indices in zip(step, solutions, strict=True):
+                    if torch.equal(indices, perm[name]):
+                        continue
+                    perm[name] = expanded[name] = indices
+                    for composite in composites_of[name]:
+                        expanded[composite] = composite_indices(spec.composites[composite], perm)
+                    versions[name] += 1
                 improved = True
-            solved_with[name] = seen
+            solved_with[index] = seen
         reporter.report(sweeps / max_iter, f"weight matching, sweep {sweeps}")
         if not improved:
             break

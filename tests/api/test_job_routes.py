@@ -54,6 +54,7 @@ def test_submission_answers_202_with_location_and_retry_after(alice: httpx.Clien
     assert job["status"] in ("queued", "running")
     assert job["params"] == {
         "method": "weight",
+        "symmetry": "permutation",
         "seed": 0,
         "batch_size": 256,
         "split": "train",

@@ -10,6 +10,9 @@ import httpx
 import torch
 import torchvision
 from support.api import run_job, torch_file, upload_checkpoint
+from support.vit import VIT_DIGITS
+
+from llfc_core.archs import parse_arch
 
 MOBILENET_DIGITS = {
     "name": "torchvision",
@@ -83,3 +86,53 @@ def test_an_unknown_feature_layer_is_refused_at_submission(alice: httpx.Client) 
     )
     assert response.status_code == 422
     assert "not a feature layer" in response.json()["detail"]
+
+
+def _upload_vit(http: httpx.Client, seed: int) -> str:
+    torch.manual_seed(seed)
+    state = parse_arch(VIT_DIGITS).build().state_dict()
+    response = upload_checkpoint(http, torch_file(state), VIT_DIGITS, name=f"vit-{seed}")
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+def test_a_vit_match_job_rotates_heads_orthogonally_and_keeps_bs_function(
+    alice: httpx.Client,
+) -> None:
+    model_a, model_b = _upload_vit(alice, 1), _upload_vit(alice, 2)
+    result = run_job(
+        alice,
+        {
+            "kind": "match",
+            "model_a": model_a,
+            "model_b": model_b,
+            "dataset": "builtin:digits",
+            "params": {"symmetry": "orthogonal"},
+        },
+    )["result"]
+    assert result["symmetry_group"] == "orthogonal"
+    assert result["function_check"]["passed"] is True
+    assert result["weight_distance_after"] < result["weight_distance_permuted"]
+    assert result["weight_distance_permuted"] < result["weight_distance_before"]
+
+
+def test_orthogonal_matching_of_an_arch_without_attention_is_refused_at_submission(
+    alice: httpx.Client,
+) -> None:
+    model = _upload_mobilenet(alice, 4)
+    for kind, params in (
+        ("match", {"symmetry": "orthogonal"}),
+        ("analyze", {"match": "weight", "symmetry": "orthogonal"}),
+    ):
+        response = alice.post(
+            "/v1/jobs",
+            json={
+                "kind": kind,
+                "model_a": model,
+                "model_b": model,
+                "dataset": "builtin:digits",
+                "params": params,
+            },
+        )
+        assert response.status_code == 422, kind
+        assert "no attention heads" in response.json()["detail"]

@@ -104,9 +104,16 @@ def test_spec_derivation_reports_each_model_and_a_weight_matching() -> None:
     assert [record["model"] for record in derivations] == [
         "torchvision/resnet18",
         "timm/convnext_atto",
+        "timm/vit_tiny_patch16_224",
     ]
     for record in derivations:
         assert record["derive_seconds"] > 0 and record["groups"] > 0
         assert record["proof_relative_change"] < 1e-4
-    (matching,) = [r for r in records if r["benchmark"] == "spec_derivation_weight_matching"]
-    assert matching["sweeps"] >= 1 and 0 < matching["solver_share"] < 1
+    assert derivations[-1]["nested_permutations"] == 4
+    matchings = [r for r in records if r["benchmark"] == "spec_derivation_weight_matching"]
+    assert [r["model"] for r in matchings] == ["torchvision/resnet18", "timm/vit_tiny_patch16_224"]
+    for matching in matchings:
+        assert matching["sweeps"] >= 1 and 0 < matching["solver_share"] < 1
+        assert matching["weight_distance_after"] < matching["weight_distance_before"]
+    vit = matchings[-1]
+    assert vit["weight_distance_orthogonal"] <= vit["weight_distance_after"]

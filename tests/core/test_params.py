@@ -40,6 +40,7 @@ def test_the_analysis_fields_are_the_config_fields_and_all_it_accepts() -> None:
         "alphas",
         "llfc_alphas",
         "match",
+        "symmetry",
         "batch_size",
         "reset_bn",
         "seed",
