@@ -71,7 +71,7 @@ def _measure(size: str, name: str) -> dict[str, Any]:
         models = [model.to(memory_format=torch.channels_last) for model in models]
     spec = arch.permutation_spec()
 
-    def match() -> tuple[Any, float, float]:
+    def match() -> tuple[Any, float, float, list[str]]:
         return activation_matching(
             spec, models[0], models[1], data, batch_size=BATCH_SIZE, device=CPU
         )
@@ -80,7 +80,7 @@ def _measure(size: str, name: str) -> dict[str, Any]:
     match()
     forward_seconds = _best_seconds(lambda: _plain_forward(models, data))
     matching_seconds = _best_seconds(match)
-    _, before, after = match()
+    _, before, after, _ = match()
     return {
         "benchmark": "activation_matching",
         "size": size,
