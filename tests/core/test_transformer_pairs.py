@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from support.vit import VIT_DIGITS
 
 from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.archs import parse_arch
@@ -16,19 +17,8 @@ from llfc_core.models import load_model
 from llfc_core.symmetry import check_proof
 from llfc_core.training import TrainConfig, train_modes
 
-VIT = {
-    "name": "timm",
-    "model": "vit_tiny_patch16_224",
-    "kwargs": {
-        "img_size": 8,
-        "patch_size": 4,
-        "in_chans": 1,
-        "num_classes": 10,
-        "embed_dim": 32,
-        "depth": 2,
-        "num_heads": 4,
-    },
-}
+VIT = {**VIT_DIGITS, "kwargs": {**VIT_DIGITS["kwargs"], "patch_size": 4}}
+"""Patches of 4x4: four tokens and the class token, which trains to ~3% error in seconds."""
 CPU = torch.device("cpu")
 
 
