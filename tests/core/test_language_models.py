@@ -42,6 +42,7 @@ from llfc_core.training import TrainConfig, evaluate, train_modes
 CPU = torch.device("cpu")
 TINY_CONFIG = {"vocab_size": 16, "n_positions": 16, "n_embd": 32, "n_layer": 2, "n_head": 4}
 TINY_GPT2 = {"name": "transformers", "model": "gpt2", "config": TINY_CONFIG}
+LIBRARY_CONFIG = GPT2Config(**TINY_CONFIG, bos_token_id=None, eos_token_id=None)
 CHANCE_ERROR = 1 - 1 / MARKOV_VOCAB
 
 
@@ -65,7 +66,7 @@ def trained_pair() -> tuple[StateDict, StateDict]:
 
 def test_checkpoint_keys_are_gpt2lmheadmodels_own_keys_in_its_order() -> None:
     arch = parse_arch(TINY_GPT2)
-    library = GPT2LMHeadModel(GPT2Config(**TINY_CONFIG)).state_dict()
+    library = GPT2LMHeadModel(LIBRARY_CONFIG).state_dict()
     assert list(arch.build().state_dict()) == list(library)
     assert arch.expected_shapes() == {key: tuple(value.shape) for key, value in library.items()}
     assert "transformer.h.1.attn.c_attn.weight" in library and "lm_head.weight" in library
@@ -78,7 +79,7 @@ def test_checkpoint_keys_are_gpt2lmheadmodels_own_keys_in_its_order() -> None:
 def test_the_model_reads_token_ids_and_computes_the_library_models_logits() -> None:
     arch = parse_arch(TINY_GPT2)
     torch.manual_seed(0)
-    library = GPT2LMHeadModel(GPT2Config(**TINY_CONFIG)).eval()
+    library = GPT2LMHeadModel(LIBRARY_CONFIG).eval()
     model = load_model(arch, library.state_dict(), CPU)
     tokens = torch.randint(0, 16, (3, 16))
     with torch.inference_mode():
@@ -94,9 +95,7 @@ def test_the_arch_json_is_normalised_with_every_config_default() -> None:
     assert described["config"]["activation_function"] == "gelu_new"
     assert described["input_shape"] == [8]
     assert parse_arch(described) == arch
-    assert arch.num_params() == sum(
-        p.numel() for p in GPT2LMHeadModel(GPT2Config(**TINY_CONFIG)).parameters()
-    )
+    assert arch.num_params() == sum(p.numel() for p in GPT2LMHeadModel(LIBRARY_CONFIG).parameters())
 
 
 @pytest.mark.parametrize(
