@@ -195,7 +195,13 @@ def validate_state_dict(arch: Architecture, state: Mapping[str, torch.Tensor]) -
 
     Raises :class:`CheckpointMismatchError` naming missing, unexpected and mis-shaped tensors,
     and :class:`CheckpointFormatError` naming tensors of an unusable dtype or with NaN/Inf values.
+
+    A tensor the arch ties to another (a language model's head to its token embedding) may be
+    left out, as Hugging Face's ``save_pretrained`` does: it is filled in from the other; given,
+    it must equal it.
     """
+    tied = arch.tied_tensors()
+    state = {**{copy: state[source] for copy, source in tied.items() if source in state}, **state}
     with torch.device("meta"):
         expected = arch.build().state_dict()
     missing = [key for key in expected if key not in state]
@@ -249,6 +255,17 @@ def validate_state_dict(arch: Architecture, state: Mapping[str, torch.Tensor]) -
     ]
     if non_finite:
         raise _non_finite_error(non_finite)
+    differing = [
+        f"{copy} and {source}"
+        for copy, source in tied.items()
+        if not torch.equal(cleaned[copy], cleaned[source])
+    ]
+    if differing:
+        raise CheckpointFormatError(
+            f"The checkpoint's tied tensors differ: {_names(differing)}; the {arch.name} arch "
+            "uses one tensor for both (for a language model, tie_word_embeddings), so upload "
+            "them equal or only the second of each pair."
+        )
     return cleaned
 
 

@@ -1,4 +1,6 @@
-"""Datasets: examples ``x`` (N x ...) with integer class labels ``y`` (N,), read in batches.
+"""Datasets, read in batches ``(x, y)``: examples ``x`` (N x ...) with integer class labels ``y``
+(N,), or token sequences ``x`` (N x T integer token ids) whose targets ``y`` are the tokens
+themselves (:mod:`llfc_core.tasks` scores each kind).
 
 Everything the analysis and training read goes through the :class:`Dataset` protocol, so an
 in-memory :class:`ArrayDataset` and a streaming :class:`SyntheticDataset` are interchangeable.
@@ -29,10 +31,12 @@ from llfc_core.archs.base import Architecture
 from llfc_core.errors import DatasetError
 from llfc_core.file_formats import (
     HeaderLimit,
+    SafetensorsHeader,
     read_safetensors_header,
     read_zip_directory,
     sniff_file,
 )
+from llfc_core.tasks import DataKind
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -57,7 +61,14 @@ class Dataset(Protocol):
     def input_shape(self) -> tuple[int, ...]: ...
 
     @property
-    def num_classes(self) -> int: ...
+    def num_classes(self) -> int:
+        """Largest label (largest token, for tokens) + 1."""
+        ...
+
+    @property
+    def kind(self) -> DataKind:
+        """``labelled`` (a class per example) or ``tokens`` (sequences of token ids)."""
+        ...
 
     def limit(self, max_examples: int | None) -> Dataset:
         """The first ``max_examples`` examples (all when None)."""
@@ -78,15 +89,24 @@ class Dataset(Protocol):
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """Examples ``x`` (float32, N x ...) with class labels ``y`` (int64, N)."""
+    """Examples ``x`` (float32, N x ...) with class labels ``y`` (int64, N); or, of kind
+    ``tokens``, token ids ``x`` (int64, N x T) with ``y`` the same tensor (see
+    :func:`token_dataset`)."""
 
     x: torch.Tensor
     y: torch.Tensor
     name: str = "arrays"
+    kind: DataKind = "labelled"
 
     def __post_init__(self) -> None:
         if self.x.ndim < 2:
             raise DatasetError("The array 'x' must have a batch dimension and features (N x ...).")
+        if self.kind == "tokens":
+            if self.x.ndim != 2 or self.x.is_floating_point() or self.y.shape != self.x.shape:
+                raise DatasetError(
+                    "A token dataset's 'x' must be N x T integer token ids, its own targets."
+                )
+            return
         if self.y.ndim != 1 or self.y.shape[0] != self.x.shape[0]:
             raise DatasetError(
                 f"The array 'y' must be one label per example: x has {self.x.shape[0]} examples, "
@@ -109,7 +129,7 @@ class ArrayDataset:
         """The first ``max_examples`` examples (all when None)."""
         if max_examples is None or max_examples >= self.num_examples:
             return self
-        return ArrayDataset(self.x[:max_examples], self.y[:max_examples], self.name)
+        return ArrayDataset(self.x[:max_examples], self.y[:max_examples], self.name, self.kind)
 
     def batches(self, batch_size: int) -> Iterator[Batch]:
         """Consecutive batches in a fixed order (analysis is deterministic)."""
@@ -125,6 +145,12 @@ class ArrayDataset:
 
     def num_batches(self, batch_size: int) -> int:
         return (self.num_examples + batch_size - 1) // batch_size
+
+
+def token_dataset(tokens: torch.Tensor, name: str = "tokens") -> ArrayDataset:
+    """Token sequences ``tokens`` (N x T integers) as a dataset whose targets are themselves."""
+    tokens = tokens.long()
+    return ArrayDataset(tokens, tokens, name, "tokens")
 
 
 # --- Synthetic data, streamed ---------------------------------------------------------------
@@ -172,6 +198,10 @@ class SyntheticDataset:
             )
         if not _is_int(self.seed) or self.seed < 0:
             raise DatasetError(f"A synthetic dataset needs a seed >= 0, got {self.seed!r}.")
+
+    @property
+    def kind(self) -> DataKind:
+        return "labelled"
 
     @cached_property
     def class_means(self) -> np.ndarray:
@@ -310,6 +340,10 @@ class ReshapedDataset:
     def num_classes(self) -> int:
         return self.base.num_classes
 
+    @property
+    def kind(self) -> DataKind:
+        return self.base.kind
+
     def limit(self, max_examples: int | None) -> ReshapedDataset:
         return ReshapedDataset(self.base.limit(max_examples), self.input_shape, self.channels)
 
@@ -328,11 +362,17 @@ class ReshapedDataset:
 def fit_to_arch(arch: Architecture, dataset: Dataset) -> Dataset:
     """``dataset`` with examples shaped as ``arch`` expects, or a :class:`DatasetError`.
 
-    Examples are reshaped when they hold as many values as the arch's input (the 64 digits
-    features become 1x8x8 for a conv net), and repeated over the channels when they hold one
-    channel's worth of a C x H x W input (the digits as 3x8x8 for a model that reads RGB);
-    labels must be valid outputs of the arch.
+    The dataset must be of the kind the arch's task reads: labelled examples for a classifier,
+    token sequences for a language model. Examples are reshaped when they hold as many values
+    as the arch's input (the 64 digits features become 1x8x8 for a conv net), and repeated over
+    the channels when they hold one channel's worth of a C x H x W input (the digits as 3x8x8
+    for a model that reads RGB); labels must be valid outputs of the arch. Token sequences are
+    used as they are: at least 2 tokens (one to predict from, one to predict) and at most the
+    arch's sequence length, every token id in its vocabulary.
     """
+    _check_kind(arch, dataset)
+    if dataset.kind == "tokens":
+        return _fit_tokens(arch, dataset)
     target = tuple(arch.input_shape)
     fitted = dataset
     have, want = math.prod(dataset.input_shape), math.prod(target)
@@ -360,6 +400,56 @@ def fit_to_arch(arch: Architecture, dataset: Dataset) -> Dataset:
     return fitted
 
 
+def _check_kind(arch: Architecture, dataset: Dataset) -> None:
+    """Refuse labelled data for a language model and token sequences for a classifier."""
+    needed = arch.task.data_kind
+    if dataset.kind == needed:
+        return
+    if needed == "tokens":
+        raise DatasetError(
+            f"The {arch.name} arch is a language model: it predicts the next token of token "
+            f"sequences, but the dataset '{dataset.name}' holds labelled examples. Give it a "
+            "token dataset: an .npz or .safetensors file with an integer 'x' (N x T token ids) "
+            "and no 'y', or 'builtin:markov'."
+        )
+    raise DatasetError(
+        f"The dataset '{dataset.name}' holds token sequences (no labels), which only a language "
+        f"model reads; the {arch.name} arch is a classifier and needs examples with labels 'y'."
+    )
+
+
+def _fit_tokens(arch: Architecture, dataset: Dataset) -> Dataset:
+    (length,) = dataset.input_shape
+    (longest,) = arch.input_shape
+    if not 2 <= length <= longest:
+        raise DatasetError(
+            f"The dataset '{dataset.name}' has sequences of {length} tokens; the {arch.name} "
+            f"arch reads sequences of 2 to {longest} tokens (its input_shape)."
+        )
+    if isinstance(dataset, ArrayDataset) and dataset.num_examples and dataset.x.min() < 0:
+        raise DatasetError(
+            f"The dataset '{dataset.name}' has negative token ids; tokens are ids 0, 1, ..."
+        )
+    if dataset.num_classes > arch.num_classes:
+        raise DatasetError(
+            f"The dataset '{dataset.name}' has token ids up to {dataset.num_classes - 1} but the "
+            f"{arch.name} arch's vocabulary has {arch.num_classes} tokens (ids 0 to "
+            f"{arch.num_classes - 1}); raise its vocab_size."
+        )
+    return dataset
+
+
+def dataset_probe(
+    input_shape: tuple[int, ...], num_classes: int, kind: DataKind, name: str
+) -> ArrayDataset:
+    """One example of ``input_shape`` holding the largest label (a token dataset: the largest
+    token), so :func:`fit_to_arch` can check a dataset that is not loaded by its shape alone."""
+    largest = max(num_classes - 1, 0)
+    if kind == "tokens":
+        return token_dataset(torch.full((1, *input_shape), largest), name)
+    return ArrayDataset(torch.zeros((1, *input_shape)), torch.tensor([largest]), name)
+
+
 # --- Uploaded files: .npz and .safetensors ---------------------------------------------------
 
 MAX_NPY_HEADER = 10_000
@@ -376,7 +466,9 @@ CHUNK_VALUES = 2**20
 """Values read, converted and checked at once: a few MiB of memory whatever the file holds."""
 NORMALISED_DTYPES = {"x": "F32", "y": "I64"}
 """The normalised copy's safetensors dtypes: what training reads, float32 examples and int64
-labels. ``y`` comes first in the data so both arrays start 8-byte aligned."""
+labels. ``y`` comes first in the data so both arrays start 8-byte aligned. A token dataset's copy
+holds one int64 ``x`` (:data:`NORMALISED_TOKEN_DTYPE`) and no ``y``."""
+NORMALISED_TOKEN_DTYPE = "I64"
 
 SAFETENSORS_KINDS = {
     **dict.fromkeys(("F64", "F32", "F16", "BF16", "F8_E4M3", "F8_E5M2"), "f"),
@@ -430,14 +522,19 @@ class DeclaredArray:
 
 @dataclass(frozen=True)
 class ArrayFile:
-    """An uploaded ``.npz`` or ``.safetensors`` file of arrays ``x`` and ``y``, checked from its
-    headers alone (see :func:`inspect_array_file`); its values are read only by
-    :func:`write_normalised` and :func:`read_arrays`, a chunk at a time."""
+    """An uploaded ``.npz`` or ``.safetensors`` file of arrays ``x`` and ``y`` (labelled data),
+    or of ``x`` alone (token sequences), checked from its headers alone (see
+    :func:`inspect_array_file`); its values are read only by :func:`write_normalised` and
+    :func:`read_arrays`, a chunk at a time."""
 
     path: Path
     format: str
     x: DeclaredArray
-    y: DeclaredArray
+    y: DeclaredArray | None
+
+    @property
+    def kind(self) -> DataKind:
+        return "labelled" if self.y is not None else "tokens"
 
     @property
     def num_examples(self) -> int:
@@ -450,7 +547,9 @@ class ArrayFile:
     @property
     def normalised_bytes(self) -> int:
         """The size of the normalised copy :func:`write_normalised` writes, to the byte."""
-        header = _normalised_header(self.num_examples, self.input_shape)
+        header = _normalised_header(self.num_examples, self.input_shape, self.kind)
+        if self.kind == "tokens":
+            return 8 + len(header) + 8 * self.x.num_values
         return 8 + len(header) + 8 * self.num_examples + 4 * self.x.num_values
 
 
@@ -458,7 +557,7 @@ def inspect_array_file(
     path: Path, max_bytes: int = 2**31, max_expansion: int = DEFAULT_MAX_EXPANSION
 ) -> ArrayFile:
     """What an ``.npz`` or ``.safetensors`` file declares, told apart by content, or a
-    :class:`DatasetError` saying why it cannot be used.
+    :class:`DatasetError` saying why it cannot be used. A file without ``y`` is token sequences.
 
     Only the zip directory and the array headers are read, never a value, so this costs no
     memory whatever the file claims. Refused: a file over ``max_bytes``; an ``.npz`` whose
@@ -476,10 +575,10 @@ def inspect_array_file(
         )
     try:
         if sniffed == "zip":
-            x, y = _inspect_npz(path, size, max_bytes, max_expansion)
+            x, y, held = _inspect_npz(path, size, max_bytes, max_expansion)
             file_format = "npz"
         elif sniffed == "safetensors":
-            x, y = _inspect_safetensors(path, size)
+            x, y, held = _inspect_safetensors(path, size)
             file_format = "safetensors"
         else:
             raise DatasetError(
@@ -489,20 +588,27 @@ def inspect_array_file(
             )
     except _UNREADABLE as error:
         raise DatasetError(f"The dataset file is corrupt or unreadable ({error}).") from error
-    _check_declared(x, y)
+    _check_declared(x, y, held)
     return ArrayFile(path, file_format, x, y)
 
 
 def write_normalised(arrays: ArrayFile, sink: BinarySink) -> int:
     """Write ``arrays`` as a safetensors file of float32 ``x`` and int64 ``y`` to ``sink``,
     checking every value on the way (finite examples, labels that are class indices); returns
-    the number of classes (largest label + 1).
+    the number of classes (largest label + 1). Token sequences are written as one int64 ``x``,
+    each token checked to be an id; the answer is then the largest token + 1.
 
     Memory holds one chunk of :data:`CHUNK_VALUES` values at a time, so converting costs the
     same few MiB for any file. :func:`open_normalised` memory-maps the result.
     """
-    header = _normalised_header(arrays.num_examples, arrays.input_shape)
+    header = _normalised_header(arrays.num_examples, arrays.input_shape, arrays.kind)
     sink.write(struct.pack("<Q", len(header)) + header)
+    if arrays.kind == "tokens":
+        largest_token = 0
+        for tokens in _checked_tokens(arrays):
+            largest_token = max(largest_token, int(tokens.max()))
+            sink.write(tokens.tobytes())
+        return largest_token + 1
     largest_label = 0
     for labels in _checked_labels(arrays):
         largest_label = max(largest_label, int(labels.max()))
@@ -522,6 +628,11 @@ def read_arrays(
     the file's own dtype.
     """
     arrays = inspect_array_file(path, max_bytes, max_expansion)
+    if arrays.kind == "tokens":
+        tokens = np.concatenate(list(_checked_tokens(arrays)))
+        return token_dataset(
+            torch.from_numpy(tokens.reshape(arrays.num_examples, *arrays.input_shape)), path.stem
+        )
     labels = np.empty(arrays.num_examples, dtype=np.int64)
     values = np.empty(arrays.x.num_values, dtype=np.float32)
     for target, chunks in ((labels, _checked_labels(arrays)), (values, _checked_values(arrays))):
@@ -538,10 +649,12 @@ def open_normalised(
 ) -> ArrayDataset:
     """The first ``max_examples`` examples (all when None) of a file :func:`write_normalised`
     wrote, without reading the rest: ``x`` is memory-mapped (pages are read when a batch touches
-    them) and only the kept labels are read."""
+    them) and only the kept labels are read. A copy without ``y`` is token sequences."""
     try:
         with path.open("rb") as file:
             header = read_safetensors_header(file, path.stat().st_size, DatasetError)
+        if "y" not in header.entries:
+            return _open_normalised_tokens(path, header, max_examples, name)
         x_entry, y_entry = header.entries["x"], header.entries["y"]
         if [x_entry["dtype"], y_entry["dtype"]] != list(NORMALISED_DTYPES.values()):
             raise ValueError(f"dtypes {x_entry['dtype']} and {y_entry['dtype']}")
@@ -565,11 +678,30 @@ def open_normalised(
     return ArrayDataset(torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), name)
 
 
-def _normalised_header(num_examples: int, input_shape: tuple[int, ...]) -> bytes:
+def _open_normalised_tokens(
+    path: Path, header: SafetensorsHeader, max_examples: int | None, name: str
+) -> ArrayDataset:
+    """:func:`open_normalised` of a token dataset's copy: its int64 ``x``, memory-mapped."""
+    x_entry = header.entries["x"]
+    if x_entry["dtype"] != NORMALISED_TOKEN_DTYPE:
+        raise ValueError(f"token dtype {x_entry['dtype']}")
+    shape = tuple(int(size) for size in x_entry["shape"])
+    rows = shape[0] if max_examples is None else min(shape[0], max_examples)
+    tokens = np.memmap(
+        path,
+        dtype="<i8",
+        mode="c",  # copy-on-write: writable for torch, never written back to the blob
+        offset=header.data_start + int(x_entry["data_offsets"][0]),
+        shape=(rows, *shape[1:]),
+    )
+    return token_dataset(torch.from_numpy(tokens), name)
+
+
+def _normalised_header(num_examples: int, input_shape: tuple[int, ...], kind: DataKind) -> bytes:
     """The safetensors header of a normalised copy, padded with spaces to 8 bytes."""
     label_bytes = 8 * num_examples
     value_bytes = 4 * num_examples * math.prod(input_shape)
-    entries = {
+    entries: dict[str, dict[str, object]] = {
         "y": {"dtype": "I64", "shape": [num_examples], "data_offsets": [0, label_bytes]},
         "x": {
             "dtype": "F32",
@@ -577,12 +709,25 @@ def _normalised_header(num_examples: int, input_shape: tuple[int, ...]) -> bytes
             "data_offsets": [label_bytes, label_bytes + value_bytes],
         },
     }
+    if kind == "tokens":
+        token_bytes = 8 * num_examples * math.prod(input_shape)
+        entries = {
+            "x": {
+                "dtype": NORMALISED_TOKEN_DTYPE,
+                "shape": [num_examples, *input_shape],
+                "data_offsets": [0, token_bytes],
+            }
+        }
     text = json.dumps(entries, sort_keys=True, separators=(",", ":")).encode()
     return text + b" " * (-(8 + len(text)) % 8)
 
 
-def _check_declared(x: DeclaredArray, y: DeclaredArray) -> None:
-    """Refuse, from the headers alone, dtypes and shapes that training could not use."""
+def _check_declared(x: DeclaredArray, y: DeclaredArray | None, held: list[str]) -> None:
+    """Refuse, from the headers alone, dtypes and shapes that training could not use (``held``:
+    the names of every array in the file)."""
+    if y is None:
+        _check_declared_tokens(x, held)
+        return
     if x.kind not in ("i", "u", "f"):
         raise DatasetError(
             f"The array 'x' has dtype {x.dtype_name}; it must hold real numbers (integers or "
@@ -610,17 +755,52 @@ def _check_declared(x: DeclaredArray, y: DeclaredArray) -> None:
         raise DatasetError(f"The array 'x' has shape {x.shape}: its examples hold no values.")
 
 
+def _check_declared_tokens(x: DeclaredArray, held: list[str]) -> None:
+    """A file without ``y``: token sequences, N x T integer ids."""
+    no_y = f"The file has no array 'y' (it holds: {', '.join(held)}), so it is read as token "
+    if x.kind not in ("i", "u"):
+        raise DatasetError(
+            f"{no_y}sequences, but its 'x' has dtype {x.dtype_name}: token ids must be integers "
+            "(x.astype('int64')). A labelled dataset needs 'y', one class label per example."
+        )
+    if len(x.shape) != 2:
+        raise DatasetError(
+            f"{no_y}sequences, which must be N x T (examples x tokens), got shape {x.shape}."
+        )
+    if x.shape[0] == 0:
+        raise DatasetError("The dataset holds no examples.")
+    if x.shape[1] < 2:
+        raise DatasetError(
+            f"The token sequences have {x.shape[1]} token(s) each; next-token prediction needs "
+            "at least 2."
+        )
+
+
+def _checked_tokens(arrays: ArrayFile) -> Iterator[np.ndarray]:
+    """A token dataset's ``x`` as int64, a chunk at a time, each checked to hold token ids."""
+    return _checked_indices(arrays, arrays.x, "token id", "indices into the vocabulary")
+
+
 def _checked_labels(arrays: ArrayFile) -> Iterator[np.ndarray]:
     """``y`` as int64, a chunk at a time, each checked to hold class indices."""
-    for chunk in _chunks(arrays, arrays.y):
-        # Compared in the file's own dtype: a uint64 label past 2**63 must not wrap to negative.
+    assert arrays.y is not None
+    return _checked_indices(arrays, arrays.y, "label", "class indices")
+
+
+def _checked_indices(
+    arrays: ArrayFile, array: DeclaredArray, noun: str, meaning: str
+) -> Iterator[np.ndarray]:
+    """``array`` as int64, a chunk at a time, each checked to hold indices 0, 1, ... below
+    :data:`MAX_NUM_CLASSES` (``noun`` and ``meaning`` say what of, in the sentences)."""
+    for chunk in _chunks(arrays, array):
+        # Compared in the file's own dtype: a uint64 index past 2**63 must not wrap to negative.
         if chunk.min() < 0:
             raise DatasetError(
-                "The array 'y' has negative labels; labels are class indices 0, 1, ..."
+                f"The array '{array.key}' has negative {noun}s; {noun}s are {meaning} 0, 1, ..."
             )
         if chunk.max() >= MAX_NUM_CLASSES:
             raise DatasetError(
-                f"The array 'y' has label {chunk.max()}; labels are class indices below "
+                f"The array '{array.key}' has {noun} {chunk.max()}; {noun}s are {meaning} below "
                 f"{MAX_NUM_CLASSES:,}."
             )
         yield chunk.astype(np.int64)
@@ -655,7 +835,7 @@ def _chunks(arrays: ArrayFile, array: DeclaredArray) -> Iterator[np.ndarray]:
 
 def _inspect_npz(
     path: Path, size: int, max_bytes: int, max_expansion: int
-) -> tuple[DeclaredArray, DeclaredArray]:
+) -> tuple[DeclaredArray, DeclaredArray | None, list[str]]:
     _check_member_count(path, size)
     with zipfile.ZipFile(path) as archive:
         names = [member.filename for member in archive.infolist()]
@@ -685,18 +865,19 @@ def _inspect_npz(
                 f"{max_expansion} times its {size:,} bytes, which this service accepts; save it "
                 "uncompressed with numpy.savez (not savez_compressed) or as safetensors."
             )
-        declared_arrays = []
+        held = sorted(name.removesuffix(".npy") for name in members)
+        declared_arrays: dict[str, DeclaredArray] = {}
         for key in ("x", "y"):
             member = members.get(f"{key}.npy")
             if member is None:
-                held = ", ".join(sorted(name.removesuffix(".npy") for name in members))
+                if key == "y":
+                    continue  # token sequences
                 raise DatasetError(
-                    f"The .npz file has no array '{key}'; it holds: {held or 'nothing'}."
+                    f"The .npz file has no array '{key}'; it holds: {', '.join(held) or 'nothing'}."
                 )
             with archive.open(member) as stream:
-                declared_arrays.append(_npy_header(stream, key, member.file_size))
-    x, y = declared_arrays
-    return x, y
+                declared_arrays[key] = _npy_header(stream, key, member.file_size)
+    return declared_arrays["x"], declared_arrays.get("y"), held
 
 
 def _check_member_count(path: Path, size: int) -> None:
@@ -770,24 +951,27 @@ def _npz_chunks(path: Path, array: DeclaredArray) -> Iterator[np.ndarray]:
 # the declared shapes fit; rows are read by slices.
 
 
-def _inspect_safetensors(path: Path, size: int) -> tuple[DeclaredArray, DeclaredArray]:
+def _inspect_safetensors(
+    path: Path, size: int
+) -> tuple[DeclaredArray, DeclaredArray | None, list[str]]:
     with path.open("rb") as file:
         read_safetensors_header(file, size, DatasetError, DATASET_HEADER_LIMIT)
-    declared_arrays = []
+    declared_arrays: dict[str, DeclaredArray] = {}
     with safe_open(str(path), framework="pt") as file:
         keys = set(file.keys())
         for key in ("x", "y"):
             if key not in keys:
+                if key == "y":
+                    continue  # token sequences
                 held = ", ".join(sorted(keys)) or "nothing"
                 raise DatasetError(f"The safetensors file has no tensor '{key}'; it holds: {held}.")
             tensor = file.get_slice(key)
             dtype_name = tensor.get_dtype()
             shape = tuple(tensor.get_shape())
-            declared_arrays.append(
-                DeclaredArray(key, shape, dtype_name, SAFETENSORS_KINDS.get(dtype_name, ""))
+            declared_arrays[key] = DeclaredArray(
+                key, shape, dtype_name, SAFETENSORS_KINDS.get(dtype_name, "")
             )
-    x, y = declared_arrays
-    return x, y
+    return declared_arrays["x"], declared_arrays.get("y"), sorted(keys)
 
 
 def _safetensors_chunks(path: Path, array: DeclaredArray) -> Iterator[np.ndarray]:
@@ -820,6 +1004,8 @@ class BuiltinDataset:
     description: str
     installing: str = ""
     """For one read from local files: what an operator places in the datasets folder."""
+    kind: DataKind = "labelled"
+    """``tokens`` for token sequences, whose ``num_classes`` is their vocabulary size."""
 
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
@@ -852,6 +1038,17 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         "unpack cifar-10-binary.tar.gz (the binary version) in it, which gives "
         "cifar-10-batches-bin/ with data_batch_1.bin ... data_batch_5.bin and test_batch.bin",
     ),
+    "markov": BuiltinDataset(
+        "markov",
+        (16,),
+        16,
+        False,
+        "Token sequences of a fixed random Markov chain over 16 tokens, 16 tokens long, for "
+        "language models (next-token prediction): 4,096 train and 1,024 test sequences, "
+        "generated from fixed seeds; the chain itself predicts the next token with an error "
+        "of about 0.5, chance with 0.94.",
+        kind="tokens",
+    ),
 }
 
 
@@ -880,6 +1077,8 @@ def load_builtin(name: str, split: str = "train", root: Path | None = None) -> A
         raise DatasetError(f"The split must be 'train' or 'test', got {split!r}.")
     if name == "digits":
         return digits(split)
+    if name == "markov":
+        return markov(split)
     if root is None:
         raise DatasetError(
             f"The {name} dataset is read from a local data folder and none is configured; "
@@ -906,6 +1105,42 @@ def digits(split: str = "train") -> ArrayDataset:
     num_test = round(len(y) * DIGITS_TEST_FRACTION)
     index = order[num_test:] if split == "train" else order[:num_test]
     return ArrayDataset(torch.from_numpy(x[index]), torch.from_numpy(y[index]), f"digits-{split}")
+
+
+MARKOV_VOCAB = 16
+MARKOV_LENGTH = 16
+MARKOV_EXAMPLES = {"train": 4096, "test": 1024}
+MARKOV_CONCENTRATION = 0.1
+"""Each token's next-token distribution is drawn from Dirichlet(0.1, ..., 0.1): a few likely
+successors per token, so the chain is learnable but not deterministic."""
+MARKOV_SEED = 0
+
+
+def markov_chain() -> np.ndarray:
+    """The built-in Markov chain's transition matrix (vocab x vocab, rows summing to 1)."""
+    rng = np.random.default_rng([MARKOV_SEED, 0])
+    return rng.dirichlet(np.full(MARKOV_VOCAB, MARKOV_CONCENTRATION), size=MARKOV_VOCAB)
+
+
+def markov(split: str = "train") -> ArrayDataset:
+    """Token sequences of :func:`markov_chain`: the first token uniform, each next one drawn
+    from the current token's row; the same sequences on every run (each split from its own
+    fixed seed), generated in milliseconds."""
+    if split not in MARKOV_EXAMPLES:
+        raise DatasetError(f"The split must be 'train' or 'test', got {split!r}.")
+    cumulative = np.cumsum(markov_chain(), axis=1)
+    count = MARKOV_EXAMPLES[split]
+    rng = np.random.default_rng([MARKOV_SEED, 1 if split == "train" else 2])
+    tokens = np.empty((count, MARKOV_LENGTH), dtype=np.int64)
+    tokens[:, 0] = rng.integers(0, MARKOV_VOCAB, count)
+    draws = rng.random((count, MARKOV_LENGTH - 1))
+    for position in range(1, MARKOV_LENGTH):
+        rows = cumulative[tokens[:, position - 1]]
+        # The first token whose cumulative probability passes the draw (never past the last,
+        # should rounding leave a row's total a hair under the draw).
+        drawn = (rows <= draws[:, position - 1, None]).sum(axis=1)
+        tokens[:, position] = np.minimum(drawn, MARKOV_VOCAB - 1)
+    return token_dataset(torch.from_numpy(tokens), f"markov-{split}")
 
 
 MNIST_MAX_EXAMPLES = 1_000_000

@@ -66,19 +66,15 @@ SAFETENSORS_METADATA = '{"__metadata__":{"format":"pt"},}'
 
 @dataclass(frozen=True)
 class ArchShapes:
-    """What one example costs in each module of an arch, and the arch's permutation sizes."""
+    """What one example costs in each module of an arch."""
 
     state_bytes: int
     module_values: dict[str, int]
     """Values one example has at the output of each leaf module (and ``""``: the input)."""
     site_values: dict[str, int]
     """Values one example has at each feature site's output."""
-    perm_sizes: dict[str, int]
-    weight_terms: dict[str, int]
-    """Per permutation, the (tensor, axis) products of weight matching."""
-    observed_sites: dict[str, tuple[str, ...]]
-    """Per permutation, the feature sites activation matching observes."""
     num_params: int
+    state_shapes: dict[str, torch.Size]
 
     @property
     def widest(self) -> int:
@@ -93,11 +89,23 @@ class ArchShapes:
         return sum(self.module_values.values())
 
 
+@dataclass(frozen=True)
+class PermutationShapes:
+    """The sizes matching works with: read from the arch's permutation spec, which only a
+    matching job needs derived."""
+
+    perm_sizes: dict[str, int]
+    weight_terms: dict[str, int]
+    """Per permutation, the (tensor, axis) products of weight matching."""
+    observed_sites: dict[str, tuple[str, ...]]
+    """Per permutation, the feature sites activation matching observes."""
+
+
 def arch_shapes(arch: Architecture) -> ArchShapes:
     """Run one example through ``arch`` on the meta device and note every module's output size."""
     with torch.device("meta"):
         model = arch.build().eval()
-        example = torch.empty((1, *arch.input_shape))
+        example = arch.random_inputs(1)
     module_values: dict[str, int] = {"": example.numel()}
     site_values: dict[str, int] = {}
     handles = []
@@ -116,18 +124,26 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
     for handle in handles:
         handle.remove()
     state = model.state_dict()
-    spec = arch.permutation_spec()
     return ArchShapes(
         state_bytes=sum(value.numel() * value.element_size() for value in state.values()),
         module_values=module_values,
         site_values=site_values,
+        num_params=sum(parameter.numel() for parameter in model.parameters()),
+        state_shapes={key: value.shape for key, value in state.items()},
+    )
+
+
+def permutation_shapes(arch: Architecture, shapes: ArchShapes) -> PermutationShapes:
+    """The permutation sizes of ``arch``'s spec (derived here, if not yet)."""
+    spec = arch.permutation_spec()
+    state = {key: torch.empty(shape, device="meta") for key, shape in shapes.state_shapes.items()}
+    return PermutationShapes(
         perm_sizes=perm_sizes(spec, state),
         weight_terms={
             perm: sum(1 for key, _ in axes if key not in spec.statistics_keys)
             for perm, axes in spec.perm_to_axes.items()
         },
         observed_sites=dict(spec.perm_to_features),
-        num_params=sum(parameter.numel() for parameter in model.parameters()),
     )
 
 
@@ -172,28 +188,33 @@ def _forward_batch(shapes: ArchShapes, batch_size: int) -> int:
     return RUNNING_TENSORS * shapes.widest * batch_size * FLOAT32
 
 
-def _matching(shapes: ArchShapes, method: str, batch_size: int) -> MemoryEstimate:
+def _matching(
+    arch: Architecture, shapes: ArchShapes, method: str, batch_size: int
+) -> MemoryEstimate:
     """The matching's memory beside A and B's states (B permuted included)."""
     state_bytes = shapes.state_bytes
+    permutations = permutation_shapes(arch, shapes)
     if method == "weight":
         products = sum(
-            shapes.weight_terms[perm] * size * size * FLOAT32
-            for perm, size in shapes.perm_sizes.items()
+            permutations.weight_terms[perm] * size * size * FLOAT32
+            for perm, size in permutations.perm_sizes.items()
         )
-        solve = WEIGHT_SOLVE_MATRICES * max(shapes.perm_sizes.values(), default=0) ** 2 * FLOAT64
+        solve = (
+            WEIGHT_SOLVE_MATRICES * max(permutations.perm_sizes.values(), default=0) ** 2 * FLOAT64
+        )
         return MemoryEstimate(models=3 * state_bytes, batch=0, matching=products + solve)
-    observed = [site for sites in shapes.observed_sites.values() for site in sites]
+    observed = [site for sites in permutations.observed_sites.values() for site in sites]
     captured = 2 * 2 * sum(shapes.site_values[site] for site in observed)
     scratch = SCRATCH_SLOTS * max((shapes.site_values[site] for site in observed), default=0)
     batch = (captured + scratch) * batch_size * FLOAT32 + _forward_batch(shapes, batch_size)
     moments = sum(
-        len(sites) * shapes.perm_sizes[perm] ** 2 * FLOAT64
-        for perm, sites in shapes.observed_sites.items()
+        len(sites) * permutations.perm_sizes[perm] ** 2 * FLOAT64
+        for perm, sites in permutations.observed_sites.items()
     )
     solve = max(
         (
-            (len(sites) + SOLVE_TEMPORARIES) * shapes.perm_sizes[perm] ** 2 * FLOAT64
-            for perm, sites in shapes.observed_sites.items()
+            (len(sites) + SOLVE_TEMPORARIES) * permutations.perm_sizes[perm] ** 2 * FLOAT64
+            for perm, sites in permutations.observed_sites.items()
         ),
         default=0,
     )
@@ -203,7 +224,7 @@ def _matching(shapes: ArchShapes, method: str, batch_size: int) -> MemoryEstimat
 def match_memory(arch: Architecture, method: str, batch_size: int) -> MemoryEstimate:
     """Peak memory of ``match_models`` with ``method`` ('weight' or 'activation')."""
     shapes = arch_shapes(arch)
-    matching = _matching(shapes, method, batch_size)
+    matching = _matching(arch, shapes, method, batch_size)
     return MemoryEstimate(
         models=matching.models + 2 * shapes.state_bytes,
         batch=matching.batch,
@@ -237,7 +258,7 @@ def analysis_memory(
     )
     if match == "none":
         return measure
-    matching = _matching(shapes, match, batch_size)
+    matching = _matching(arch, shapes, match, batch_size)
     # Matching ends (its matrices are freed) before the measuring starts.
     return max(
         measure,

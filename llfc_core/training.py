@@ -12,7 +12,6 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from llfc_core.archs.base import Architecture
@@ -29,6 +28,8 @@ MAX_MODES = 64
 OPTIMIZERS = ("sgd", "adamw")
 """SGD with momentum (the convolutional nets' usual choice) or AdamW (what transformers need:
 a small ViT on the digits stays at chance under SGD)."""
+DROPOUT_STREAM = 1
+"""Tells the seeds of an epoch's dropout masks from those of its data order."""
 
 
 @dataclass(frozen=True)
@@ -127,12 +128,14 @@ def train_mode(
     The model starts from ``init_state`` or, without one, from ``arch.build()`` seeded with
     ``config.seed`` (built on the CPU, so the initial weights do not depend on the device).
     Epoch ``e`` draws its data order from a generator seeded by ``(data_seed, e)``
-    (``data_seed`` defaults to ``config.seed``), so a run split into pieces sees the same
-    batches as one uninterrupted run. Loss: mean cross-entropy; optimiser: SGD with momentum
-    and weight decay, or AdamW (``config.optimizer``; decay applied to every parameter), stepped
-    at the learning rate of :func:`scheduled_lr` for the step's position in the whole run. The
-    optimiser is created afresh, so a run resumed from ``init_state`` starts with empty momentum
-    (and AdamW moment) buffers.
+    (``data_seed`` defaults to ``config.seed``), and its dropout masks from the global
+    generators seeded by ``(data_seed, e, 1)`` (restored afterwards), so a run split into pieces
+    sees the same batches and masks as one uninterrupted run. Loss: the mean cross-entropy of
+    the arch's task (per example for a classifier, per next token for a language model);
+    optimiser: SGD with momentum and weight decay, or AdamW (``config.optimizer``; decay applied
+    to every parameter), stepped at the learning rate of :func:`scheduled_lr` for the step's
+    position in the whole run. The optimiser is created afresh, so a run resumed from
+    ``init_state`` starts with empty momentum (and AdamW moment) buffers.
     Bit-for-bit reproducible on CPU for the same arguments.
     """
     end_epoch = config.epochs if end_epoch is None else end_epoch
@@ -147,6 +150,7 @@ def train_mode(
     if data.num_examples == 0:
         raise DatasetError(f"The dataset '{data.name}' holds no examples to train on.")
     data_seed = config.seed if data_seed is None else data_seed
+    task = arch.task
 
     model = _initial_model(arch, config.seed, init_state).to(device)
     model.train()
@@ -157,16 +161,18 @@ def train_mode(
     num_steps = (end_epoch - start_epoch) * steps_per_epoch
 
     reporter.report(0.0, f"training epoch {start_epoch + 1}/{config.epochs}")
-    with float32_precision(config.precision):
+    rng_devices = [device] if device.type == "cuda" else []
+    with float32_precision(config.precision), torch.random.fork_rng(devices=rng_devices):
         for epoch in range(start_epoch, end_epoch):
             stage = f"training epoch {epoch + 1}/{config.epochs}"
             loss_sum = torch.zeros((), device=device)
             generator = torch.Generator().manual_seed(_epoch_seed(data_seed, epoch))
+            torch.manual_seed(_epoch_seed(data_seed, epoch, DROPOUT_STREAM))
             for index, (x, y) in enumerate(data.shuffled_batches(config.batch_size, generator)):
                 step = epoch * steps_per_epoch + index
                 for group in optimizer.param_groups:
                     group["lr"] = scheduled_lr(config, step, total_steps)
-                loss = F.cross_entropy(model(x.to(device)), y.to(device))
+                loss = task.mean_loss(model(x.to(device)), y.to(device))
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(loss)
                 optimizer.step()
@@ -259,9 +265,10 @@ def evaluate(
 ) -> tuple[float, float]:
     """``(loss, error)`` of the model ``state`` on every example of ``dataset``.
 
-    ``loss = (1/N) sum_i CE(f(x_i), y_i)`` and ``error = (1/N) #{i : argmax f(x_i) != y_i}``,
-    computed in eval mode (BatchNorm uses its running statistics), accumulated in float64 on
-    the device and read back once.
+    ``loss = (1/P) sum_p CE(f_p, y_p)`` and ``error = (1/P) #{p : argmax f_p != y_p}`` over the
+    P predictions of the arch's task (:mod:`llfc_core.tasks`): one per example for a
+    classifier, each next token for a language model. Computed in eval mode (BatchNorm uses
+    its running statistics), accumulated in float64 on the device and read back once.
     """
     device = device or resolve_device()
     reporter = reporter or Reporter()
@@ -270,17 +277,19 @@ def evaluate(
         raise DatasetError(f"The dataset '{data.name}' holds no examples to evaluate on.")
     model = _initial_model(arch, 0, state).to(device)
     model.eval()
+    task = arch.task
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     wrong = torch.zeros((), dtype=torch.int64, device=device)
+    predictions = 0
     num_batches = data.num_batches(batch_size)
     with torch.inference_mode():
         for index, (x, y) in enumerate(data.batches(batch_size)):
-            logits = model(x.to(device))
-            labels = y.to(device)
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
-            wrong += (logits.argmax(dim=1) != labels).sum()
+            batch_loss, batch_wrong = task.summed(model(x.to(device)), y.to(device))
+            loss_sum += batch_loss.double()
+            wrong += batch_wrong
+            predictions += task.predictions(y)
             reporter.report((index + 1) / num_batches, "evaluating")
-    return loss_sum.item() / data.num_examples, wrong.item() / data.num_examples
+    return loss_sum.item() / predictions, wrong.item() / predictions
 
 
 def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -310,6 +319,8 @@ def _initial_model(arch: Architecture, seed: int, state: StateDict | None) -> nn
     return model
 
 
-def _epoch_seed(data_seed: int, epoch: int) -> int:
-    """A well-mixed 64-bit seed for epoch ``epoch`` of the data order ``data_seed``."""
-    return int(np.random.SeedSequence([data_seed, epoch]).generate_state(1, np.uint64)[0])
+def _epoch_seed(data_seed: int, epoch: int, *stream: int) -> int:
+    """A well-mixed 64-bit seed for epoch ``epoch`` of the data order ``data_seed`` (of the
+    dropout masks with ``stream`` :data:`DROPOUT_STREAM`)."""
+    entropy = [data_seed, epoch, *stream]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])

@@ -3,9 +3,10 @@ reference resolves.
 
 A job names its data as an upload's id or ``builtin:<name>``; :func:`dataset_shape` answers what
 its examples look like without loading them, so a submission can be checked against the arch.
-An upload is kept as a safetensors file of float32 ``x`` and int64 ``y`` (the blob
-``blob_sha256``, charged to the owner at its real size, ``stored_bytes``), which workers
-memory-map and slice to the examples a job uses; the uploaded bytes themselves are not kept.
+An upload is kept as a safetensors file of float32 ``x`` and int64 ``y`` (token sequences: one
+int64 ``x``; the blob ``blob_sha256``, charged to the owner at its real size, ``stored_bytes``),
+which workers memory-map and slice to the examples a job uses; the uploaded bytes themselves are
+not kept.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from llfc_core.data import (
     write_normalised,
 )
 from llfc_core.errors import DatasetError
+from llfc_core.tasks import DataKind
 from service.blob_refs import keep_blob
 from service.checkpoints import display_name
 from service.core.config import Settings
@@ -40,12 +42,14 @@ BUILTIN_PREFIX = "builtin:"
 
 @dataclass(frozen=True)
 class DatasetShape:
-    """What a submission needs to know about a dataset: its reference and example shape."""
+    """What a submission needs to know about a dataset: its reference, example shape and
+    kind (labelled examples or token sequences)."""
 
     ref: str
     input_shape: tuple[int, ...]
     num_classes: int
     builtin: bool
+    kind: DataKind
 
 
 def get_owned_dataset(session: Session, owner_id: str, dataset_id: str) -> Dataset:
@@ -80,14 +84,23 @@ def dataset_shape(session: Session, owner_id: str, ref: str, datasets_root: Path
                 f"downloaded; an operator must {builtin.installing} inside the service's "
                 "datasets folder (LLFC_DATASETS_ROOT). Meanwhile, upload the data as a dataset."
             )
-        return DatasetShape(ref, tuple(builtin.input_shape), builtin.num_classes, True)
+        return DatasetShape(
+            ref, tuple(builtin.input_shape), builtin.num_classes, True, builtin.kind
+        )
     dataset = session.get(Dataset, ref)
     if dataset is None or dataset.owner_id != owner_id:
         raise DatasetError(
             f"No dataset with id {ref!r} exists; upload one to /v1/datasets or use a built-in "
             "such as 'builtin:digits'."
         )
-    return DatasetShape(ref, tuple(dataset.input_shape), dataset.num_classes, False)
+    return DatasetShape(
+        ref, tuple(dataset.input_shape), dataset.num_classes, False, dataset_kind(dataset)
+    )
+
+
+def dataset_kind(dataset: Dataset) -> DataKind:
+    """What an uploaded dataset's row says it holds."""
+    return "tokens" if dataset.kind == "tokens" else "labelled"
 
 
 def ingest_dataset(
@@ -130,6 +143,7 @@ def ingest_dataset(
                 num_examples=arrays.num_examples,
                 input_shape=list(arrays.input_shape),
                 num_classes=num_classes,
+                kind=arrays.kind,
                 size_bytes=incoming.size,
                 blob_sha256=normalised.finish(),
                 stored_bytes=normalised.size,

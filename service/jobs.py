@@ -16,14 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from sqlalchemy import Row, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from llfc_core.analysis import AnalysisConfig
 from llfc_core.archs import Architecture, OnnxArchitecture, compare_onnx_archs, parse_arch
-from llfc_core.data import ArrayDataset, fit_to_arch
+from llfc_core.data import dataset_probe, fit_to_arch
 from llfc_core.errors import DatasetError, IncompatiblePairError, InvalidParameterError
 from llfc_core.footprint import (
     MemoryEstimate,
@@ -171,8 +170,9 @@ def _fitting_dataset(
     """The dataset reference, after checking that it exists (a built-in: that it is installed)
     and that its examples fit ``arch``.
 
-    The check runs the engine's own ``fit_to_arch`` on one zero example of the dataset's shape
-    with its largest label, so submission and execution apply the same rule without loading data.
+    The check runs the engine's own ``fit_to_arch`` on one example of the dataset's shape and
+    kind holding its largest label (or token), so submission and execution apply the same rule
+    without loading data.
     """
     if not ref:
         raise DatasetError(
@@ -180,12 +180,7 @@ def _fitting_dataset(
             "'builtin:digits'."
         )
     shape = dataset_shape(session, owner_id, ref, settings.resolved_datasets_root)
-    probe = ArrayDataset(
-        torch.zeros((1, *shape.input_shape)),
-        torch.tensor([max(shape.num_classes - 1, 0)]),
-        ref,
-    )
-    fit_to_arch(arch, probe)
+    fit_to_arch(arch, dataset_probe(shape.input_shape, shape.num_classes, shape.kind, ref))
     return ref
 
 

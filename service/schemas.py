@@ -46,7 +46,15 @@ class DatasetPublic(BaseModel):
     name: str
     num_examples: int | None = Field(description="Null for built-ins (it depends on the split).")
     input_shape: list[int]
-    num_classes: int
+    num_classes: int = Field(
+        description="Largest label + 1; for token sequences, largest token id + 1 (the "
+        "vocabulary they need)."
+    )
+    kind: Literal["labelled", "tokens"] = Field(
+        default="labelled",
+        description="labelled: examples x with class labels y; tokens: token sequences x "
+        "(N x T integer ids) for language models, scored on next-token prediction.",
+    )
     sha256: str | None = Field(description="sha256 of the uploaded bytes; null for built-ins.")
     builtin: bool = False
     format: str | None = None

@@ -4,7 +4,8 @@ Per batch, A and B run once with hooks on every feature site (an activation: inp
 pre-activation h, output = feature f; or a residual tap, where h = f) and on every Linear/Conv2d
 (input H, output W H + b); each theta_alpha runs once. From those:
 
-- LMC: loss and error of theta_alpha for every alpha in ``config.alphas``.
+- LMC: loss and error of theta_alpha for every alpha in ``config.alphas``, as the arch's task
+  counts them (:mod:`llfc_core.tasks`: per example, or per next token of a language model).
 - LLFC, per layer l (each feature site, then the logits) and alpha in ``config.llfc_alphas``:
   E_x[d_cos(f_l(theta_alpha; x), alpha f_l(A; x) + (1 - alpha) f_l(B; x))], the baseline
   E_x[d_cos(f_l(A; x), f_l(B; x))], and c = sum <f_alpha, target> / sum ||f_alpha||^2.
@@ -67,6 +68,7 @@ from llfc_core.interpolation import batch_norm_modules, interpolate_states, rese
 from llfc_core.metrics import relative_squared_distance_from_sums
 from llfc_core.models import load_model
 from llfc_core.progress import Reporter
+from llfc_core.tasks import Task
 from llfc_results import Lemma, Llfc, Lmc, LossError, PairResult
 
 LOGITS = "logits"
@@ -304,6 +306,7 @@ class _PairPass:
         config: AnalysisConfig,
         probe: _Probe,
         sites: list[str],
+        task: Task,
     ) -> None:
         self.model_a = model_a
         self.model_b = model_b
@@ -327,9 +330,11 @@ class _PairPass:
         }
         self.probe = probe
         self.given = path.replace_layers(probe.input_layers)
+        self.task = task
         self.totals = _Totals()
         self.scratch = Scratch()
         self.num_examples = 0
+        self.num_predictions = 0
         self.current_alpha = 0.0
         # Per batch: A's tensors until B has been compared with them, then features for LLFC.
         self.pre_a: dict[str, torch.Tensor] = {}
@@ -493,12 +498,14 @@ class _PairPass:
             self.totals.add(("scale_norm", alpha, name), norm)
 
     def _lmc(self, key: Any, logits: torch.Tensor, labels: torch.Tensor) -> None:
-        self.totals.add(("loss", key), F.cross_entropy(logits.float(), labels, reduction="sum"))
-        self.totals.add(("errors", key), (logits.argmax(1) != labels).sum())
+        loss, errors = self.task.summed(logits, labels)
+        self.totals.add(("loss", key), loss)
+        self.totals.add(("errors", key), errors)
 
     def batch(self, inputs: torch.Tensor, labels: torch.Tensor) -> None:
         """Measure one batch; only running sums remain afterwards."""
         self.num_examples += inputs.shape[0]
+        self.num_predictions += self.task.predictions(labels)
         self.logits_a = self.model_a(inputs)
         self.logits_b = self.model_b(inputs)
         self._lmc("a", self.logits_a, labels)
@@ -600,7 +607,7 @@ def measure_pair(
         device=device,
         reporter=build_reporter.sub(2 / stages, len(interior) / stages),
     )
-    pair_pass = _PairPass(model_a, model_b, path, config, probe, sites)
+    pair_pass = _PairPass(model_a, model_b, path, config, probe, sites, arch.task)
     channels_last = _prefers_channels_last(model_a, device)
     pass_reporter = reporter.sub(build_share, 1.0 - build_share)
     total_batches = dataset.num_batches(config.batch_size)
@@ -639,10 +646,11 @@ def _summarise(
     layer_order = pair_pass.layer_order
     weighted = pair_pass.weighted
     n = max(pair_pass.num_examples, 1)
-    loss_at = {side: totals.get("loss", side) / n for side in ("a", "b")}
-    error_at = {side: totals.get("errors", side) / n for side in ("a", "b")}
-    loss = [totals.get("loss", alpha) / n for alpha in config.alphas]
-    error = [totals.get("errors", alpha) / n for alpha in config.alphas]
+    predictions = max(pair_pass.num_predictions, 1)
+    loss_at = {side: totals.get("loss", side) / predictions for side in ("a", "b")}
+    error_at = {side: totals.get("errors", side) / predictions for side in ("a", "b")}
+    loss = [totals.get("loss", alpha) / predictions for alpha in config.alphas]
+    error = [totals.get("errors", alpha) / predictions for alpha in config.alphas]
     activation_layers = pair_pass.activations
     epsilon = max(error_at["a"], error_at["b"])
     max_error = max(error)

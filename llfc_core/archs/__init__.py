@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from llfc_core.archs.base import DEFAULT_MAX_PARAMS, Architecture, check_size
+from llfc_core.archs.hf import TransformersArchitecture
 from llfc_core.archs.mlp import MLP
 from llfc_core.archs.onnx_graph import (
     OnnxArchitecture,
@@ -24,6 +25,7 @@ ARCHITECTURES: dict[str, Any] = {
     ResNet.name: ResNet,
     TorchvisionArchitecture.name: TorchvisionArchitecture,
     TimmArchitecture.name: TimmArchitecture,
+    TransformersArchitecture.name: TransformersArchitecture,
     OnnxArchitecture.name: OnnxArchitecture,
 }
 
@@ -65,6 +67,7 @@ __all__ = [
     "Architecture",
     "OnnxArchitecture",
     "ResNet",
+    "TransformersArchitecture",
     "compare_onnx_archs",
     "onnx_architecture",
     "onnx_architecture_from_file",

@@ -16,6 +16,7 @@ from llfc_core.features import feature_site_names
 from llfc_core.params import check_int
 from llfc_core.permutation import PermutationSpec
 from llfc_core.symmetry import DerivedSymmetry, derive_symmetry
+from llfc_core.tasks import CLASSIFICATION, Task
 
 DEFAULT_MAX_PARAMS = 500_000_000
 """Largest model accepted by default; checked on the meta device before any allocation."""
@@ -44,6 +45,22 @@ class Architecture(ABC):
     @abstractmethod
     def build(self) -> nn.Module:
         """A freshly initialised model on the current default device."""
+
+    @property
+    def task(self) -> Task:
+        """What the model predicts, hence its loss and error and the data it reads: a class per
+        example, unless the arch is a language model (:mod:`llfc_core.tasks`)."""
+        return CLASSIFICATION
+
+    def tied_tensors(self) -> dict[str, str]:
+        """State-dict keys that name one tensor under two names: ``{copy: source}``. A
+        checkpoint may leave the copy out; where both are given they must be equal."""
+        return {}
+
+    def random_inputs(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``count`` random examples the model accepts, on the current default device: standard
+        normal values of ``input_shape``."""
+        return torch.randn((count, *self.input_shape), generator=generator)
 
     def permutation_spec(self) -> PermutationSpec:
         """Which tensor axes share which hidden permutation."""

@@ -183,11 +183,14 @@ class Blob(Base):
 
 
 class Dataset(Base):
-    """An uploaded ``.npz`` or ``.safetensors`` file of arrays ``x`` and ``y``.
+    """An uploaded ``.npz`` or ``.safetensors`` file of arrays ``x`` and ``y`` (``kind``
+    ``labelled``), or of token sequences ``x`` alone (``tokens``; ``num_classes`` is then the
+    largest token + 1).
 
     ``sha256`` and ``size_bytes`` describe the upload; ``blob_sha256`` names its normalised copy
-    (float32 ``x``, int64 ``y``) that workers memory-map, and ``stored_bytes`` is what the owner's
-    storage quota is charged for it. Rows from before normalised copies have neither.
+    (float32 ``x``, int64 ``y``; int64 ``x`` for tokens) that workers memory-map, and
+    ``stored_bytes`` is what the owner's storage quota is charged for it. Rows from before
+    normalised copies have neither.
     """
 
     __tablename__ = "datasets"
@@ -204,6 +207,7 @@ class Dataset(Base):
     num_examples: Mapped[int] = mapped_column(Integer)
     input_shape: Mapped[list[int]] = mapped_column(JSONType)
     num_classes: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(20), default="labelled", server_default="labelled")
     size_bytes: Mapped[int] = mapped_column(BigInteger)
     blob_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
     stored_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)

@@ -72,6 +72,9 @@ class Dataset:
     description: str | None = None
     installed: bool = True
     """False for a built-in whose files are not on the service (jobs naming it are refused)."""
+    kind: str = "labelled"
+    """``labelled`` (examples with class labels) or ``tokens`` (token sequences, for language
+    models; ``num_classes`` is then the vocabulary they need)."""
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -86,6 +89,7 @@ class Dataset:
             builtin=bool(body.get("builtin", body["id"].startswith("builtin:"))),
             description=body.get("description"),
             installed=bool(body.get("installed", True)),
+            kind=str(body.get("kind", "labelled")),
             raw=body,
         )
 

@@ -13,7 +13,13 @@ from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, o
 from service.api.problems import problem_responses
 from service.api.uploads import receive_upload
 from service.core.config import Settings
-from service.datasets import BUILTIN_PREFIX, delete_dataset, get_owned_dataset, ingest_dataset
+from service.datasets import (
+    BUILTIN_PREFIX,
+    dataset_kind,
+    delete_dataset,
+    get_owned_dataset,
+    ingest_dataset,
+)
 from service.db.models import Dataset
 from service.errors import NotFoundError
 from service.schemas import DatasetPublic, DatasetsPublic
@@ -33,7 +39,8 @@ UPLOAD_BODY: dict[str, Any] = {
                             "type": "string",
                             "format": "binary",
                             "description": ".npz or .safetensors holding 'x' (N x ...) and "
-                            "'y' (N integer class labels).",
+                            "'y' (N integer class labels), or token sequences: an integer 'x' "
+                            "(N x T token ids) and no 'y'.",
                         },
                         "name": {"type": "string"},
                     },
@@ -51,6 +58,7 @@ def dataset_public(dataset: Dataset) -> DatasetPublic:
         num_examples=dataset.num_examples,
         input_shape=list(dataset.input_shape),
         num_classes=dataset.num_classes,
+        kind=dataset_kind(dataset),
         sha256=dataset.sha256,
         builtin=False,
         format=dataset.format,
@@ -69,6 +77,7 @@ def builtin_datasets(settings: Settings) -> list[DatasetPublic]:
             num_examples=None,
             input_shape=list(builtin.input_shape),
             num_classes=builtin.num_classes,
+            kind=builtin.kind,
             sha256=None,
             builtin=True,
             description=builtin.description,
@@ -92,8 +101,9 @@ async def upload_dataset(
     settings: SettingsDep,
     store: StoreDep,
 ) -> DatasetPublic:
-    """Upload arrays `x` and `y`; checked (shapes, finite values, integer labels) and kept as a
-    normalised copy (float32 `x`, int64 `y`), charged to the owner at its size, `stored_bytes`."""
+    """Upload arrays `x` and `y`, or token sequences `x` alone; checked (shapes, finite values,
+    integer labels or token ids) and kept as a normalised copy (float32 `x`, int64 `y`; int64
+    `x` for tokens), charged to the owner at its size, `stored_bytes`."""
     upload = await receive_upload(request, store, settings.max_upload_bytes, ("name",))
     dataset, _created = await run_in_threadpool(
         ingest_dataset,

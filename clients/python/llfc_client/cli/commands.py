@@ -327,11 +327,13 @@ def upload(
 @click.option("--name", default=None, help="A name to show instead of the file name.")
 @with_client
 def upload_dataset(client: Client, file: Path, name: str | None) -> None:
-    """Upload a dataset (.npz or .safetensors with arrays x and y); prints its id."""
+    """Upload a dataset (.npz or .safetensors with arrays x and y, or token sequences: an
+    integer x and no y); prints its id."""
     dataset = client.upload_dataset(file, name)
     click.echo(
         f"Dataset {dataset.name}: {dataset.num_examples} examples of shape "
-        f"{tuple(dataset.input_shape)}, {dataset.num_classes} classes",
+        f"{tuple(dataset.input_shape)}, {_classes_column(dataset)}"
+        f"{'' if dataset.kind == 'tokens' else ' classes'}",
         err=True,
     )
     click.echo(dataset.id)
@@ -348,11 +350,18 @@ def datasets(client: Client) -> None:
             dataset.name,
             _examples_column(dataset),
             "x".join(map(str, dataset.input_shape)),
-            str(dataset.num_classes),
+            _classes_column(dataset),
         ]
         for dataset in client.iter_datasets()
     ]
     click.echo(format_table(["id", "name", "examples", "input", "classes"], rows))
+
+
+def _classes_column(dataset: Dataset) -> str:
+    """The number of classes; for token sequences, of tokens (their vocabulary), so marked."""
+    if dataset.kind == "tokens":
+        return f"{dataset.num_classes} tokens"
+    return str(dataset.num_classes)
 
 
 def _examples_column(dataset: Dataset) -> str:
