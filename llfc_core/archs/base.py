@@ -31,6 +31,9 @@ class Architecture(ABC):
     """
 
     name: ClassVar[str]
+    traced_per_shape: ClassVar[bool] = False
+    """Whether the model's graph holds for the traced input shape only (its Python code
+    branches on sizes, as Hugging Face's does; see :mod:`llfc_core.archs.shape_traced`)."""
 
     @property
     @abstractmethod
@@ -127,7 +130,10 @@ def _derived_symmetry(arch: Architecture) -> DerivedSymmetry:
     # a cached entry holds no weights.
     with torch.device("meta"):
         model = arch.source_model()
-    return derive_symmetry(model, arch.input_shape)
+        example = arch.random_inputs(1)
+    return derive_symmetry(
+        model, arch.input_shape, example.dtype, shape_specific=arch.traced_per_shape
+    )
 
 
 def check_size(arch: Architecture, max_params: int) -> None:

@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from llfc_core.archs.base import Architecture, reject_unknown_fields
+from llfc_core.archs.shape_traced import ShapeTracedModel
 from llfc_core.errors import ArchitectureError
 from llfc_core.params import check_int
 from llfc_core.tasks import NEXT_TOKEN, Task
@@ -157,6 +158,7 @@ class TransformersArchitecture(Architecture):
     sequence_length: int
 
     name: ClassVar[str] = "transformers"
+    traced_per_shape: ClassVar[bool] = True
 
     @classmethod
     def from_json(cls, spec: Mapping[str, Any]) -> TransformersArchitecture:
@@ -249,7 +251,12 @@ class TransformersArchitecture(Architecture):
         return self.construct()
 
     def build(self) -> nn.Module:
-        return self.construct()
+        source = self.construct()
+        # A twin of its own even when ``source`` is on the meta device: a model built there is
+        # often given real storage afterwards (``to_empty``), which the tracer must not run.
+        with torch.device("meta"):
+            twin = self.construct()
+        return ShapeTracedModel(source, twin, self.input_shape, torch.long)
 
     def num_params(self) -> int:
         return _meta_num_params(self)

@@ -29,10 +29,11 @@ class ShapeTracedModel(nn.Module):
     the same parameterised modules as ``source``, under the same paths, and the feature sites'
     modules (:func:`~llfc_core.symmetry.derive.instrument`); every later graph is given these
     very children, so moving or loading the model moves or loads what every graph runs.
-    ``meta_twin`` is ``source`` built on the meta device, which the tracer runs (or ``source``
-    itself when that is on the meta device).
+    ``meta_twin`` is ``source`` built on the meta device, which the tracer runs. In training mode the model runs ``source`` itself
+    (the same parameters), whose forward reads the training flag.
     """
 
+    _source: nn.Module
     _meta_twin: nn.Module
     _input_dtype: torch.dtype
     _first_shape: tuple[int, ...]
@@ -49,6 +50,7 @@ class ShapeTracedModel(nn.Module):
         super().__init__()
         # Held outside the module tree: the graphs run this model's own children, and the
         # twin is on the meta device.
+        object.__setattr__(self, "_source", source)
         object.__setattr__(self, "_meta_twin", meta_twin.eval())
         object.__setattr__(self, "_input_dtype", input_dtype)
         object.__setattr__(self, "_graphs", OrderedDict())
@@ -85,7 +87,18 @@ class ShapeTracedModel(nn.Module):
         """The graph of the first shape (every shape's calls the same modules in one order)."""
         return self._graphs[self._first_shape].graph
 
+    def train(self, mode: bool = True) -> ShapeTracedModel:
+        super().train(mode)
+        self._source.train(mode)
+        return self
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            # Graphs are traced in eval mode, so code that reads the training flag inside a
+            # forward (attention dropout) is fixed in them: training runs the source itself,
+            # on the same parameters.
+            source_output: torch.Tensor = self._source(inputs)
+            return source_output
         shape = tuple(inputs.shape)
         graph_module = self._graphs.get(shape)
         if graph_module is None:

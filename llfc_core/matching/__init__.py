@@ -96,7 +96,7 @@ def check_function(
         source = "data"
     else:
         generator = torch.Generator().manual_seed(seed)
-        inputs = torch.randn((FUNCTION_CHECK_EXAMPLES, *arch.input_shape), generator=generator)
+        inputs = arch.random_inputs(FUNCTION_CHECK_EXAMPLES, generator)
         source = "random"
     inputs = inputs.to(device)
     model_b = load_model(arch, state_b, device)

@@ -48,7 +48,7 @@ def prove_arch(arch: Architecture, seed: int = 0) -> dict[str, Any]:
     :class:`~llfc_core.errors.SymmetryProofError` naming the permutation that broke it."""
     model = randomised_model(arch, seed)
     generator = torch.Generator().manual_seed(seed)
-    inputs = torch.randn((PROOF_EXAMPLES, *arch.input_shape), generator=generator)
+    inputs = arch.random_inputs(PROOF_EXAMPLES, generator)
     change = check_proof(model, arch.permutation_spec(), inputs, seed=seed)
     return proof_json(change, PROOF_EXAMPLES, "random")
 
