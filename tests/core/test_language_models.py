@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.numpy import save_file as save_numpy_safetensors
 from safetensors.torch import load as load_safetensors_bytes
+from support.gpt2 import TINY_CONFIG, TINY_GPT2
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from llfc_core.analysis import AnalysisConfig, analyze_pair
@@ -40,8 +41,6 @@ from llfc_core.tasks import CLASSIFICATION, NEXT_TOKEN
 from llfc_core.training import TrainConfig, evaluate, train_modes
 
 CPU = torch.device("cpu")
-TINY_CONFIG = {"vocab_size": 16, "n_positions": 16, "n_embd": 32, "n_layer": 2, "n_head": 4}
-TINY_GPT2 = {"name": "transformers", "model": "gpt2", "config": TINY_CONFIG}
 LIBRARY_CONFIG = GPT2Config(**TINY_CONFIG, bos_token_id=None, eos_token_id=None)
 CHANCE_ERROR = 1 - 1 / MARKOV_VOCAB
 
