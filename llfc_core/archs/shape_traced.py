@@ -29,8 +29,9 @@ class ShapeTracedModel(nn.Module):
     the same parameterised modules as ``source``, under the same paths, and the feature sites'
     modules (:func:`~llfc_core.symmetry.derive.instrument`); every later graph is given these
     very children, so moving or loading the model moves or loads what every graph runs.
-    ``meta_twin`` is ``source`` built on the meta device, which the tracer runs. In training mode the model runs ``source`` itself
-    (the same parameters), whose forward reads the training flag.
+    ``meta_twin`` is ``source`` built on the meta device, which the tracer runs. In training
+    mode the model runs ``source`` itself (the same parameters), whose forward reads the
+    training flag.
     """
 
     _source: nn.Module
