@@ -179,6 +179,10 @@ def test_a_train_job_learns_the_markov_chain_per_next_token(trained: dict[str, A
     assert trained["artifacts"][0]["checkpoint_id"] != trained["artifacts"][1]["checkpoint_id"]
 
 
+SITES = ("add", "mlp.act", "add#2")
+"""Per block: the stream after attention's addition, the MLP activation, the block's output."""
+
+
 def test_interpolate_and_analyze_jobs_run_on_two_gpt2s(
     alice: httpx.Client, trained: dict[str, Any]
 ) -> None:
@@ -206,5 +210,34 @@ def test_interpolate_and_analyze_jobs_run_on_two_gpt2s(
     endpoint_errors = [analysis["endpoints"]["b"]["error"], analysis["endpoints"]["a"]["error"]]
     assert [lmc["error"][0], lmc["error"][-1]] == endpoint_errors
     assert all(0.45 < error < 0.65 for error in endpoint_errors)
-    assert analysis["pairs"]["naive"]["llfc"]["layers"] == ["logits"]
+    assert analysis["pairs"]["naive"]["llfc"]["layers"] == [
+        *(f"transformer.h.{block}.{site}" for block in (0, 1) for site in SITES),
+        "logits",
+    ]
     assert analysis["settings"]["num_examples"] == 256
+
+
+def test_two_gpt2s_are_matched_by_heads_over_http(
+    alice: httpx.Client, trained: dict[str, Any]
+) -> None:
+    model_a, model_b = (artifact["checkpoint_id"] for artifact in trained["artifacts"])
+    analysis = run_job(
+        alice,
+        {
+            "kind": "analyze",
+            "model_a": model_a,
+            "model_b": model_b,
+            "dataset": "builtin:markov",
+            "params": {
+                "max_examples": 256,
+                "alphas": [0, 0.5, 1],
+                "llfc_alphas": [0.5],
+                "match": "weight",
+                "symmetry": "orthogonal",
+            },
+        },
+    )["result"]
+    assert analysis["matching"]["function_check"]["passed"] is True
+    assert analysis["matching"]["symmetry"]["head_orders"] == 2
+    naive, matched = analysis["pairs"]["naive"], analysis["pairs"]["matched"]
+    assert matched["lmc"]["loss_barrier"] < naive["lmc"]["loss_barrier"]
