@@ -60,6 +60,7 @@ class ShapeTracedModel(nn.Module):
         first = self._traced(source, self._first_shape)
         for name, child in first.named_children():
             self.add_module(name, child)
+        self.train(source.training)
 
     def _traced(self, root: nn.Module, shape: tuple[int, ...]) -> fx.GraphModule:
         derived = derive_symmetry(

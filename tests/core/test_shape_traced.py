@@ -51,9 +51,30 @@ def test_every_input_shape_gets_the_sources_outputs(
     source_and_traced: tuple[nn.Module, ShapeTracedModel],
 ) -> None:
     source, traced = source_and_traced
+    assert not traced.training
     for batch, tokens in [(2, POSITIONS), (3, POSITIONS), (5, 9), (1, 1)]:
         ids = torch.randint(0, VOCAB, (batch, tokens))
         assert torch.equal(traced(ids), source(ids))
+        assert (batch, tokens) in traced._graphs
+
+
+def test_training_runs_the_source_whose_forward_reads_the_training_flag(
+    source_and_traced: tuple[nn.Module, ShapeTracedModel],
+) -> None:
+    # Dropout inside attention is fixed off in a graph traced in eval mode; in training mode
+    # the model runs its source, on the same parameters, and restores eval mode after.
+    _, traced = source_and_traced
+    ids = torch.randint(0, VOCAB, (2, POSITIONS))
+    traced.train()
+    try:
+        torch.manual_seed(1)
+        first = traced(ids)
+        torch.manual_seed(2)
+        second = traced(ids)
+    finally:
+        traced.eval()
+    assert not torch.equal(first, second)
+    assert torch.equal(traced(ids), traced(ids))
 
 
 def test_weights_keys_and_loading_are_the_sources(
