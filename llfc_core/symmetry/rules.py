@@ -252,13 +252,18 @@ def batch_norm(
     return x
 
 
-def layer_norm(walk: Walk, node: fx.Node, module: nn.LayerNorm, x: TensorLabels) -> TensorLabels:
+def layer_norm(
+    walk: Walk, node: fx.Node, module: nn.LayerNorm | nn.RMSNorm, x: TensorLabels
+) -> TensorLabels:
+    """LayerNorm or RMSNorm: statistics over the normalised axes ignore their order; the
+    per-unit gain (and bias) follow the units."""
     path = str(node.target)
     normalized = len(module.normalized_shape)
+    kind = type(module).__name__
     for index, label in enumerate(x.labels[-normalized:]):
         for tensor in ("weight", "bias"):
             if getattr(module, tensor, None) is not None:
-                walk.bind(path, tensor, index, label, f"{path} (LayerNorm)")
+                walk.bind(path, tensor, index, label, f"{path} ({kind})")
     return x
 
 
@@ -301,7 +306,7 @@ def module_rule(walk: Walk, node: fx.Node, args: tuple[Any, ...], kwargs: dict[s
         return convolution(walk, node, module, batched)
     if isinstance(module, nn.modules.batchnorm._BatchNorm) and batched:
         return batch_norm(walk, node, module, batched)
-    if isinstance(module, nn.LayerNorm) and isinstance(x, TensorLabels):
+    if isinstance(module, nn.LayerNorm | nn.RMSNorm) and isinstance(x, TensorLabels):
         return layer_norm(walk, node, module, x)
     if isinstance(module, nn.GroupNorm) and batched:
         return group_norm(walk, node, module, batched)
@@ -569,6 +574,11 @@ def function_rule(walk: Walk, node: fx.Node, args: tuple[Any, ...], kwargs: dict
             [_argument(args, kwargs, 2, "weight", None), _argument(args, kwargs, 3, "bias", None)],
             axes,
         )
+        return x
+    if target is F.rms_norm:
+        shape = _argument(args, kwargs, 1, "normalized_shape", ())
+        axes = x.labels[-len(shape) :] if shape else ()
+        _functional_norm_vectors(walk, node, [_argument(args, kwargs, 2, "weight", None)], axes)
         return x
     if target is F.batch_norm and len(x.labels) >= 2:
         vectors = [

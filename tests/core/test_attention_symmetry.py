@@ -161,6 +161,36 @@ def test_attention_spelled_with_matmul_and_separate_projections_is_found_and_pro
     assert check_proof(model, spec, torch.randn(4, 5, 6)) < 1e-5
 
 
+class RmsNormBlock(nn.Module):
+    """A pre-norm residual MLP block with RMSNorm, as module and as function."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, WIDTH)
+        self.norm = nn.RMSNorm(WIDTH)
+        self.up = nn.Linear(WIDTH, 64)
+        self.down = nn.Linear(64, WIDTH)
+        self.final_gain = nn.Parameter(torch.rand(WIDTH) + 0.5)
+        self.head = nn.Linear(WIDTH, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stream = self.embed(x)
+        stream = stream + self.down(F.gelu(self.up(self.norm(stream))))
+        return self.head(F.rms_norm(stream, (WIDTH,), self.final_gain))
+
+
+def test_rmsnorm_gains_follow_the_residual_stream() -> None:
+    torch.manual_seed(0)
+    model = RmsNormBlock().eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.5, 1.5)
+    spec = derive_symmetry(model, (5, 6)).spec
+    assert spec.axes_to_perm["norm.weight"] == ("P_embed",)
+    assert spec.axes_to_perm["final_gain"] == ("P_embed",)
+    assert spec.axes_to_perm["up.weight"] == ("P_up", "P_embed")
+    assert check_proof(model, spec, torch.randn(4, 5, 6)) < 1e-5
+
+
 def test_gpt2_traced_for_its_shape_splits_the_transposed_fused_projection() -> None:
     transformers = pytest.importorskip("transformers")
     config = transformers.GPT2Config(
