@@ -598,7 +598,7 @@ function conditionOneTable(result) {
   const pairs = pairNames(result);
   const alphas = Object.keys(result.pairs.naive.weak_additivity);
   const head = [
-    h("tr", {}, h("th", { rowspan: 2 }, "ReLU layer"),
+    h("tr", {}, h("th", { rowspan: 2 }, "activation layer"),
       pairs.map(([, label]) => h("th", { colspan: alphas.length, className: "group" }, label))),
     h("tr", {}, pairs.map(() => alphas.map((alpha) => h("th", {}, `α = ${alpha}`)))),
   ];
@@ -660,7 +660,7 @@ function analysisTables(result) {
       "Mean cosine distance over examples. LLFC holds where E[1 − cos_α] (between the features " +
       "of θ_α and the α-mix of A's and B's features) is far below the A–B baseline."),
     llfcTable(result),
-    h("h2", {}, "Condition I: weak additivity of ReLU"),
+    h("h2", {}, "Condition I: weak additivity of each activation"),
     h("p", { className: "muted" },
       "Relative squared distance between σ(αh_A + (1 − α)h_B) and ασ(h_A) + (1 − α)σ(h_B), " +
       "h the pre-activations; 0 means the condition holds exactly."),

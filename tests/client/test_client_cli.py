@@ -556,6 +556,8 @@ def test_inspect_shows_a_vits_attention_as_heads_by_head_size(llfc: Cli) -> None
     assert "proof: passed" in result.output
     qk_row = next(line for line in result.output.splitlines() if "qkv[0:32]" in line)
     assert qk_row.split()[1] == "4x8"
+    stream_row = next(line for line in result.output.splitlines() if "P_patch_embed.proj" in line)
+    assert stream_row.split()[1] == "32"
 
 
 def test_inspect_of_an_unknown_model_fails_with_one_line(llfc: Cli) -> None:

@@ -87,3 +87,12 @@ def test_the_rows_hold_every_number_once_and_the_metrics_rows_leave_out_the_summ
         for row in rows
         if row.pair != "endpoints" and row.metric not in {"epsilon", "max_error_on_path", "holds"}
     ]
+
+
+def test_a_matched_pair_is_labelled_by_its_method_and_orthogonal_maps() -> None:
+    stored = json.loads(BEFORE_TYPING.read_text())
+    assert AnalysisResult.from_json(stored).pair_label("matched") == "weight-matched"
+    stored["settings"]["symmetry"] = "orthogonal"
+    result = AnalysisResult.from_json(stored)
+    assert result.pair_label("matched") == "weight-matched+orthogonal"
+    assert result.pair_label("naive") == "naive"

@@ -88,7 +88,7 @@ class Lmc:
 
 @dataclass(frozen=True)
 class Llfc:
-    """Per layer (each ReLU output, then the logits): the A-B baseline ``cos_ab``, and per LLFC
+    """Per layer (each activation output and residual stream, then the logits): the A-B baseline ``cos_ab``, and per LLFC
     alpha (keyed like '0.5') the LLFC distance ``cos_alpha`` and the scale ``scale_c``."""
 
     layers: list[str]
@@ -137,7 +137,8 @@ class PairResult:
     lmc: Lmc
     llfc: Llfc
     weak_additivity: dict[str, Numbers]
-    """Condition I per LLFC alpha, one value per ReLU layer of ``weak_additivity_layers``."""
+    """Condition I per LLFC alpha, one value per activation layer of
+    ``weak_additivity_layers``."""
     weak_additivity_layers: list[str]
     commutativity: Numbers
     """Condition II, one value per weighted layer of ``commutativity_layers``."""
@@ -297,9 +298,13 @@ class AnalysisResult:
         return method if isinstance(method, str) and method != "none" else None
 
     def pair_label(self, pair: str) -> str:
-        """How tables and figures call a pair: 'naive', or e.g. 'weight-matched'."""
+        """How tables and figures call a pair: 'naive', or e.g. 'weight-matched' (with
+        orthogonal maps within heads: 'weight-matched+orthogonal')."""
         if pair == "matched":
-            return f"{self.match_method or 'matched'}-matched"
+            label = f"{self.match_method or 'matched'}-matched"
+            if self.settings.get("symmetry") == "orthogonal":
+                label += "+orthogonal"
+            return label
         return pair
 
     def to_json(self) -> dict[str, Any]:

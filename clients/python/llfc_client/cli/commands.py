@@ -828,7 +828,7 @@ def _proof_line(proof: dict[str, Any]) -> str:
 
 def _group_size(group: dict[str, Any]) -> str:
     """``64``, or ``4x16`` for a nested (attention) permutation's heads and head size."""
-    if "heads" in group:
+    if group.get("heads") is not None:
         return f"{group['heads']}x{group['head_size']}"
     return str(group["size"])
 

@@ -143,8 +143,8 @@ def analysis_table(result: AnalysisResult) -> str:
     The endpoints (:func:`endpoints_table`); barriers and the Lemma per pair (naive against
     matched); then, per pair and layer, the A–B baseline E[1 - cos(f(A), f(B))] against the LLFC
     distance E[1 - cos(f(θ_α), αf(A) + (1-α)f(B))] at each LLFC alpha (LLFC holds where the latter
-    is far below the former), Condition I (weak additivity of ReLU) per alpha, and Condition II
-    (commutativity) per weighted layer.
+    is far below the former), Condition I (weak additivity of each activation) per alpha, and
+    Condition II (commutativity) per weighted layer.
     """
     values: Values = {(r.pair, r.metric, r.layer, r.alpha): r.value for r in result.rows()}
     pairs = list(result.pairs)
@@ -189,7 +189,8 @@ def analysis_table(result: AnalysisResult) -> str:
         ]
         blocks.append(
             f"LLFC, {label}: E[1 - cos] per layer, A-B baseline against "
-            "the interpolation at α; Condition I per ReLU layer\n" + format_table(headers, rows)
+            "the interpolation at α; Condition I per activation layer\n"
+            + format_table(headers, rows)
         )
         if pair.commutativity_layers:
             blocks.append(
