@@ -88,8 +88,9 @@ class Lmc:
 
 @dataclass(frozen=True)
 class Llfc:
-    """Per layer (each activation output and residual stream, then the logits): the A-B baseline ``cos_ab``, and per LLFC
-    alpha (keyed like '0.5') the LLFC distance ``cos_alpha`` and the scale ``scale_c``."""
+    """Per layer (each activation output and residual stream, then the logits): the A-B
+    baseline ``cos_ab``, and per LLFC alpha (keyed like '0.5') the LLFC distance ``cos_alpha``
+    and the scale ``scale_c``."""
 
     layers: list[str]
     cos_ab: Numbers
