@@ -26,6 +26,11 @@ units of permutation p and P the bytes of one model's state:
 * training: every trained mode's state, the model in training with its gradients and momentum
   (3P), autograd's saved output of every module for one batch, and as much again for its
   gradients at the widest module.
+* attention: the token x token scores of every attention (heads x queries x keys per example)
+  are no module's output. Training keeps ``ATTENTION_TRAINING_COPIES`` of every attention's
+  scores for one batch (a GPT-2 of 2 blocks of 4 heads at 1,024 tokens, batch 32, measured
+  4.0 GiB against 1.07 GB of scores); the other jobs hold one attention's scores at a time,
+  twice, where the kernel materialises them.
 
 The dataset is not counted: its size is bounded by ``max_examples`` and its own upload checks.
 ``tests/core/test_footprint.py`` holds these estimates against measured peaks.
@@ -36,9 +41,12 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import JobTooLargeError
@@ -55,6 +63,9 @@ SCRATCH_SLOTS = 3
 SOLVE_TEMPORARIES = 6
 """Float64 C x C matrices of one solve besides the stacked correlations: their sum, three
 temporaries of one correlation, the negated copy we hand ``lapjv`` and the one it makes."""
+ATTENTION_TRAINING_COPIES = 4
+"""Copies of every attention's scores a training step holds: the scores, their softmax (with
+its dropout mask) kept for backward, and their gradients (see the module docstring)."""
 WEIGHT_SOLVE_MATRICES = 3
 """Float64 C x C matrices of one weight-matching solve: the summed cost, its negation, and the
 copy ``lapjv`` makes."""
@@ -75,6 +86,8 @@ class ArchShapes:
     """Values one example has at each feature site's output."""
     num_params: int
     state_shapes: dict[str, torch.Size]
+    attention_values: tuple[int, ...] = ()
+    """Values one example has in each attention's token x token scores, in forward order."""
 
     @property
     def widest(self) -> int:
@@ -101,6 +114,36 @@ class PermutationShapes:
     """Per permutation, the feature sites activation matching observes."""
 
 
+class _AttentionScores(TorchFunctionMode):
+    """Notes the size of every attention's scores as the model runs: those of
+    ``scaled_dot_product_attention`` (batch x heads x queries x keys, never a tensor of the
+    graph) and those of a product of queries and keys spelled as ``matmul`` (rank 4 and up)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.values: list[int] = []
+
+    def __torch_function__(
+        self,
+        func: Any,
+        types: Any,
+        args: Sequence[Any] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        kwargs = kwargs or {}
+        output = func(*args, **kwargs)
+        if func is F.scaled_dot_product_attention:
+            query = args[0] if args else kwargs["query"]
+            key = args[1] if len(args) > 1 else kwargs["key"]
+            self.values.append(query.shape[1:-1].numel() * key.shape[-2])
+        elif func in MATRIX_PRODUCTS and isinstance(output, torch.Tensor) and output.dim() >= 4:
+            self.values.append(output[0].numel())
+        return output
+
+
+MATRIX_PRODUCTS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__}
+
+
 def arch_shapes(arch: Architecture) -> ArchShapes:
     """Run one example through ``arch`` on the meta device and note every module's output size."""
     with torch.device("meta"):
@@ -108,19 +151,27 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
         example = arch.random_inputs(1)
     module_values: dict[str, int] = {"": example.numel()}
     site_values: dict[str, int] = {}
-    handles = []
-    for name, module in model.named_modules():
-        if next(module.children(), None) is not None:
-            continue
+    leaves = [
+        (name, module)
+        for name, module in model.named_modules()
+        if next(module.children(), None) is None
+    ]
+    names = {id(module): name for name, module in leaves}
 
-        def note(module: nn.Module, inputs: object, output: torch.Tensor, name: str = name) -> None:
-            module_values[name] = output.numel()
-            if is_activation_module(module) or isinstance(module, ResidualTap):
-                site_values[name] = output.numel()
+    def note(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+        name = names[id(module)]
+        module_values[name] = output.numel()
+        if is_activation_module(module) or isinstance(module, ResidualTap):
+            site_values[name] = output.numel()
 
-        handles.append(module.register_forward_hook(note))
+    handles = [module.register_forward_hook(note) for _, module in leaves]
+    scores = _AttentionScores()
     with torch.no_grad(), GRAPH_LOCK:
+        # A model traced per input shape traces this one on its first call, running its ops
+        # on meta tensors besides: the second call is the model's own.
         model(example)
+        with scores:
+            model(example)
     for handle in handles:
         handle.remove()
     state = model.state_dict()
@@ -130,6 +181,7 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
         site_values=site_values,
         num_params=sum(parameter.numel() for parameter in model.parameters()),
         state_shapes={key: value.shape for key, value in state.items()},
+        attention_values=tuple(scores.values),
     )
 
 
@@ -173,7 +225,9 @@ class MemoryEstimate:
             key=lambda part: part[1],
         )[0]
         advice = {
-            "batch": f"lower 'batch_size' (activations of one batch take {self.batch:,} bytes)",
+            "batch": f"lower 'batch_size' (activations of one batch take {self.batch:,} bytes"
+            "; a transformer's attention grows with the square of its 'input_shape' sequence "
+            "length, which a shorter one cuts)",
             "matching": "use narrower layers or weight matching (the width x width "
             f"matching matrices take {self.matching:,} bytes)",
             "models": f"use a smaller arch or fewer models (the models take {self.models:,} bytes)",
@@ -185,7 +239,10 @@ class MemoryEstimate:
 
 
 def _forward_batch(shapes: ArchShapes, batch_size: int) -> int:
-    return RUNNING_TENSORS * shapes.widest * batch_size * FLOAT32
+    """A forward pass's running tensors, and one attention's scores (twice: with their
+    softmax) where the kernel materialises them."""
+    attention = max(shapes.attention_values, default=0)
+    return (RUNNING_TENSORS * shapes.widest + 2 * attention) * batch_size * FLOAT32
 
 
 def _matching(
@@ -275,6 +332,7 @@ def training_memory(arch: Architecture, batch_size: int, num_modes: int) -> Memo
     """Peak memory of ``train_modes`` for ``num_modes`` modes."""
     shapes = arch_shapes(arch)
     saved = shapes.all_module_values * batch_size * FLOAT32
+    saved += ATTENTION_TRAINING_COPIES * sum(shapes.attention_values) * batch_size * FLOAT32
     return MemoryEstimate(
         models=(num_modes + 3) * shapes.state_bytes,
         batch=saved + _forward_batch(shapes, batch_size),

@@ -139,6 +139,58 @@ def test_the_memory_estimate_is_close_to_the_measured_peak(name: str) -> None:
     assert LOW * measured <= estimate <= HIGH * measured, (name, estimate, measured)
 
 
+MEASURE_ATTENTION = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from llfc_core.archs import parse_arch
+    from llfc_core.data import ArrayDataset
+    from llfc_core.training import TrainConfig, train_modes
+
+    def rss_kib(field):
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field):
+                    return int(line.split()[1])
+
+    arch = parse_arch(json.loads(sys.argv[1]))
+    batch, tokens = int(sys.argv[2]), arch.input_shape[0]
+    torch.set_num_threads(1)
+    cpu = torch.device("cpu")
+    ids = torch.randint(0, arch.num_classes, (2 * batch, tokens), generator=torch.Generator())
+    warm = ArrayDataset(ids[:4], ids[:4], "warm", kind="tokens")
+    train_modes(arch, warm, TrainConfig(epochs=1, batch_size=2, optimizer="adamw"), 1, cpu)
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+    before = rss_kib("VmRSS:")
+    data = ArrayDataset(ids, ids, "tokens", kind="tokens")
+    train_modes(arch, data, TrainConfig(epochs=1, batch_size=batch, optimizer="adamw"), 2, cpu)
+    print(json.dumps({"measured_bytes": (rss_kib("VmHWM:") - before) * 1024}))
+    """
+)
+
+
+@pytest.mark.slow
+def test_training_a_transformer_counts_its_token_by_token_attention_scores() -> None:
+    # 2 blocks of 4 heads at 256 tokens: the scores (256 x 256 per head) outweigh every module's
+    # output; before they were counted, the estimate of a 1,024-token run was 20x too low.
+    config = {"vocab_size": 16, "n_positions": 256, "n_embd": 32, "n_layer": 2, "n_head": 4}
+    arch_json = {"name": "transformers", "model": "gpt2", "config": config}
+    completed = subprocess.run(
+        [sys.executable, "-c", MEASURE_ATTENTION, json.dumps(arch_json), "32"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    measured = json.loads(completed.stdout.strip().splitlines()[-1])["measured_bytes"]
+    arch = parse_arch(arch_json)
+    estimate = training_memory(arch, 32, 2).total
+    assert LOW * measured <= estimate <= HIGH * measured, (estimate, measured)
+    longer = parse_arch({**arch_json, "config": {**config, "n_positions": 1024}})
+    assert training_memory(longer, 32, 2).total > 12 * estimate
+
+
 def test_the_wide_mlp_of_the_issue_is_refused_naming_what_to_lower() -> None:
     """mlp [1, 100000, 2] has 0.3M parameters; its correlation matrices take tens of GB."""
     arch = parse_arch({"name": "mlp", "widths": [1, 100_000, 2]})
