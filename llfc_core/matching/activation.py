@@ -44,80 +44,12 @@ from torch import nn
 from llfc_core.data import Dataset
 from llfc_core.features import Scratch, capture_features
 from llfc_core.matching.assignment import maximise_assignment, maximise_nested_assignment
+from llfc_core.observations import observed_units
 from llfc_core.permutation import Permutation, PermutationSpec, nested_indices, perm_sizes
 from llfc_core.progress import Reporter
 
 EPSILON = 1e-12
 TIE_BREAK = 1e-3
-
-
-CONV1D_CLASS = ("transformers.pytorch_utils", "Conv1D")
-"""Hugging Face's Conv1D (GPT-2) stores its weight transposed: (inputs, outputs); named rather
-than imported, as importing transformers costs every process seconds."""
-
-
-@dataclass(frozen=True)
-class _Observation:
-    """Where the units of a permutation are seen: entries ``start`` to ``stop`` (None: all) of
-    axis ``axis`` of module ``module``'s output; ``feature_site``: an activation or residual tap
-    (whose pre-activations break ties between dead units) rather than a producing layer."""
-
-    module: str
-    axis: int
-    feature_site: bool
-    start: int = 0
-    stop: int | None = None
-
-    @property
-    def label(self) -> str:
-        return self.module if self.stop is None else f"{self.module}[{self.start}:{self.stop}]"
-
-    def units(self, output: torch.Tensor) -> torch.Tensor:
-        """(N, ..., C on ``axis``, ...) -> (observations, C): every other position of an
-        example is one observation (a view, no copy, for units already last and whole)."""
-        moved = output.movedim(self.axis, -1)
-        if self.stop is not None:
-            moved = moved[..., self.start : self.stop]
-        return moved.reshape(-1, moved.shape[-1])
-
-
-def _output_axes(module: nn.Module) -> tuple[int, int] | None:
-    """(the weight's output axis, the output's units axis) of a layer, None for other modules."""
-    kind = type(module)
-    if (kind.__module__, kind.__name__) == CONV1D_CLASS:
-        return 1, -1
-    if isinstance(module, nn.Linear):
-        return 0, -1
-    if isinstance(module, nn.Conv2d):
-        return 0, 1
-    return None
-
-
-def _observations(spec: PermutationSpec, model: nn.Module) -> dict[str, list[_Observation]]:
-    """Where each permutation is observed: its feature sites, or else the outputs of the layers
-    that produce its units. A permutation seen nowhere is left out."""
-    modules = dict(model.named_modules())
-    observed: dict[str, list[_Observation]] = {}
-    for name, uses in spec.perm_to_uses.items():
-        sites = spec.perm_to_features.get(name, ())
-        if sites:
-            observed[name] = [
-                _Observation(site, spec.feature_axes.get(site, 1), feature_site=True)
-                for site in sites
-            ]
-            continue
-        producers = []
-        for use in uses:
-            module_name, _, parameter = use.key.rpartition(".")
-            module = modules.get(module_name)
-            axes = _output_axes(module) if module is not None and parameter == "weight" else None
-            if axes is None or axes[0] != use.axis or use.block != 1:
-                continue
-            stop = None if use.units is None else use.offset + use.units
-            producers.append(_Observation(module_name, axes[1], False, use.offset, stop))
-        if producers:
-            observed[name] = producers
-    return observed
 
 
 @dataclass
@@ -303,7 +235,7 @@ def activation_matching(
     if channels_last:
         model_a.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         model_b.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-    observations = _observations(spec, model_a)
+    observations = observed_units(spec, model_a)
     modules = sorted({seen.module for seen_at in observations.values() for seen in seen_at})
     moments: dict[str, dict[str, _Moments]] = {}
     tie_breaks: dict[str, dict[str, _ConstantUnitTieBreak]] = {}

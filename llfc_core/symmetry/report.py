@@ -17,6 +17,7 @@ from torch import nn
 
 from llfc_core.archs.base import Architecture
 from llfc_core.features import ResidualTap, feature_site_names, weighted_layer_names
+from llfc_core.observations import observed_units
 from llfc_core.symmetry.derive import DerivedSymmetry
 from llfc_core.symmetry.proof import PROOF_TOLERANCE, check_proof
 
@@ -81,6 +82,10 @@ def inspect_report(arch: Architecture, proof: dict[str, Any] | None) -> dict[str
     derived = arch.symmetry()
     spec = derived.spec
     sizes = derived.sizes
+    with torch.device("meta"):
+        model = arch.build()
+    modules = dict(model.named_modules())
+    observed = observed_units(spec, model)
     permutations = []
     for name in spec.perm_names:
         axes = []
@@ -92,7 +97,7 @@ def inspect_report(arch: Architecture, proof: dict[str, Any] | None) -> dict[str
         entry: dict[str, Any] = {
             "name": name,
             "size": sizes[name],
-            "observed_at": list(spec.perm_to_features.get(name, ())),
+            "observed_at": [seen.label for seen in observed.get(name, [])],
             "axes": axes,
         }
         nesting = spec.nested.get(name)
@@ -101,9 +106,6 @@ def inspect_report(arch: Architecture, proof: dict[str, Any] | None) -> dict[str
                 heads=nesting.heads, head_size=nesting.head_size, head_order=nesting.head_order
             )
         permutations.append(entry)
-    with torch.device("meta"):
-        model = arch.build()
-    modules = dict(model.named_modules())
     return {
         "arch": arch.to_json(),
         "num_params": arch.num_params(),

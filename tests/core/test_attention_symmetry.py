@@ -10,12 +10,15 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
+from support.vit import VIT_DIGITS
 from torch import nn
 
+from llfc_core.archs import parse_arch
 from llfc_core.errors import SymmetryProofError
 from llfc_core.permutation import Nesting, random_permutation, split_nested
 from llfc_core.symmetry import check_proof, derive_symmetry
 from llfc_core.symmetry.derive import DerivedSymmetry
+from llfc_core.symmetry.report import inspect_report
 
 HEADS, HEAD_SIZE, WIDTH = 4, 8, 32
 
@@ -224,3 +227,15 @@ def test_gpt2_traced_for_its_shape_splits_the_transposed_fused_projection() -> N
     torch.manual_seed(0)
     model = Logits(transformers.GPT2LMHeadModel(config)).eval()
     assert check_proof(model, spec, torch.randint(0, 17, (3, 16))) < 1e-5
+
+
+def test_the_inspect_report_says_where_activation_matching_sees_each_attention() -> None:
+    report = inspect_report(parse_arch(VIT_DIGITS), None)
+    observed = {group["name"]: group["observed_at"] for group in report["permutations"]}
+    # No feature site shows query, key or value dimensions: the projection's outputs do.
+    assert observed["P_blocks.0.attn.qkv[0:32]"] == [
+        "blocks.0.attn.qkv[0:32]",
+        "blocks.0.attn.qkv[32:64]",
+    ]
+    assert observed["P_blocks.0.attn.qkv[64:96]"] == ["blocks.0.attn.qkv[64:96]"]
+    assert observed["P_blocks.0.mlp.fc1"] == ["blocks.0.mlp.act"]
