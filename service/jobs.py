@@ -260,7 +260,7 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
             f"got {method!r}."
         )
     symmetry = body.params.get("symmetry", "permutation")
-    check_symmetry(arch.permutation_spec(), symmetry)
+    check_symmetry(arch.symmetry(), symmetry)
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
     needed_for = "to compare activations on" if method == "activation" else None
     dataset_ref = _side_dataset(session, settings, owner_id, body, arch, train_data, needed_for)
@@ -304,7 +304,7 @@ def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Se
         )
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
     config.check_layers(arch.feature_layers())
-    check_symmetry(arch.permutation_spec(), config.symmetry)
+    check_symmetry(arch.symmetry(), config.symmetry)
     dataset_ref = _fitting_dataset(session, settings, owner_id, body.dataset, arch, "to analyse on")
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
     params = {

@@ -143,7 +143,7 @@ def match_models(
     check_same_layout(state_a, state_b)
     device = device or resolve_device("auto")
     spec = arch.permutation_spec()
-    check_symmetry(spec, symmetry)
+    check_symmetry(arch.symmetry(), symmetry)
     unobserved: list[str] = []
     state_a = {key: value.to(device) for key, value in state_a.items()}
     state_b = {key: value.to(device) for key, value in state_b.items()}

@@ -29,19 +29,27 @@ import torch
 from llfc_core.errors import InvalidParameterError
 from llfc_core.params import MATCH_SYMMETRIES
 from llfc_core.permutation import AxisUse, PermutationSpec, StateDict
+from llfc_core.symmetry.derive import DerivedSymmetry
 
 
-def check_symmetry(spec: PermutationSpec, symmetry: str) -> None:
-    """Refuse an unknown symmetry, and 'orthogonal' for an arch without attention heads."""
+def check_symmetry(derived: DerivedSymmetry, symmetry: str) -> None:
+    """Refuse an unknown symmetry, and 'orthogonal' for an arch without attention heads that
+    may move (saying what holds them in place, when something does)."""
     if symmetry not in MATCH_SYMMETRIES:
         raise InvalidParameterError(
             f"'symmetry' must be one of {', '.join(MATCH_SYMMETRIES)}, got {symmetry!r}."
         )
-    if symmetry == "orthogonal" and not spec.nested:
+    if symmetry == "orthogonal" and not derived.spec.nested:
+        held = sorted({axis.reason for axis in derived.unpermuted if "every head" in axis.reason})
+        why = (
+            f"its attention heads are held in place ({'; '.join(held[:3])})"
+            if held
+            else "this arch has no attention heads"
+        )
         raise InvalidParameterError(
             "'symmetry': 'orthogonal' maps the dimensions within attention heads by rotations, "
-            "and this arch has no attention heads; its units (through LayerNorm, BatchNorm and "
-            "elementwise activations) allow permutations only. Use 'permutation'."
+            f"and {why}; its units (through LayerNorm, BatchNorm and elementwise activations) "
+            "allow permutations only. Use 'permutation'."
         )
 
 

@@ -190,3 +190,11 @@ def test_an_analysis_with_orthogonal_heads_reports_the_symmetry_it_matched_with(
     matching = result["matching"]
     assert matching["weight_distance_after"] < matching["weight_distance_permuted"]
     assert result["pairs"]["matched"]["lmc"]["alphas"] == [0.0, 0.5, 1.0]
+
+
+def test_orthogonal_on_attention_held_in_place_says_what_holds_it() -> None:
+    arch = parse_arch({**VIT_DIGITS, "kwargs": {**VIT_DIGITS["kwargs"], "qk_norm": True}})
+    torch.manual_seed(0)
+    state = arch.build().state_dict()
+    with pytest.raises(InvalidParameterError, match=r"heads are held in place \(.*q_norm"):
+        match_models(arch, state, state, "weight", symmetry="orthogonal", device=CPU)
