@@ -4,6 +4,9 @@ never a traceback."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import click
 import pytest
 
@@ -23,3 +26,13 @@ def test_a_param_value_too_deep_or_too_long_is_a_usage_error(value: str) -> None
 def test_params_json_too_deep_or_too_long_is_a_usage_error(value: str) -> None:
     with pytest.raises(click.BadParameter, match="is JSON too deep or too long to read"):
         build_params("train", f'{{"arch": {value}}}', [], None)
+
+
+def test_a_param_value_can_be_read_from_a_json_file(tmp_path: Path) -> None:
+    arch = {"name": "transformers", "model": "gpt2", "config": {"n_layer": 2}}
+    (tmp_path / "arch.json").write_text(json.dumps(arch))
+    params = build_params("train", None, [f"arch=@{tmp_path / 'arch.json'}", "epochs=3"], None)
+    assert params["arch"] == arch and params["epochs"] == 3
+    (tmp_path / "broken.json").write_text("{")
+    with pytest.raises(click.BadParameter, match="The value of 'arch' is not valid JSON"):
+        build_params("train", None, [f"arch=@{tmp_path / 'broken.json'}"], None)

@@ -378,6 +378,8 @@ def _parse_param(text: str) -> tuple[str, Any]:
     key, separator, value = text.partition("=")
     if not separator or not key.strip():
         raise click.BadParameter(f"{text!r} is not key=value, e.g. epochs=2 or split=test.")
+    if value.startswith("@"):
+        return key.strip(), _json_option(value, f"The value of {key.strip()!r}")
     try:
         # NaN and Infinity would otherwise pass here and fail only when the body is encoded.
         return key.strip(), json.loads(value, parse_constant=_no_constant)
@@ -422,7 +424,8 @@ PARAM_OPTION = click.option(
     "param_pairs",
     multiple=True,
     metavar="KEY=VALUE",
-    help="One parameter; VALUE is read as JSON when it is JSON (epochs=2, alphas=[0,0.5,1]).",
+    help="One parameter; VALUE is read as JSON when it is JSON (epochs=2, alphas=[0,0.5,1]), "
+    "or from a JSON file as @file (arch=@arch.json).",
 )
 ARCH_OPTION = click.option(
     "--arch",
