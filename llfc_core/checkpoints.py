@@ -198,8 +198,11 @@ def validate_state_dict(arch: Architecture, state: Mapping[str, torch.Tensor]) -
 
     A tensor the arch ties to another (a language model's head to its token embedding) may be
     left out, as Hugging Face's ``save_pretrained`` does: it is filled in from the other; given,
-    it must equal it.
+    it must equal it. Buffers the arch's library drops on load (GPT-2's old attention masks) are
+    dropped here too.
     """
+    discarded = arch.discarded_keys(state)
+    state = {key: value for key, value in state.items() if key not in discarded}
     tied = arch.tied_tensors()
     state = {**{copy: state[source] for copy, source in tied.items() if source in state}, **state}
     with torch.device("meta"):

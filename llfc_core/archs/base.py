@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any, ClassVar
 
@@ -59,6 +59,11 @@ class Architecture(ABC):
         """State-dict keys that name one tensor under two names: ``{copy: source}``. A
         checkpoint may leave the copy out; where both are given they must be equal."""
         return {}
+
+    def discarded_keys(self, keys: Iterable[str]) -> set[str]:
+        """Keys among ``keys`` that are not the model's weights and that its library drops when
+        loading (buffers older releases saved), so a checkpoint holding them still loads."""
+        return set()
 
     def random_inputs(self, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """``count`` random examples the model accepts, on the current default device: standard

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Mapping
+import re
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, ClassVar
@@ -230,6 +231,12 @@ class TransformersArchitecture(Architecture):
         """``count`` sequences of ``input_shape`` of uniformly random token ids."""
         return torch.randint(0, self.num_classes, (count, *self.input_shape), generator=generator)
 
+    def discarded_keys(self, keys: Iterable[str]) -> set[str]:
+        # transformers before 4.x saved every attention's causal mask ("attn.bias") and its
+        # fill value ("attn.masked_bias") as buffers; today's GPT-2 builds them on the fly and
+        # the library drops them on load.
+        return {key for key in keys if OLD_ATTENTION_BUFFERS.fullmatch(key)}
+
     def tied_tensors(self) -> dict[str, str]:
         if dict(self.config)["tie_word_embeddings"]:
             return {"lm_head.weight": "transformer.wte.weight"}
@@ -270,6 +277,10 @@ class TransformersArchitecture(Architecture):
         }
 
 
+OLD_ATTENTION_BUFFERS = re.compile(
+    r"transformer\.h\.\d+\.(attn|crossattention)\.(bias|masked_bias)"
+)
+"""Buffers of GPT-2 attention that older transformers releases saved in state dicts."""
 CAUSAL_SDPA = "llfc_causal_sdpa"
 
 

@@ -31,7 +31,12 @@ from llfc_core.data import (
     token_dataset,
     write_normalised,
 )
-from llfc_core.errors import ArchitectureError, CheckpointFormatError, DatasetError
+from llfc_core.errors import (
+    ArchitectureError,
+    CheckpointFormatError,
+    CheckpointMismatchError,
+    DatasetError,
+)
 from llfc_core.features import watch_features
 from llfc_core.footprint import analysis_memory, training_memory
 from llfc_core.interpolation import interpolate_checkpoint
@@ -152,6 +157,24 @@ def test_a_checkpoint_without_the_tied_head_is_completed_and_unequal_tied_tensor
         validate_state_dict(arch, unequal)
     untied = parse_arch({**TINY_GPT2, "config": {**TINY_CONFIG, "tie_word_embeddings": False}})
     assert validate_state_dict(untied, unequal)["lm_head.weight"].sum() != 0
+
+
+def test_the_attention_masks_older_releases_saved_are_dropped_like_the_library_does() -> None:
+    arch = parse_arch(TINY_GPT2)
+    state = arch.build().state_dict()
+    old = dict(state)
+    for block in (0, 1):
+        old[f"transformer.h.{block}.attn.bias"] = torch.tril(
+            torch.ones(1, 1, 16, 16, dtype=torch.bool)
+        )
+        old[f"transformer.h.{block}.attn.masked_bias"] = torch.tensor(-1e4)
+    assert set(validate_state_dict(arch, old)) == set(state)
+    # Only those: a stray tensor of a similar name is still refused.
+    stray = {**state, "transformer.h.0.attn.bias_extra": torch.zeros(1)}
+    with pytest.raises(
+        CheckpointMismatchError, match=r"unexpected transformer\.h\.0\.attn\.bias_extra"
+    ):
+        validate_state_dict(arch, stray)
 
 
 # --- Token datasets --------------------------------------------------------------------------
