@@ -205,11 +205,12 @@ class TransformersArchitecture(Architecture):
                 "The transformers arch's 'input_shape' must be [T], one sequence length, such "
                 f"as [{config['n_positions']}]."
             )
+        # Next-token prediction needs a next token: a sequence of one predicts nothing.
         sequence_length = check_int(
             length[0],
-            1,
-            config["n_positions"],
-            "The input_shape's sequence length (at most n_positions)",
+            2,
+            max(2, config["n_positions"]),
+            "The input_shape's sequence length (at least 2, at most n_positions)",
             ArchitectureError,
             grouped=True,
         )
