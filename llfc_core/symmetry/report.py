@@ -28,10 +28,16 @@ MAX_LISTED_UNPERMUTED = 100
 
 def randomised_model(arch: Architecture, seed: int) -> nn.Module:
     """The arch with random weights on the CPU, in eval mode, with BatchNorm affine parameters
-    and statistics that differ per channel."""
+    and statistics that differ per channel, and no tensor left all zeros: a zero-initialised
+    classifier (torchvision's ViT) or bias would make every output, or a forgotten axis, zero,
+    and the proof vacuous."""
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = arch.build().eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.numel() and not parameter.any():
+                parameter.copy_(0.1 * torch.randn(parameter.shape, generator=generator))
     for module in model.modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.running_mean is not None:
             size = module.running_mean.shape

@@ -18,7 +18,7 @@ from llfc_core.errors import SymmetryProofError
 from llfc_core.permutation import Nesting, random_permutation, split_nested
 from llfc_core.symmetry import check_proof, derive_symmetry
 from llfc_core.symmetry.derive import DerivedSymmetry
-from llfc_core.symmetry.report import inspect_report
+from llfc_core.symmetry.report import inspect_report, prove_arch, randomised_model
 
 HEADS, HEAD_SIZE, WIDTH = 4, 8, 32
 
@@ -239,3 +239,15 @@ def test_the_inspect_report_says_where_activation_matching_sees_each_attention()
     ]
     assert observed["P_blocks.0.attn.qkv[64:96]"] == ["blocks.0.attn.qkv[64:96]"]
     assert observed["P_blocks.0.mlp.fc1"] == ["blocks.0.mlp.act"]
+
+
+def test_the_proof_of_a_zero_initialised_head_is_not_vacuous() -> None:
+    # timm's "jax" init zeroes the classifier and every bias: every output would be zero and
+    # any spec would pass. The proof's model has no all-zero tensor, so its outputs move.
+    arch = parse_arch({**VIT_DIGITS, "kwargs": {**VIT_DIGITS["kwargs"], "weight_init": "jax"}})
+    assert not arch.build().state_dict()["head.weight"].any()
+    model = randomised_model(arch, 0)
+    assert all(parameter.any() for parameter in model.parameters())
+    assert model(torch.randn(2, 1, 8, 8)).abs().max() > 0
+    proof = prove_arch(arch)
+    assert proof["passed"] and proof["relative_change"] > 0
