@@ -13,13 +13,15 @@ These rules find that structure in the graph, never in a model's names: a projec
 class into pieces; a reshape of one axis into ``(heads, head_dim)`` refines a class into a nested
 one (:class:`~llfc_core.symmetry.labels.Heads`); the attention product unites what it contracts
 and the head axes it batches over; merging the head axes back gives the nested class as one axis.
+``nn.MultiheadAttention``, a leaf whose inside the graph does not show, has one rule for the same
+structure (self-attention only).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from torch import fx
+from torch import fx, nn
 
 from llfc_core.symmetry.labels import Heads, Label, Part, Split, fixed, label_length
 
@@ -245,3 +247,66 @@ def scaled_dot_product_attention(
     walk.unknowns.unite_labels(key.labels[-2], value.labels[-2], reason)
     batch = _batch_axes(walk, node, tensors, 2)
     return TensorLabels([*batch, query.labels[-2], value.labels[-1]])
+
+
+def multihead_attention(
+    walk: Walk,
+    node: fx.Node,
+    module: nn.MultiheadAttention,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """``nn.MultiheadAttention`` as self-attention (query, key and value one tensor): its packed
+    ``in_proj_weight`` is three pieces of heads x head dimension, the query and key pieces one
+    nested class, the value piece another under the same head order, read by ``out_proj``."""
+    from llfc_core.symmetry.rules import TensorLabels, unknown_op
+
+    names = ("query", "key", "value")
+    query, key, value = (
+        args[index] if len(args) > index else kwargs.get(name) for index, name in enumerate(names)
+    )
+    supported = (
+        isinstance(query, TensorLabels)
+        and query is key
+        and key is value
+        and module._qkv_same_embed_dim
+        and module.bias_k is None
+        and not module.add_zero_attn
+        and module.in_proj_weight is not None
+    )
+    if not supported:
+        return unknown_op(walk, node, args, kwargs)
+    assert isinstance(query, TensorLabels)
+    for name in ("attn_mask", "key_padding_mask"):
+        mask = kwargs.get(name)
+        if isinstance(mask, TensorLabels):
+            for label in mask.labels:
+                walk.unknowns.block_label(label, f"{walk.describe(node)}: the attention mask")
+    path = str(node.target)
+    reason = f"{path} (MultiheadAttention)"
+    width, heads = module.embed_dim, module.num_heads
+    walk.bind(path, "in_proj_weight", 1, query.labels[-1], reason)
+    packed = walk.birth(3 * width, path)
+    (part,) = packed
+    assert part.unknown is not None
+    pieces = refined_pieces(walk, node, part.unknown, [width] * 3)
+    if len(pieces) != 3 or not all(
+        refined_heads(walk, node, piece, heads, width // heads) for piece in pieces
+    ):
+        walk.unknowns.block_label(packed, reason)
+        return unknown_op(walk, node, args, kwargs)
+    queries, keys, values = pieces
+    walk.unknowns.unite(queries, keys, reason)
+    walk.unknowns.unite_labels(
+        (Part(queries, heads, 1, "heads"),), (Part(values, heads, 1, "heads"),), reason
+    )
+    walk.bind(path, "in_proj_weight", 0, packed, reason)
+    if module.in_proj_bias is not None:
+        walk.bind(path, "in_proj_bias", 0, packed, reason)
+    out_path = f"{path}.out_proj"
+    walk.bind(out_path, "weight", 1, (Part(values, width, 1),), reason)
+    units = walk.birth(width, out_path)
+    walk.bind(out_path, "weight", 0, units, reason)
+    if module.out_proj.bias is not None:
+        walk.bind(out_path, "bias", 0, units, reason)
+    return (TensorLabels([*query.labels[:-1], units]), walk.opaque())

@@ -21,6 +21,7 @@ from llfc_core.features import is_activation_module, is_transposed_linear
 from llfc_core.symmetry.attention import (
     matrix_product,
     merged_heads,
+    multihead_attention,
     pieces_of,
     scaled_dot_product_attention,
     selected,
@@ -296,6 +297,8 @@ def module_rule(walk: Walk, node: fx.Node, args: tuple[Any, ...], kwargs: dict[s
         return linear(walk, node, module, x)
     if isinstance(module, nn.Embedding) and isinstance(x, TensorLabels) and not kwargs:
         return embedding(walk, node, module, x)
+    if isinstance(module, nn.MultiheadAttention):
+        return multihead_attention(walk, node, module, args, kwargs)
     if is_transposed_linear(module) and isinstance(x, TensorLabels) and not kwargs:
         return transposed_linear(walk, node, module, x)
     if (

@@ -251,3 +251,49 @@ def test_the_proof_of_a_zero_initialised_head_is_not_vacuous() -> None:
     assert model(torch.randn(2, 1, 8, 8)).abs().max() > 0
     proof = prove_arch(arch)
     assert proof["passed"] and proof["relative_change"] > 0
+
+
+class CrossAttention(nn.Module):
+    """Queries from one stream, keys and values from another: not self-attention."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(6, WIDTH)
+        self.attention = nn.MultiheadAttention(WIDTH, HEADS, batch_first=True)
+        self.head = nn.Linear(WIDTH, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        stream = self.embed(x)
+        memory = 2.0 * stream
+        mixed, _ = self.attention(stream, memory, memory, need_weights=False)
+        return self.head((stream + mixed).mean(dim=1))
+
+
+def test_torchvisions_multihead_attention_has_nested_heads_and_passes_the_proof() -> None:
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(
+        image_size=8, patch_size=4, num_layers=2, num_heads=HEADS, hidden_dim=WIDTH, mlp_dim=64
+    ).eval()
+    symmetry = derive_symmetry(model, (3, 8, 8))
+    spec = symmetry.spec
+    attention = "encoder.layers.encoder_layer_0.self_attention"
+    qk, vo = f"P_{attention}[0:32]", f"P_{attention}[64:96]"
+    assert spec.nested[qk] == Nesting(f"H_{attention}[0:32]", HEADS, HEAD_SIZE)
+    assert spec.nested[vo].head_order == spec.nested[qk].head_order
+    packed = spec.axes_to_perm[f"{attention}.in_proj_weight"][0]
+    assert packed is not None
+    assert [segment.perm for segment in spec.composites[packed]] == [qk, qk, vo]
+    assert spec.axes_to_perm[f"{attention}.out_proj.weight"][1] == vo
+    assert [axis.reason for axis in symmetry.unpermuted] == ["the model's output (logits)"] * 2
+    assert check_proof(model, spec, torch.randn(3, 3, 8, 8)) < 1e-5
+
+
+def test_cross_attention_through_multihead_attention_stays_in_place() -> None:
+    torch.manual_seed(0)
+    model = CrossAttention().eval()
+    symmetry = derive_symmetry(model, (5, 6))
+    assert not symmetry.spec.nested
+    assert any("MultiheadAttention" in axis.reason for axis in symmetry.unpermuted)
+    assert check_proof(model, symmetry.spec, torch.randn(4, 5, 6)) < 1e-5
