@@ -152,7 +152,7 @@ def train_mode(
     data_seed = config.seed if data_seed is None else data_seed
     task = arch.task
 
-    model = _initial_model(arch, config.seed, init_state).to(device)
+    model = _trainable_model(arch, config.seed, init_state).to(device)
     model.train()
     optimizer = _optimizer(model, config)
     steps_per_epoch = data.num_batches(config.batch_size)
@@ -185,7 +185,10 @@ def train_mode(
                     f"use a learning rate below {config.lr} or check the data and initial weights."
                 )
     reporter.report(1.0, "training done")
-    return {key: value.detach().to("cpu", copy=True) for key, value in model.state_dict().items()}
+    # The arch's own keys: a library model may hold tensors its traced graph never uses
+    # (torchvision's auxiliary classifiers, run in training only).
+    trained = model.state_dict()
+    return {key: trained[key].detach().to("cpu", copy=True) for key in arch.expected_shapes()}
 
 
 def train_modes(
@@ -301,6 +304,22 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
+
+
+def _trainable_model(arch: Architecture, seed: int, state: StateDict | None) -> nn.Module:
+    """``arch.trainable_model()`` under a fixed seed (leaving the global RNG as it was), then
+    ``state``, which may leave out what the arch's built model does not hold."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        with torch.device("cpu"):
+            model = arch.trainable_model()
+    if state is not None:
+        unexpected = model.load_state_dict(state, strict=False).unexpected_keys
+        if unexpected:
+            raise CheckpointMismatchError(
+                f"The weights do not fit the {arch.name} arch: unexpected {', '.join(unexpected)}"
+            )
+    return model
 
 
 def _initial_model(arch: Architecture, seed: int, state: StateDict | None) -> nn.Module:

@@ -79,6 +79,13 @@ class Architecture(ABC):
         arch builds a graph that is itself derived (a zoo model's)."""
         return self.build()
 
+    def trainable_model(self) -> nn.Module:
+        """The model a train job trains: :meth:`build`'s, unless that is a graph traced in eval
+        mode, whose Python branches on the training flag (stochastic depth, dropout inside
+        attention) were fixed as in eval; then the library's own model, whose state-dict keys
+        include the graph's."""
+        return self.build()
+
     def symmetry(self) -> DerivedSymmetry:
         """The spec with its report (feature sites, axes left unpermuted and why), derived
         once per arch from the model built on the meta device."""

@@ -258,6 +258,9 @@ class TransformersArchitecture(Architecture):
     def source_model(self) -> nn.Module:
         return self.construct()
 
+    def trainable_model(self) -> nn.Module:
+        return self.construct()
+
     def build(self) -> nn.Module:
         source = self.construct()
         # A twin of its own even when ``source`` is on the meta device: a model built there is

@@ -148,6 +148,9 @@ class ZooArchitecture(Architecture):
     def source_model(self) -> nn.Module:
         return self.construct()
 
+    def trainable_model(self) -> nn.Module:
+        return self.construct()
+
     def build(self) -> nn.Module:
         graph_module = trace(self.construct().eval())
         instrument(graph_module, self.symmetry().feature_sites)

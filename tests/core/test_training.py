@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
+from support.vit import VIT_DIGITS
 from torch import nn
 
 from llfc_core.archs import ARCHITECTURES, parse_arch
@@ -311,3 +312,22 @@ def test_a_small_resnet_learns_digits_reshaped_to_images(digits_train: ArrayData
     state = train_mode(arch, digits_train, config, device=CPU)
     _, error = evaluate(arch, state, digits("test"), device=CPU)
     assert error < 0.10
+
+
+def test_a_zoo_model_trains_with_its_own_training_branches() -> None:
+    # timm's stochastic depth is Python code that reads the training flag: the zoo's graph,
+    # traced in eval mode, has it fixed off, so training runs the library's model. With it on,
+    # the run differs from one without; each is reproducible; the keys are the arch's.
+    data = digits("train").limit(128)
+    config = TrainConfig(epochs=1, batch_size=32, lr=3e-3, weight_decay=0.0, optimizer="adamw")
+    runs = {}
+    for rate in (0.0, 0.5, 0.5):
+        kwargs = {**VIT_DIGITS["kwargs"], "drop_path_rate": rate}
+        arch = parse_arch({**VIT_DIGITS, "kwargs": kwargs})
+        (state,) = train_modes(arch, data, config, num_modes=1, device=torch.device("cpu"))
+        assert list(state) == list(arch.expected_shapes())
+        runs.setdefault(rate, []).append(state)
+    (plain,), (stochastic, again) = runs[0.0], runs[0.5]
+    key = "blocks.0.mlp.fc1.weight"
+    assert torch.equal(stochastic[key], again[key])
+    assert not torch.equal(plain[key], stochastic[key])
