@@ -172,7 +172,7 @@ def train_mode(
                 step = epoch * steps_per_epoch + index
                 for group in optimizer.param_groups:
                     group["lr"] = scheduled_lr(config, step, total_steps)
-                loss = task.mean_loss(model(x.to(device)), y.to(device))
+                loss = task.mean_loss(_logits(model(x.to(device))), y.to(device))
                 optimizer.zero_grad(set_to_none=True)
                 torch.autograd.backward(loss)
                 optimizer.step()
@@ -304,6 +304,13 @@ def _optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
         momentum=config.momentum,
         weight_decay=config.weight_decay,
     )
+
+
+def _logits(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """A model's logits: torchvision's GoogLeNet and Inception return their auxiliary
+    classifiers' beside them in training, first the main ones (the auxiliary ones, which the
+    models the other jobs run do not have, are not trained)."""
+    return output if isinstance(output, torch.Tensor) else output[0]
 
 
 def _trainable_model(arch: Architecture, seed: int, state: StateDict | None) -> nn.Module:

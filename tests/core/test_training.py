@@ -331,3 +331,15 @@ def test_a_zoo_model_trains_with_its_own_training_branches() -> None:
     key = "blocks.0.mlp.fc1.weight"
     assert torch.equal(stochastic[key], again[key])
     assert not torch.equal(plain[key], stochastic[key])
+
+
+def test_a_model_with_auxiliary_classifiers_in_training_trains_on_its_main_logits() -> None:
+    # torchvision's GoogLeNet returns (logits, aux2, aux1) in training; the arch's keys (its
+    # eval-mode graph's) leave the auxiliary classifiers out.
+    arch_json = {"name": "torchvision", "model": "googlenet", "kwargs": {"num_classes": 10}}
+    arch = parse_arch({**arch_json, "input_shape": [3, 32, 32]})
+    data = SyntheticDataset(16, (3, 32, 32), 10, seed=0)
+    config = TrainConfig(epochs=1, batch_size=8)
+    (state,) = train_modes(arch, data, config, num_modes=1, device=torch.device("cpu"))
+    assert list(state) == list(arch.expected_shapes())
+    assert not any(key.startswith("aux") for key in state)
