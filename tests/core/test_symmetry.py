@@ -210,6 +210,8 @@ def test_group_norm_keeps_its_channels_free_only_with_one_group_or_one_per_chann
     assert axes["grouped.weight"][0] is None and axes["four.weight"] == (None,)
     reasons = {axis.key: axis.reason for axis in derived.unpermuted}
     assert "GroupNorm with 4 groups" in reasons["grouped.weight"]
-    # Attention is no op the rules know: what reaches it stays in place, and says so.
-    assert all(axes[key] == (None,) * len(axes[key]) for key in axes if key.startswith("attention"))
+    # The attention reads those channels, in place, while its heads and outputs move.
+    assert axes["attention.in_proj_weight"][1] is None
+    assert derived.spec.nested["P_attention[16:24]"].head_order == "H_attention[0:8]"
+    assert axes["attention.out_proj.weight"] == ("P_attention.out_proj", "P_attention[16:24]")
     assert prove_symmetry(model, derived.spec, torch.randn(3, 3, 4, 4)) < PROOF_TOLERANCE
