@@ -14,14 +14,13 @@ from llfc_core.device import resolve_device
 from llfc_core.errors import InvalidParameterError, SymmetryProofError
 from llfc_core.matching.activation import activation_matching
 from llfc_core.matching.orthogonal import align_heads_orthogonally, check_symmetry
-from llfc_core.matching.weight import weight_distance, weight_matching, weight_objective
+from llfc_core.matching.weight import weight_distance, weight_matching
 from llfc_core.models import load_model
 from llfc_core.pair import check_same_layout
 from llfc_core.params import DEFAULT_BATCH_SIZE, MATCH_METHODS
 from llfc_core.permutation import (
     StateDict,
     apply_permutation,
-    identity_permutation,
     permutation_to_lists,
 )
 from llfc_core.progress import Reporter
@@ -151,10 +150,6 @@ def match_models(
         perm, iterations = weight_matching(
             spec, state_a, state_b, seed=seed, max_iter=max_iter, reporter=reporter
         )
-        objective_before = weight_objective(
-            spec, identity_permutation(spec, state_a), state_a, state_b
-        )
-        objective_after = weight_objective(spec, perm, state_a, state_b)
     else:
         if dataset is None:
             raise InvalidParameterError(
@@ -172,13 +167,16 @@ def match_models(
         )
         iterations = 1
     permuted_b = apply_permutation(spec, perm, state_b)
-    weight_distance_permuted = weight_objective(spec, perm, state_a, state_b)
+    # The weight objective of a permutation is the distance to B permuted by it, which is at
+    # hand: each distance is one pass over the weights.
+    weight_distance_before = weight_distance(spec, state_a, state_b)
+    weight_distance_permuted = weight_distance(spec, state_a, permuted_b)
     weight_distance_after = weight_distance_permuted
     if symmetry == "orthogonal":
         permuted_b = align_heads_orthogonally(spec, state_a, permuted_b)
         weight_distance_after = weight_distance(spec, state_a, permuted_b)
-        if method == "weight":
-            objective_after = weight_distance_after
+    if method == "weight":
+        objective_before, objective_after = weight_distance_before, weight_distance_after
     function_check = check_function(arch, state_b, permuted_b, dataset, seed=seed, device=device)
     return MatchResult(
         method=method,
@@ -186,9 +184,7 @@ def match_models(
         permutation=permutation_to_lists(perm),
         objective_before=objective_before,
         objective_after=objective_after,
-        weight_distance_before=weight_objective(
-            spec, identity_permutation(spec, state_a), state_a, state_b
-        ),
+        weight_distance_before=weight_distance_before,
         weight_distance_after=weight_distance_after,
         iterations=iterations,
         weight_distance_permuted=weight_distance_permuted,
