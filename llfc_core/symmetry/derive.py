@@ -480,46 +480,35 @@ def instrument(
     placed = placed or {}
     for site in sites:
         node = nodes[site.node]
+        module: nn.Module | None
         if site.name in placed:
             path, module = placed[site.name]
-            if path not in existing:
-                graph_module.add_submodule(path, module)
-                existing.add(path)
-            site_modules[site.name] = path
-            if site.kind == "residual":
-                with graph_module.graph.inserting_after(node):
-                    tap = graph_module.graph.call_module(path, (node,))
-                node.replace_all_uses_with(tap, delete_user_cb=partial(operator.is_not, tap))
-            else:
-                with graph_module.graph.inserting_after(node):
-                    call = graph_module.graph.call_module(path, (node.args[0],))
-                node.replace_all_uses_with(call)
-                graph_module.graph.erase_node(node)
+        elif site.kind == "residual":
+            path, module = _free_path(site.name, existing), ResidualTap()
+        elif node.op == "call_module" and str(node.target) == site.name:
+            site_modules[site.name] = site.name
             continue
-        if site.kind == "residual":
+        else:
+            module = (
+                copy.deepcopy(graph_module.get_submodule(str(node.target)))
+                if node.op == "call_module"
+                else _as_module(node)
+            )
+            if module is None:
+                continue
             path = _free_path(site.name, existing)
-            graph_module.add_submodule(path, ResidualTap())
+        # A placed module may be in the tree already (a shared child): set again, unchanged.
+        graph_module.add_submodule(path, module)
+        existing.add(path)
+        if site.kind == "residual":
             with graph_module.graph.inserting_after(node):
                 tap = graph_module.graph.call_module(path, (node,))
             node.replace_all_uses_with(tap, delete_user_cb=partial(operator.is_not, tap))
-            site_modules[site.name] = path
-            continue
-        if node.op == "call_module" and str(node.target) == site.name:
-            site_modules[site.name] = site.name
-            continue
-        if node.op == "call_module":
-            replacement = copy.deepcopy(graph_module.get_submodule(str(node.target)))
         else:
-            function_module = _as_module(node)
-            if function_module is None:
-                continue
-            replacement = function_module
-        path = _free_path(site.name, existing)
-        graph_module.add_submodule(path, replacement)
-        with graph_module.graph.inserting_after(node):
-            call = graph_module.graph.call_module(path, (node.args[0],))
-        node.replace_all_uses_with(call)
-        graph_module.graph.erase_node(node)
+            with graph_module.graph.inserting_after(node):
+                call = graph_module.graph.call_module(path, (node.args[0],))
+            node.replace_all_uses_with(call)
+            graph_module.graph.erase_node(node)
         site_modules[site.name] = path
     graph_module.recompile()
     return site_modules
