@@ -22,7 +22,7 @@ import inspect
 import operator
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -86,12 +86,9 @@ class DerivedSymmetry:
     sizes: dict[str, int]
     feature_sites: list[FeatureSite]
     unpermuted: list[UnpermutedAxis]
-    graph_module: fx.GraphModule
-    """The traced model, every activation call its own module (see :func:`instrumented`)."""
     traced: fx.GraphModule
-    """The traced model as traced, before instrumenting."""
-    site_modules: dict[str, str] = field(default_factory=dict)
-    """Feature site name -> the module of the instrumented model that computes it."""
+    """The traced model as traced; a model that runs it instruments its own copy
+    (:func:`instrument`)."""
 
 
 def _known_leaf(module: nn.Module) -> bool:
@@ -443,11 +440,7 @@ def _result(walk: Walk, model: nn.Module, graph_module: fx.GraphModule) -> Deriv
         for root, name in naming.names.items()
         if name is not None
     }
-    instrumented = copy.deepcopy(graph_module)
-    site_modules = instrument(instrumented, walk.sites)
-    return DerivedSymmetry(
-        spec, sizes, walk.sites, unpermuted, instrumented, graph_module, site_modules
-    )
+    return DerivedSymmetry(spec, sizes, walk.sites, unpermuted, graph_module)
 
 
 def _axis_name(

@@ -3,6 +3,7 @@ ops, and equal to what the built-in archs' hand-derived layouts say."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 
 import pytest
@@ -14,7 +15,7 @@ from torch import nn
 from llfc_core.errors import SymmetryProofError
 from llfc_core.permutation import PermutationSpec
 from llfc_core.symmetry import PROOF_TOLERANCE, check_proof, derive_symmetry, prove_symmetry
-from llfc_core.symmetry.derive import OUTPUT_REASON
+from llfc_core.symmetry.derive import OUTPUT_REASON, instrument
 
 INPUT_SHAPE = (3, 32, 32)
 
@@ -112,12 +113,14 @@ def test_a_module_called_twice_gives_two_feature_layers_and_computes_the_same() 
     derived = derive_symmetry(model, INPUT_SHAPE)
     names = [site.name for site in derived.feature_sites]
     assert names[:4] == ["relu", "layer1.0.relu", "layer1.0.add", "layer1.0.relu#2"]
-    modules = dict(derived.graph_module.named_modules())
+    instrumented = copy.deepcopy(derived.traced)
+    instrument(instrumented, derived.feature_sites)
+    modules = dict(instrumented.named_modules())
     assert isinstance(modules["layer1.0.relu#2"], nn.ReLU)
     assert modules["layer1.0.relu#2"] is not modules["layer1.0.relu"]
     inputs = torch.randn(2, *INPUT_SHAPE)
     with torch.inference_mode():
-        torch.testing.assert_close(derived.graph_module(inputs), model(inputs), rtol=0, atol=0)
+        torch.testing.assert_close(instrumented(inputs), model(inputs), rtol=0, atol=0)
 
 
 def test_concatenation_and_flatten_make_composite_axes() -> None:
