@@ -191,12 +191,25 @@ def fitting_sites(model: nn.Module, example: torch.Tensor) -> tuple[list[Site], 
 
     with watch_features(model, layers=[*weighted, *norms], on_layer=on_layer):
         model(example)
+    holders: dict[int, list[str]] = {}
+    for name, module in modules.items():
+        for parameter in module.parameters(recurse=False):
+            holders.setdefault(id(parameter), []).append(name)
     unfitted: dict[str, str] = {}
     sites = []
     for name in weighted:
         times = calls.count(name)
         found = layer_map(modules[name])
-        if times != 1:
+        tied = [
+            holder
+            for parameter in modules[name].parameters(recurse=False)
+            for holder in holders[id(parameter)]
+            if holder != name
+        ]
+        if tied:
+            # Fitting it would move the other module too, after the fits that relied on it.
+            unfitted[name] = f"its weights are tied to {tied[0]}'s"
+        elif times != 1:
             unfitted[name] = f"it is called {times} times in one forward pass, not once"
         elif isinstance(found, str):
             unfitted[name] = found

@@ -153,7 +153,8 @@ def test_a_convolution_as_rows_reproduces_the_convolution() -> None:
 
 
 class _Shared(nn.Module):
-    """A grouped convolution, and a Linear called twice: neither can be fitted."""
+    """A grouped convolution, a Linear called twice and two Linears sharing one weight (as
+    GPT-2's output layer shares its embedding's): none of them can be fitted."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -161,10 +162,13 @@ class _Shared(nn.Module):
         self.plain = nn.Conv2d(4, 4, 1)
         self.norm = nn.BatchNorm2d(4)
         self.twice = nn.Linear(4, 4)
+        self.tied = nn.Linear(4, 4)
+        self.tied_copy = nn.Linear(4, 4)
+        self.tied_copy.weight = self.tied.weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         features = self.norm(self.plain(self.grouped(x))).mean((2, 3))
-        return self.twice(self.twice(features))
+        return self.tied_copy(self.tied(self.twice(self.twice(features))))
 
 
 def test_layers_that_cannot_be_fitted_are_named_with_the_reason() -> None:
@@ -172,6 +176,8 @@ def test_layers_that_cannot_be_fitted_are_named_with_the_reason() -> None:
     assert [(site.layer, site.norm) for site in sites] == [("plain", "norm")]
     assert "2 groups" in unfitted["grouped"]
     assert "called 2 times" in unfitted["twice"]
+    assert unfitted["tied"] == "its weights are tied to tied_copy's"
+    assert unfitted["tied_copy"] == "its weights are tied to tied's"
 
 
 def test_feature_averaging_reports_progress_and_can_be_cancelled(digit_mlps) -> None:
