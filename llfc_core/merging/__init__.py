@@ -19,7 +19,7 @@ import torch
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset
 from llfc_core.device import resolve_device
-from llfc_core.errors import InvalidParameterError
+from llfc_core.errors import DatasetError, InvalidParameterError
 from llfc_core.matching import check_function
 from llfc_core.merging.averaging import (
     RepairStep,
@@ -108,6 +108,10 @@ def merge_many(
     defaults to :func:`~llfc_core.merging.averaging.batch_norm_reset`.
     """
     check_merge_inputs(states, method)
+    if data.num_examples == 0:
+        raise DatasetError(
+            f"The dataset '{data.name}' holds no examples to repair and fit the merge on."
+        )
     check_int(max_rounds, 1, MAX_ROUNDS, "The parameter 'max_rounds'")
     if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0:
         raise InvalidParameterError(

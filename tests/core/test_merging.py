@@ -9,7 +9,12 @@ from torch import nn
 
 from llfc_core.archs import parse_arch
 from llfc_core.data import digits
-from llfc_core.errors import CancelledError, IncompatiblePairError, InvalidParameterError
+from llfc_core.errors import (
+    CancelledError,
+    DatasetError,
+    IncompatiblePairError,
+    InvalidParameterError,
+)
 from llfc_core.merging import merge_many
 from llfc_core.merging.averaging import batch_norm_reset
 from llfc_core.merging.evaluation import evaluate_merge
@@ -221,5 +226,7 @@ def test_merge_refuses_bad_methods_counts_layouts_and_ridges(digit_mlps) -> None
     other = parse_arch({"name": "mlp", "widths": [64, 96, 128, 10]}).build().state_dict()
     with pytest.raises(IncompatiblePairError):
         merge_many(arch, [states[0], other], data, device=CPU)
+    with pytest.raises(DatasetError, match="no examples"):
+        merge_many(arch, states, data.limit(0), device=CPU)
     with pytest.raises(InvalidParameterError, match="'ridge'"):
         merge_many(arch, states, data, method="feature_average", ridge=0.0, device=CPU)
