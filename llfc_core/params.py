@@ -16,6 +16,8 @@ MAX_SEED = 2**31 - 1
 """The largest seed: torch and numpy both accept every seed from 0 to this one."""
 MATCH_METHODS = ("weight", "activation")
 """How B can be permuted onto A (see :func:`llfc_core.matching.match_models`)."""
+MERGE_METHODS = ("weight_average", "feature_average")
+"""How N models become one (see :func:`llfc_core.merging.merge_many`)."""
 MATCH_SYMMETRIES = ("permutation", "orthogonal")
 """Which maps of B's units a match may use: permutations only, or orthogonal maps within
 attention heads (see :mod:`llfc_core.matching.orthogonal`)."""
