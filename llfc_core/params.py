@@ -21,6 +21,9 @@ MERGE_METHODS = ("weight_average", "feature_average")
 MATCH_SYMMETRIES = ("permutation", "orthogonal")
 """Which maps of B's units a match may use: permutations only, or orthogonal maps within
 attention heads (see :mod:`llfc_core.matching.orthogonal`)."""
+REPAIR_MODES = ("none", "reset", "repair")
+"""What is done to an interpolated network before it is measured or stored: nothing, its
+BatchNorm statistics re-estimated, or REPAIR (see :mod:`llfc_core.repair`)."""
 
 
 def check_int(

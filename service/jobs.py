@@ -42,6 +42,7 @@ from llfc_core.params import (
     check_int,
     named,
 )
+from llfc_core.repair import check_repair_mode, default_repair_mode, needs_data
 from llfc_core.training import TrainConfig
 from service import lifecycle
 from service.checkpoints import checkpoint_arch
@@ -250,7 +251,7 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
     _refuse_unknown(
         "match",
         body.params,
-        ("method", "symmetry", "seed", "batch_size", TRAIN_DATASET_KEY, *DATA_KEYS),
+        ("method", "symmetry", "seed", "batch_size", "repair", TRAIN_DATASET_KEY, *DATA_KEYS),
     )
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
     method = body.params.get("method", "weight")
@@ -261,12 +262,20 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
         )
     symmetry = body.params.get("symmetry", "permutation")
     check_symmetry(arch.symmetry(), symmetry)
+    repair = check_repair_mode(body.params.get("repair", "none"))
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
-    needed_for = "to compare activations on" if method == "activation" else None
+    needed_for = (
+        "to compare activations on"
+        if method == "activation"
+        else "to measure the repaired midpoint on"
+        if repair != "none"
+        else None
+    )
     dataset_ref = _side_dataset(session, settings, owner_id, body, arch, train_data, needed_for)
     params = {
         "method": method,
         "symmetry": symmetry,
+        "repair": repair,
         "seed": int_param(body.params, "seed", 0, 0, MAX_SEED),
         "batch_size": int_param(body.params, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE),
         **_data_params(body.params, settings, "train", dataset_ref),
@@ -279,15 +288,25 @@ def _plan_interpolate(
     session: Session, owner_id: str, body: JobCreate, settings: Settings
 ) -> JobPlan:
     _refuse_unknown(
-        "interpolate", body.params, ("alpha", "batch_size", TRAIN_DATASET_KEY, *DATA_KEYS)
+        "interpolate",
+        body.params,
+        ("alpha", "batch_size", "repair", TRAIN_DATASET_KEY, *DATA_KEYS),
     )
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
     alpha = check_alpha(body.params.get("alpha", 0.5))
+    repair = check_repair_mode(body.params.get("repair", default_repair_mode(arch)))
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
-    needed_for = "to re-estimate BatchNorm statistics on" if arch.has_batch_norm else None
+    needed_for = (
+        None
+        if not needs_data(arch, repair)
+        else "to measure REPAIR's statistics on"
+        if repair == "repair"
+        else "to re-estimate BatchNorm statistics on"
+    )
     dataset_ref = _side_dataset(session, settings, owner_id, body, arch, train_data, needed_for)
     params = {
         "alpha": alpha,
+        "repair": repair,
         "batch_size": int_param(body.params, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE),
         **_data_params(body.params, settings, "train", dataset_ref),
         **train_data,

@@ -13,9 +13,9 @@ from typing import Any
 
 from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.analysis.config import ANALYSIS_FIELDS
-from llfc_core.interpolation import interpolate_checkpoint
 from llfc_core.matching import match_models
 from llfc_core.permutation import StateDict
+from llfc_core.repair import default_repair_mode, interpolate_checkpoint
 from llfc_core.training import evaluate, train_modes
 from service.db.models import JobKind
 from service.jobs import make_train_config
@@ -23,6 +23,8 @@ from worker.inputs import JobContext
 
 TRAIN_SHARE = 0.95
 """Share of a train job's progress bar for training; the rest is evaluating the modes."""
+MIDPOINT_SHARE = 0.3
+"""Share of a match job's progress bar for its repaired midpoint, when it has one."""
 
 
 @dataclass
@@ -40,9 +42,13 @@ Executor = Callable[[JobContext], Outcome]
 def run_match(context: JobContext) -> Outcome:
     params = context.job.params
     dataset = context.load_side_data()
+    # Jobs queued before the parameter existed measured no midpoint.
+    repair = params.get("repair", "none")
+    match_share = 1.0 if repair == "none" or dataset is None else 1.0 - MIDPOINT_SHARE
+    state_a = context.load_model(context.job.model_a_id)
     matched = match_models(
         context.arch,
-        context.load_model(context.job.model_a_id),
+        state_a,
         context.load_model(context.job.model_b_id),
         params["method"],
         dataset,
@@ -51,28 +57,55 @@ def run_match(context: JobContext) -> Outcome:
         # Jobs queued before the parameter existed matched by permutations.
         symmetry=params.get("symmetry", "permutation"),
         device=context.device,
-        reporter=context.reporter,
+        reporter=context.reporter.sub(0.0, match_share),
     )
     result = {**matched.summary(), "precision": context.precision}
+    if match_share < 1.0 and dataset is not None:
+        midpoint_reporter = context.reporter.sub(match_share, 1.0 - match_share)
+        midpoint = interpolate_checkpoint(
+            context.arch,
+            state_a,
+            matched.permuted_b,
+            0.5,
+            dataset,
+            repair,
+            batch_size=params["batch_size"],
+            device=context.device,
+            reporter=midpoint_reporter.sub(0.0, 0.7),
+        )
+        loss, error = evaluate(
+            context.arch,
+            midpoint,
+            dataset,
+            device=context.device,
+            batch_size=params["batch_size"],
+            reporter=midpoint_reporter.sub(0.7, 0.3),
+        )
+        result["midpoint"] = {"repair": repair, "loss": loss, "error": error}
     return Outcome(result, [("model_b_permuted", matched.permuted_b)])
 
 
 def run_interpolate(context: JobContext) -> Outcome:
     params = context.job.params
     bn_data = context.load_side_data()
+    # Jobs queued before the parameter existed: the default (BatchNorm reset where there is data).
+    repair = params.get("repair", default_repair_mode(context.arch))
+    applied = repair if bn_data is not None else "none"
     mixed = interpolate_checkpoint(
         context.arch,
         context.load_model(context.job.model_a_id),
         context.load_model(context.job.model_b_id),
         params["alpha"],
         bn_data,
+        applied,
         batch_size=params["batch_size"],
         device=context.device,
         reporter=context.reporter,
     )
     result = {
         "alpha": params["alpha"],
-        "batch_norm_reestimated": bool(context.arch.has_batch_norm and bn_data is not None),
+        "repair": applied,
+        "batch_norm_reestimated": applied == "reset" and context.arch.has_batch_norm,
         "precision": context.precision,
     }
     return Outcome(result, [("interpolated", mixed)])
@@ -87,7 +120,11 @@ def run_analyze(context: JobContext) -> Outcome:
     dataset = context.load_dataset()
     # Activation matching and BatchNorm re-estimation use training data: the job's
     # train_dataset, else a built-in's train split, else (an upload) the data itself.
-    needs_train_data = config.match == "activation" or context.arch.has_batch_norm
+    needs_train_data = (
+        config.match == "activation"
+        or context.arch.has_batch_norm
+        or "repair" in config.repair_modes(context.arch.has_batch_norm)
+    )
     train_dataset = None
     if needs_train_data:
         train_dataset = context.load_train_dataset()

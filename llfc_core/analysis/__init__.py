@@ -11,11 +11,13 @@ error as uploaded (its own running statistics), since those are the numbers its 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import torch
 
 from llfc_core.analysis.config import AnalysisConfig, alpha_key
 from llfc_core.analysis.pair_metrics import measure_pair
+from llfc_core.analysis.repairs import measure_repairs
 from llfc_core.archs.base import Architecture
 from llfc_core.checkpoints import validate_state_dict
 from llfc_core.data import Dataset, fit_to_arch
@@ -32,6 +34,9 @@ from llfc_results import AnalysisResult, Endpoint, LossError, PairResult
 MATCH_SHARE = 0.2
 AS_UPLOADED_SHARE = 0.1
 """Of the progress, when BatchNorm statistics are re-estimated: evaluating A and B as uploaded."""
+REPAIRS_SHARE = 0.4
+"""Of each pair's progress, when a list of repairs is compared: the other repairs' LMC and the
+variance ratios."""
 
 
 def analyze_pair(
@@ -47,8 +52,8 @@ def analyze_pair(
 ) -> AnalysisResult:
     """Analyse A and B on ``dataset``; ``.to_json()`` of the answer is the API's "analyze result".
 
-    ``train_dataset`` (default: ``dataset``) feeds activation matching and the BatchNorm
-    re-estimation of interpolated nets.
+    ``train_dataset`` (default: ``dataset``) feeds activation matching and the repair of
+    interpolated nets (BatchNorm re-estimation, REPAIR's statistics).
     """
     config = config or AnalysisConfig()
     reporter = reporter or Reporter()
@@ -61,8 +66,8 @@ def analyze_pair(
     if dataset.num_examples == 0:
         raise DatasetError("The dataset holds no examples; an analysis needs at least one.")
     side_data = fit_to_arch(arch, train_dataset) if train_dataset is not None else dataset
-    reset_bn = arch.has_batch_norm if config.reset_bn is None else config.reset_bn
-    reestimated = bool(reset_bn and arch.has_batch_norm)
+    repair = config.repair_modes(arch.has_batch_norm)[0]
+    reestimated = repair == "reset" and arch.has_batch_norm
 
     matching = None
     matched_b = None
@@ -90,8 +95,10 @@ def analyze_pair(
     share = (1.0 - measure_start - as_uploaded_share) / len(pairs)
     measured_pairs: dict[str, PairResult] = {}
     measured_endpoints: dict[str, LossError] = {}
+    repairs_share = REPAIRS_SHARE if config.compares_repairs else 0.0
     for index, (pair_name, b_side) in enumerate(pairs):
-        measured_pairs[pair_name], endpoints = measure_pair(
+        pair_reporter = reporter.sub(measure_start + index * share, share)
+        measured, endpoints = measure_pair(
             arch,
             state_a,
             b_side,
@@ -99,8 +106,22 @@ def analyze_pair(
             config,
             bn_data=side_data,
             device=device,
-            reporter=reporter.sub(measure_start + index * share, share),
+            reporter=pair_reporter.sub(0.0, 1.0 - repairs_share),
         )
+        if config.compares_repairs:
+            repairs, ratio = measure_repairs(
+                arch,
+                state_a,
+                b_side,
+                dataset,
+                config,
+                measured.lmc,
+                bn_data=side_data,
+                device=device,
+                reporter=pair_reporter.sub(1.0 - repairs_share, repairs_share),
+            )
+            measured = replace(measured, repairs=repairs, variance_ratio=ratio)
+        measured_pairs[pair_name] = measured
         # A and B themselves are the same in every pair: the first pair's numbers stand.
         measured_endpoints = measured_endpoints or endpoints
     result = AnalysisResult(
@@ -121,6 +142,7 @@ def analyze_pair(
             "alphas": list(config.alphas),
             "llfc_alphas": [float(alpha_key(a)) for a in config.llfc_alphas],
             "reset_bn": reestimated,
+            "repair": repair,
             "num_examples": dataset.num_examples,
             "batch_size": config.batch_size,
             "device": str(device),

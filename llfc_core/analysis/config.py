@@ -14,6 +14,7 @@ from llfc_core.params import (
     MATCH_SYMMETRIES,
     MAX_BATCH_SIZE,
     MAX_SEED,
+    REPAIR_MODES,
     check_int,
     named,
 )
@@ -46,6 +47,18 @@ def _alphas(value: Any, name: str, limit: int) -> tuple[float, ...]:
     return tuple(sorted({check_alpha(alpha) for alpha in values}))
 
 
+def _repair_modes(value: Any) -> str | tuple[str, ...]:
+    """One mode as given, or a list of distinct modes as a tuple in the caller's order."""
+    if isinstance(value, str) and value in REPAIR_MODES:
+        return value
+    if isinstance(value, list | tuple) and value and all(mode in REPAIR_MODES for mode in value):
+        return tuple(dict.fromkeys(value))
+    raise InvalidParameterError(
+        f"'repair' must be one of {', '.join(REPAIR_MODES)} or a non-empty list of them, "
+        f'e.g. ["none", "repair"], got {value!r}.'
+    )
+
+
 def _layer_names(value: Any) -> tuple[str, ...]:
     if (
         not isinstance(value, list | tuple)
@@ -65,9 +78,11 @@ class AnalysisConfig:
     """What to measure: LMC on ``alphas``, LLFC and Condition I on ``llfc_alphas``.
 
     ``match`` is 'none', 'weight' or 'activation', ``symmetry`` the maps it may use
-    ('permutation', or 'orthogonal' within attention heads); ``reset_bn`` None means "on for
-    BatchNorm nets"; ``layers`` restricts the feature layers measured (None: all; the logits
-    always are).
+    ('permutation', or 'orthogonal' within attention heads); ``repair`` what is done to
+    theta_alpha (:data:`REPAIR_MODES`; a list measures the LMC under each, the first being the
+    one every other measurement uses; None: 'reset' for BatchNorm nets, else 'none');
+    ``reset_bn`` its older spelling (true: 'reset', false: 'none'); ``layers`` restricts the
+    feature layers measured (None: all; the logits always are).
     """
 
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
@@ -76,6 +91,7 @@ class AnalysisConfig:
     symmetry: str = "permutation"
     batch_size: int = DEFAULT_BATCH_SIZE
     reset_bn: bool | None = None
+    repair: str | tuple[str, ...] | None = None
     seed: int = 0
     layers: tuple[str, ...] | None = None
 
@@ -100,6 +116,15 @@ class AnalysisConfig:
         check_int(self.batch_size, 1, MAX_BATCH_SIZE, "'batch_size'")
         if self.reset_bn is not None and not isinstance(self.reset_bn, bool):
             raise InvalidParameterError(f"'reset_bn' must be true or false, got {self.reset_bn!r}.")
+        if self.repair is not None:
+            object.__setattr__(self, "repair", _repair_modes(self.repair))
+            implied = None if self.reset_bn is None else ("reset" if self.reset_bn else "none")
+            if implied is not None and implied != self.repair_modes(True)[0]:
+                raise InvalidParameterError(
+                    f"'reset_bn': {str(self.reset_bn).lower()} asks for 'repair': {implied!r}, "
+                    f"and 'repair' asks for {self.repair_modes(True)[0]!r}; give only 'repair' "
+                    "('reset_bn' is its older spelling)."
+                )
         check_int(self.seed, 0, MAX_SEED, "'seed'")
         if self.layers is not None:
             object.__setattr__(self, "layers", _layer_names(self.layers))
@@ -127,6 +152,20 @@ class AnalysisConfig:
                 f"known ones are {', '.join(sorted(known | DATA_SELECTION_KEYS))}."
             )
         return cls(**{key: params[key] for key in known if key in params})
+
+    def repair_modes(self, has_batch_norm: bool) -> tuple[str, ...]:
+        """The repairs to measure, the first being the one every measurement uses."""
+        if isinstance(self.repair, tuple):
+            return self.repair
+        if isinstance(self.repair, str):
+            return (self.repair,)
+        reset = has_batch_norm if self.reset_bn is None else self.reset_bn
+        return ("reset",) if reset else ("none",)
+
+    @property
+    def compares_repairs(self) -> bool:
+        """Whether 'repair' was a list: each pair then reports the LMC under each repair."""
+        return isinstance(self.repair, tuple)
 
     @property
     def all_alphas(self) -> tuple[float, ...]:

@@ -64,10 +64,11 @@ from llfc_core.features import (
     watch_features,
     weighted_layer_names,
 )
-from llfc_core.interpolation import batch_norm_modules, interpolate_states, reset_batch_norm
+from llfc_core.interpolation import interpolate_states, reset_batch_norm
 from llfc_core.metrics import relative_squared_distance_from_sums
 from llfc_core.models import load_model
 from llfc_core.progress import Reporter
+from llfc_core.repair import PathRepair
 from llfc_core.tasks import Task
 from llfc_results import Lemma, Llfc, Lmc, LossError, PairResult
 
@@ -205,14 +206,15 @@ def _prepared(model: nn.Module, device: torch.device) -> nn.Module:
 
 
 class _Path:
-    """theta_alpha for every interior alpha, its BatchNorm statistics re-estimated if asked.
+    """theta_alpha for every interior alpha, repaired as asked (``settle``).
 
     Its weights are exactly ``interpolate_states``'s. They are kept as one model per alpha when
     they are large next to one batch's features (an MLP: re-making them every batch would cost
     about as much as running them). Otherwise (a conv net) one work model holds them: for each
     alpha and batch its parameters are re-made in place with ``torch.lerp`` from A's and B's and
     its saved BatchNorm statistics copied in, which costs little next to running it and keeps one
-    model in memory instead of one per alpha (VGG-16: 59 MB instead of 650 MB).
+    model in memory instead of one per alpha (VGG-16: 59 MB instead of 650 MB). REPAIR changes
+    the weights of every alpha differently, so it always keeps one model per alpha.
     """
 
     def __init__(
@@ -223,7 +225,7 @@ class _Path:
         endpoints: tuple[nn.Module, nn.Module],
         alphas: list[float],
         keep_models: bool,
-        reset: Callable[[nn.Module, Reporter], None],
+        settle: Callable[[nn.Module, float, Reporter], None],
         device: torch.device,
         reporter: Reporter,
     ) -> None:
@@ -247,19 +249,20 @@ class _Path:
             if self.work is None:
                 state = interpolate_states(state_a, state_b, alpha)
                 self.models[alpha] = _prepared(load_model(arch, state, device), device)
-                reset(self.models[alpha], stage)
+                settle(self.models[alpha], alpha, stage)
             else:
                 for work, a, b in [*self.lerped, *buffers]:
                     if work.is_floating_point():
                         torch.lerp(b, a, alpha, out=work)
                     else:
                         work.copy_(a)
-                reset(self.work, stage)
+                settle(self.work, alpha, stage)
                 self.saved_buffers[alpha] = [buffer.clone() for buffer in self.work.buffers()]
             reporter.report((index + 1) / len(alphas), f"built theta_alpha for alpha={alpha:g}")
 
     def replace_layers(self, names: list[str]) -> dict[float, dict[str, _GivenOutput]]:
-        """Put a :class:`_GivenOutput` in place of each named layer of every theta_alpha."""
+        """Put a :class:`_GivenOutput` in place of each named layer of every theta_alpha, unless
+        REPAIR changed its weights (``names`` empty)."""
         if self.work is None:
             given = {alpha: {name: _GivenOutput() for name in names} for alpha in self.models}
             for alpha, model in self.models.items():
@@ -307,6 +310,7 @@ class _PairPass:
         probe: _Probe,
         sites: list[str],
         task: Task,
+        given_layers: list[str],
     ) -> None:
         self.model_a = model_a
         self.model_b = model_b
@@ -329,7 +333,7 @@ class _PairPass:
             for name in self.weighted
         }
         self.probe = probe
-        self.given = path.replace_layers(probe.input_layers)
+        self.given = path.replace_layers(given_layers)
         self.task = task
         self.totals = _Totals()
         self.scratch = Scratch()
@@ -563,33 +567,42 @@ def measure_pair(
 ) -> tuple[PairResult, dict[str, LossError]]:
     """The pair's measurements (lmc, llfc, conditions, lemma) and the endpoints' loss/error.
 
-    ``dataset`` and ``bn_data`` must already be shaped for the arch. A and B are re-estimated
-    like every other point of the path, so A compared with itself gives a flat path and zero
-    barrier, and the barrier measures the interpolation alone.
+    Every theta_alpha is repaired by the first of ``config.repair_modes`` on ``bn_data``
+    (:class:`llfc_core.repair.PathRepair`). ``dataset`` and ``bn_data`` must already be shaped
+    for the arch. Under 'reset' A and B are re-estimated like every other point of the path, so
+    A compared with itself gives a flat path and zero barrier, and the barrier measures the
+    interpolation alone.
     """
-    reset_bn = arch.has_batch_norm if config.reset_bn is None else config.reset_bn
-    build_share = 0.3 if reset_bn and arch.has_batch_norm else 0.05
+    mode = config.repair_modes(arch.has_batch_norm)[0]
+    repaired = mode == "repair" or (mode == "reset" and arch.has_batch_norm)
+    build_share = 0.3 if repaired else 0.05
     build_reporter = reporter.sub(0.0, build_share)
     interior = [alpha for alpha in config.all_alphas if 0.0 < alpha < 1.0]
-    stages = 2 + len(interior)
+    stages = 3 + len(interior)
 
-    def reset(model: nn.Module, stage_reporter: Reporter) -> None:
-        if reset_bn and batch_norm_modules(model):
+    endpoints = []
+    for index, (label, state) in enumerate((("A", state_a), ("B", state_b))):
+        model = _prepared(load_model(arch, state, device), device)
+        if mode == "reset" and arch.has_batch_norm:
             reset_batch_norm(
                 model,
                 bn_data,
                 batch_size=config.batch_size,
                 device=device,
-                reporter=stage_reporter,
+                reporter=build_reporter.sub(index / stages, 1 / stages),
             )
-
-    endpoints = []
-    for index, (label, state) in enumerate((("A", state_a), ("B", state_b))):
-        model = _prepared(load_model(arch, state, device), device)
-        reset(model, build_reporter.sub(index / stages, 1 / stages))
         build_reporter.report((index + 1) / stages, f"built {label}")
         endpoints.append(model)
     model_a, model_b = endpoints
+    path_repair = PathRepair(
+        mode,
+        model_a,
+        model_b,
+        bn_data,
+        batch_size=config.batch_size,
+        device=device,
+        reporter=build_reporter.sub(2 / stages, 1 / stages),
+    )
     # One list for the probe and the pass: a layer's output is reused as a site's kept
     # pre-activation only where that site is measured.
     sites = _chosen(feature_site_names(model_a), config.layers)
@@ -602,12 +615,16 @@ def measure_pair(
         state_b,
         (model_a, model_b),
         interior,
-        keep_models=not interior or parameters > config.batch_size * probe.features_per_example,
-        reset=reset,
+        keep_models=not interior
+        or mode == "repair"
+        or parameters > config.batch_size * probe.features_per_example,
+        settle=path_repair.settle,
         device=device,
-        reporter=build_reporter.sub(2 / stages, len(interior) / stages),
+        reporter=build_reporter.sub(3 / stages, len(interior) / stages),
     )
-    pair_pass = _PairPass(model_a, model_b, path, config, probe, sites, arch.task)
+    # theta_alpha's input layer is the mix of A's and B's outputs unless REPAIR rescaled it.
+    given_layers = [] if mode == "repair" else probe.input_layers
+    pair_pass = _PairPass(model_a, model_b, path, config, probe, sites, arch.task, given_layers)
     channels_last = _prefers_channels_last(model_a, device)
     pass_reporter = reporter.sub(build_share, 1.0 - build_share)
     total_batches = dataset.num_batches(config.batch_size)
@@ -635,7 +652,8 @@ def measure_pair(
     return _summarise(pair_pass, config, weight_distance)
 
 
-def _barrier(values: list[float], alphas: tuple[float, ...], at_a: float, at_b: float) -> float:
+def barrier(values: list[float], alphas: tuple[float, ...], at_a: float, at_b: float) -> float:
+    """max over alpha of value(alpha) - (alpha value(A) + (1 - alpha) value(B))."""
     return max(v - (a * at_a + (1 - a) * at_b) for v, a in zip(values, alphas, strict=True))
 
 
@@ -664,8 +682,8 @@ def _summarise(
             alphas=list(config.alphas),
             loss=loss,
             error=error,
-            loss_barrier=_barrier(loss, config.alphas, loss_at["a"], loss_at["b"]),
-            error_barrier=_barrier(error, config.alphas, error_at["a"], error_at["b"]),
+            loss_barrier=barrier(loss, config.alphas, loss_at["a"], loss_at["b"]),
+            error_barrier=barrier(error, config.alphas, error_at["a"], error_at["b"]),
         ),
         llfc=Llfc(
             layers=layer_order,

@@ -98,7 +98,8 @@ def test_the_documented_analyze_result_has_the_keys_of_a_real_one(alice: httpx.C
             "model_a": upload_mlp(alice, widths, 1),
             "model_b": upload_mlp(alice, widths, 2),
             "dataset": "builtin:digits",
-            "params": {"match": "weight", "max_examples": 64},
+            # A list of repairs: the result then holds every documented key.
+            "params": {"match": "weight", "max_examples": 64, "repair": ["none", "repair"]},
         },
     )
     assert job["status"] == "succeeded", job["error"]

@@ -39,9 +39,9 @@ from llfc_core.errors import (
 )
 from llfc_core.features import watch_features
 from llfc_core.footprint import analysis_memory, training_memory
-from llfc_core.interpolation import interpolate_checkpoint
 from llfc_core.models import load_model
 from llfc_core.permutation import StateDict
+from llfc_core.repair import interpolate_checkpoint
 from llfc_core.tasks import CLASSIFICATION, NEXT_TOKEN
 from llfc_core.training import TrainConfig, evaluate, train_modes
 

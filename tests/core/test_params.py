@@ -43,6 +43,7 @@ def test_the_analysis_fields_are_the_config_fields_and_all_it_accepts() -> None:
         "symmetry",
         "batch_size",
         "reset_bn",
+        "repair",
         "seed",
         "layers",
     )

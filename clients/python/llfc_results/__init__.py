@@ -12,6 +12,7 @@ from llfc_results.analysis import (
     LossError,
     MetricRow,
     PairResult,
+    VarianceRatio,
 )
 from llfc_results.export import ANALYSIS_CSV_HEADERS, analysis_csv, analysis_csv_rows, write_csv
 from llfc_results.jobs import FINISHED_STATUSES, JobKind, JobStatus
@@ -30,6 +31,7 @@ __all__ = [
     "LossError",
     "MetricRow",
     "PairResult",
+    "VarianceRatio",
     "analysis_csv",
     "analysis_csv_rows",
     "write_csv",

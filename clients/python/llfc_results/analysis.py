@@ -132,6 +132,27 @@ class Lemma:
 
 
 @dataclass(frozen=True)
+class VarianceRatio:
+    """Per repair site (``layers``) and LLFC alpha (keyed like '0.5'): the mean over channels of
+    theta_alpha's pre-activation variance against the variance REPAIR gives it,
+    (alpha sigma_A + (1 - alpha) sigma_B)^2, theta_alpha taken before REPAIR. Below 1: the
+    variance has collapsed."""
+
+    layers: list[str]
+    ratio: dict[str, Numbers]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"layers": self.layers, "ratio": self.ratio}
+
+    @classmethod
+    def from_json(cls, body: Mapping[str, Any]) -> VarianceRatio:
+        return cls(
+            layers=[str(layer) for layer in body["layers"]],
+            ratio=_lists_by_key(body.get("ratio")),
+        )
+
+
+@dataclass(frozen=True)
 class PairResult:
     """Everything measured about A and one B (as uploaded, or matched onto A)."""
 
@@ -147,6 +168,11 @@ class PairResult:
     commutativity_factors: dict[str, Numbers]
     """``weights`` d(W_A, W_B) and ``features`` d(H_A, H_B) per weighted layer."""
     lemma: Lemma | None
+    repairs: dict[str, Lmc] | None = None
+    """The LMC under each repair asked for ('none', 'reset', 'repair'); None unless the analysis
+    was given a list of repairs (and in results from before repairs were offered)."""
+    variance_ratio: VarianceRatio | None = None
+    """Present exactly when ``repairs`` is."""
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -160,6 +186,10 @@ class PairResult:
         }
         if self.lemma is not None:
             body["lemma"] = self.lemma.to_json()
+        if self.repairs is not None:
+            body["repairs"] = {mode: {"lmc": lmc.to_json()} for mode, lmc in self.repairs.items()}
+        if self.variance_ratio is not None:
+            body["variance_ratio"] = self.variance_ratio.to_json()
         return body
 
     @classmethod
@@ -167,6 +197,8 @@ class PairResult:
         llfc = Llfc.from_json(body["llfc"])
         commutativity = _numbers(body.get("commutativity"))
         lemma = body.get("lemma")
+        repairs = body.get("repairs")
+        variance_ratio = body.get("variance_ratio")
         return cls(
             lmc=Lmc.from_json(body["lmc"]),
             llfc=llfc,
@@ -183,6 +215,12 @@ class PairResult:
                 holds=bool(lemma.get("holds")),
             )
             if isinstance(lemma, Mapping)
+            else None,
+            repairs={str(mode): Lmc.from_json(entry["lmc"]) for mode, entry in repairs.items()}
+            if isinstance(repairs, Mapping)
+            else None,
+            variance_ratio=VarianceRatio.from_json(variance_ratio)
+            if isinstance(variance_ratio, Mapping)
             else None,
         )
 
@@ -202,6 +240,17 @@ class PairResult:
         yield from _per_layer(
             pair, "commutativity", self.commutativity_layers, self.commutativity, None
         )
+        for mode, repaired in (self.repairs or {}).items():
+            for alpha, loss, error in zip(
+                repaired.alphas, repaired.loss, repaired.error, strict=False
+            ):
+                yield MetricRow(pair, f"{mode}_lmc_loss", None, None, alpha, loss)
+                yield MetricRow(pair, f"{mode}_lmc_error", None, None, alpha, error)
+            yield MetricRow(pair, f"{mode}_loss_barrier", None, None, None, repaired.loss_barrier)
+            yield MetricRow(pair, f"{mode}_error_barrier", None, None, None, repaired.error_barrier)
+        if self.variance_ratio is not None:
+            ratio = self.variance_ratio
+            yield from _per_alpha_layer(pair, "variance_ratio", ratio.layers, ratio.ratio)
         if with_lemma and self.lemma is not None:
             for metric, value in self.lemma.to_json().items():
                 yield MetricRow(pair, metric, None, None, None, value)
@@ -343,8 +392,11 @@ class AnalysisResult:
         ``error_as_uploaded``, ``batch_norm_reestimated``), then per pair ``lmc_loss`` and
         ``lmc_error`` per alpha, ``loss_barrier``, ``error_barrier``, ``cos_ab`` per layer,
         ``cos_alpha`` and ``scale_c`` per layer and alpha, ``weak_additivity`` (Condition I) per
-        ReLU layer and alpha, ``commutativity`` (Condition II) per weighted layer, and the
-        Lemma's ``epsilon``, ``max_error_on_path`` and ``holds``.
+        ReLU layer and alpha, ``commutativity`` (Condition II) per weighted layer, with a list
+        of repairs ``<mode>_lmc_loss`` and ``<mode>_lmc_error`` per alpha,
+        ``<mode>_loss_barrier`` and ``<mode>_error_barrier`` per repair and ``variance_ratio``
+        per repair site and LLFC alpha, and the Lemma's ``epsilon``, ``max_error_on_path`` and
+        ``holds``.
 
         ``with_summary=False`` leaves out the endpoints and the Lemma: the per-layer and
         per-alpha numbers that ``GET /v1/jobs/{id}/metrics`` serves.
