@@ -24,8 +24,9 @@ def _seeded_state(arch_spec: dict[str, object], seed: int) -> dict[str, torch.Te
 
 
 def _assert_same_json(actual: object, expected: object, where: str = "result") -> None:
-    """Same keys in the same order, same types, numbers equal to 1e-9 (another CPU may round the
-    last bits of a float32 sum differently)."""
+    """Same keys in the same order, same types, numbers equal to 1e-6 relative: the metrics are
+    float32 sums, whose last bits depend on the CPU and its kernels (another machine of CI's kind
+    moved a cosine distance by 3e-9 with the same code); a wrong formula moves them by far more."""
     assert type(actual) is type(expected), where
     if isinstance(expected, dict):
         assert isinstance(actual, dict)
@@ -37,7 +38,7 @@ def _assert_same_json(actual: object, expected: object, where: str = "result") -
         for index, (item, expected_item) in enumerate(zip(actual, expected, strict=True)):
             _assert_same_json(item, expected_item, f"{where}[{index}]")
     elif isinstance(expected, float):
-        assert abs(actual - expected) <= 1e-9 * max(1.0, abs(expected)), where  # type: ignore[operator]
+        assert abs(actual - expected) <= 1e-6 * max(1.0, abs(expected)), where  # type: ignore[operator]
     else:
         assert actual == expected, where
 
