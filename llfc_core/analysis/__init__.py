@@ -47,7 +47,7 @@ def analyze_pair(
 ) -> AnalysisResult:
     """Analyse A and B on ``dataset``; ``.to_json()`` of the answer is the API's "analyze result".
 
-    ``train_dataset`` (default: ``dataset``) feeds activation matching and the BatchNorm
+    ``train_dataset`` (default: ``dataset``) feeds the matchings that need data and the BatchNorm
     re-estimation of interpolated nets.
     """
     config = config or AnalysisConfig()
@@ -77,6 +77,7 @@ def analyze_pair(
             seed=config.seed,
             batch_size=config.batch_size,
             symmetry=config.symmetry,
+            ste=config.ste_config(),
             device=device,
             reporter=reporter.sub(0.0, MATCH_SHARE),
         )
