@@ -90,7 +90,7 @@ def test_commutativity_matching_reaches_a_lower_equation_two_than_weight_and_act
             device=CPU,
         ).to_json()["pairs"]["naive"]
         distance[method] = statistics.mean(pair["commutativity"])
-    assert reached["commutativity"] < reached["weight"] < reached["activation"]
+    assert reached["commutativity"] < min(reached["weight"], reached["activation"])
     # Analyze's Condition II on held-out data (relative, per layer) agrees.
     assert distance["commutativity"] < min(distance["weight"], distance["activation"])
 
