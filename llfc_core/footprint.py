@@ -16,6 +16,13 @@ units of permutation p and P the bytes of one model's state:
   buffers and the forward's running tensors; a float64 cross moment C_p x C_p per observed
   site, and at the solve the stacked correlations of one permutation, their sum, three
   temporaries of one correlation and the solver's two copies.
+* commutativity matching (:mod:`llfc_core.matching.commutativity`): weight matching's start,
+  then both models' inputs of every modelled layer for one batch and one layer's patches
+  (2 x N x (sum inputs + widest patches) x 4), three float64 Grams of patch width squared per
+  layer, float64 copies of A's and permuted B's weights and a step's width x width temporaries.
+* STE matching (:mod:`llfc_core.matching.ste`): weight matching at every step, beside the
+  proxy, its gradient, Adam's moments, B permuted, the straight-through and midpoint
+  parameters (7P) and a training step's saved outputs, as training counts them.
 * analysis (:mod:`llfc_core.analysis`): the matching above when asked for, then A and B as
   given, validated and as models, B matched, one interpolated state on its way to a model (8P),
   theta_alpha (one model per interior alpha when the engine keeps
@@ -40,7 +47,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -52,6 +59,7 @@ from llfc_core.archs.base import Architecture
 from llfc_core.errors import JobTooLargeError
 from llfc_core.features import ResidualTap, is_activation_module
 from llfc_core.graph_lock import GRAPH_LOCK
+from llfc_core.matching.commutativity import layer_patch_shape
 from llfc_core.permutation import perm_sizes
 
 FLOAT32 = 4
@@ -67,6 +75,13 @@ ATTENTION_TRAINING_COPIES = 4
 """Copies of every attention's scores a training step holds: the scores, their softmax (with
 its dropout mask) kept for backward, and their gradients (see the module docstring)."""
 WEIGHT_SOLVE_MATRICES = 3
+COMMUTATIVITY_GRAMS = 3
+"""G_AA, G_AB and G_BB of every modelled layer."""
+COMMUTATIVITY_STEP_MATRICES = 8
+"""A step's width x width float64 temporaries: S, B's Grams as permuted, M S, cost products."""
+STE_STATES = 7
+"""STE's copies of the learned state: proxy, its gradient, Adam's two moments, B permuted, the
+straight-through parameters and the midpoint's."""
 """Float64 C x C matrices of one weight-matching solve: the summed cost, its negation, and the
 copy ``lapjv`` makes."""
 SAFETENSORS_ENTRY_FIELDS = '{"dtype":"F32","shape":[],"data_offsets":[,]},'
@@ -88,6 +103,10 @@ class ArchShapes:
     state_shapes: dict[str, torch.Size]
     attention_values: tuple[int, ...] = ()
     """Values one example has in each attention's token x token scores, in forward order."""
+    layer_patches: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    """Per layer commutativity matching models (Linear, Conv2d, Conv1D): the values of its
+    input, its patch width (a conv's input channels x kernel entries) and its patches, for one
+    example."""
 
     @property
     def widest(self) -> int:
@@ -151,6 +170,7 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
         example = arch.random_inputs(1)
     module_values: dict[str, int] = {"": example.numel()}
     site_values: dict[str, int] = {}
+    layer_patches: dict[str, tuple[int, int, int]] = {}
     leaves = [
         (name, module)
         for name, module in model.named_modules()
@@ -158,9 +178,13 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
     ]
     names = {id(module): name for name, module in leaves}
 
-    def note(module: nn.Module, inputs: object, output: torch.Tensor) -> None:
+    def note(module: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         name = names[id(module)]
         module_values[name] = output.numel()
+        patch = layer_patch_shape(module)
+        if patch is not None:
+            width, units = patch
+            layer_patches[name] = (inputs[0].numel(), width, output.numel() // units)
         if is_activation_module(module) or isinstance(module, ResidualTap):
             site_values[name] = output.numel()
 
@@ -182,6 +206,7 @@ def arch_shapes(arch: Architecture) -> ArchShapes:
         num_params=sum(parameter.numel() for parameter in model.parameters()),
         state_shapes={key: value.shape for key, value in state.items()},
         attention_values=tuple(scores.values),
+        layer_patches=layer_patches,
     )
 
 
@@ -251,7 +276,7 @@ def _matching(
     """The matching's memory beside A and B's states (B permuted included)."""
     state_bytes = shapes.state_bytes
     permutations = permutation_shapes(arch, shapes)
-    if method == "weight":
+    if method in ("weight", "commutativity", "ste"):
         products = sum(
             permutations.weight_terms[perm] * size * size * FLOAT32
             for perm, size in permutations.perm_sizes.items()
@@ -259,7 +284,22 @@ def _matching(
         solve = (
             WEIGHT_SOLVE_MATRICES * max(permutations.perm_sizes.values(), default=0) ** 2 * FLOAT64
         )
-        return MemoryEstimate(models=3 * state_bytes, batch=0, matching=products + solve)
+        weight = MemoryEstimate(models=3 * state_bytes, batch=0, matching=products + solve)
+        if method == "weight":
+            return weight
+        # Weight matching runs first (commutativity) or at every step (STE), its matrices
+        # freed between runs; STE holds its own tensors meanwhile.
+        if method == "commutativity":
+            descent = _commutativity(shapes, batch_size)
+            return MemoryEstimate(
+                models=weight.models,
+                batch=descent.batch,
+                matching=max(weight.matching, descent.matching),
+            )
+        ste = _ste(shapes, batch_size)
+        return MemoryEstimate(
+            models=weight.models + ste.models, batch=ste.batch, matching=weight.matching
+        )
     observed = [site for sites in permutations.observed_sites.values() for site in sites]
     captured = 2 * 2 * sum(shapes.site_values[site] for site in observed)
     scratch = SCRATCH_SLOTS * max((shapes.site_values[site] for site in observed), default=0)
@@ -278,8 +318,37 @@ def _matching(
     return MemoryEstimate(models=3 * state_bytes, batch=batch, matching=moments + solve)
 
 
+def _commutativity(shapes: ArchShapes, batch_size: int) -> MemoryEstimate:
+    """Commutativity matching's memory after weight matching's start: both models' layer
+    inputs and one layer's patches, the Grams, and one step's temporaries."""
+    patches = shapes.layer_patches.values()
+    inputs = sum(values for values, _, _ in patches)
+    widest_patches = max((width * count for _, width, count in patches), default=0)
+    batch = 2 * (inputs + widest_patches) * batch_size * FLOAT32 + _forward_batch(
+        shapes, batch_size
+    )
+    grams = COMMUTATIVITY_GRAMS * sum(width * width for _, width, _ in patches) * FLOAT64
+    widest = max((width for _, width, _ in patches), default=0)
+    # float64 copies of A's weights and B's permuted, and a step's width x width temporaries
+    step = 2 * shapes.num_params * FLOAT64 + COMMUTATIVITY_STEP_MATRICES * widest**2 * FLOAT64
+    return MemoryEstimate(models=0, batch=batch, matching=grams + step)
+
+
+def _ste(shapes: ArchShapes, batch_size: int) -> MemoryEstimate:
+    """STE's memory beside A and B: the proxy with its gradient and Adam's two moments, B
+    permuted, the straight-through and midpoint parameters, a training step's saved outputs."""
+    saved = shapes.all_module_values * batch_size * FLOAT32
+    saved += ATTENTION_TRAINING_COPIES * sum(shapes.attention_values) * batch_size * FLOAT32
+    return MemoryEstimate(
+        models=STE_STATES * shapes.state_bytes,
+        batch=saved + _forward_batch(shapes, batch_size),
+        matching=0,
+    )
+
+
 def match_memory(arch: Architecture, method: str, batch_size: int) -> MemoryEstimate:
-    """Peak memory of ``match_models`` with ``method`` ('weight' or 'activation')."""
+    """Peak memory of ``match_models`` with ``method`` (one of
+    :data:`~llfc_core.params.MATCH_METHODS`)."""
     shapes = arch_shapes(arch)
     matching = _matching(arch, shapes, method, batch_size)
     return MemoryEstimate(

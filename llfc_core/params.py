@@ -14,10 +14,16 @@ DEFAULT_BATCH_SIZE = 256
 """Batch size of analysis, matching and interpolation when the caller gives none."""
 MAX_SEED = 2**31 - 1
 """The largest seed: torch and numpy both accept every seed from 0 to this one."""
-MATCH_METHODS = ("weight", "activation")
+MATCH_METHODS = ("weight", "activation", "commutativity", "ste")
 """How B can be permuted onto A (see :func:`llfc_core.matching.match_models`)."""
 MERGE_METHODS = ("weight_average", "feature_average")
 """How N models become one (see :func:`llfc_core.merging.merge_many`)."""
+DATA_MATCH_METHODS = ("activation", "commutativity", "ste")
+"""The matching methods that need data: features to compare, or a loss to train on."""
+MAX_STE_EPOCHS = 1000
+"""Passes of STE matching over its training data (as a train job's epochs)."""
+MAX_STE_LR = 1.0
+"""The largest learning rate of STE's proxy weights (Adam: steps of about this size)."""
 MATCH_SYMMETRIES = ("permutation", "orthogonal")
 """Which maps of B's units a match may use: permutations only, or orthogonal maps within
 attention heads (see :mod:`llfc_core.matching.orthogonal`)."""

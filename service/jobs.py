@@ -34,7 +34,9 @@ from llfc_core.footprint import (
 )
 from llfc_core.interpolation import check_alpha
 from llfc_core.matching.orthogonal import check_symmetry
+from llfc_core.matching.ste import SteConfig
 from llfc_core.params import (
+    DATA_MATCH_METHODS,
     DEFAULT_BATCH_SIZE,
     MATCH_METHODS,
     MAX_BATCH_SIZE,
@@ -70,6 +72,8 @@ from service.storage import BlobStore
 DATA_KEYS = ("split", "max_examples")
 TRAIN_DATASET_KEY = "train_dataset"
 """The pair jobs' param naming the data for BatchNorm re-estimation and activation matching."""
+STE_KEYS = tuple(field.name for field in dataclasses.fields(SteConfig))
+"""A match job's STE parameters (epochs, lr), accepted with method 'ste' only."""
 TRAIN_CONFIG_KEYS = tuple(field.name for field in dataclasses.fields(TrainConfig))
 TRAIN_KEYS = ("arch", "dataset", "num_modes", *TRAIN_CONFIG_KEYS)
 MAX_IDEMPOTENCY_KEY_LENGTH = 200
@@ -251,22 +255,37 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
     _refuse_unknown(
         "match",
         body.params,
-        ("method", "symmetry", "seed", "batch_size", "repair", TRAIN_DATASET_KEY, *DATA_KEYS),
+        (
+            "method",
+            "symmetry",
+            "seed",
+            "batch_size",
+            "repair",
+            *STE_KEYS,
+            TRAIN_DATASET_KEY,
+            *DATA_KEYS,
+        ),
     )
     model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
     method = body.params.get("method", "weight")
     if method not in MATCH_METHODS:
         raise InvalidParameterError(
-            f"The parameter 'method' must be {' or '.join(map(repr, MATCH_METHODS))}, "
+            f"The parameter 'method' must be one of {', '.join(map(repr, MATCH_METHODS))}, "
             f"got {method!r}."
+        )
+    ste_params = {key: body.params[key] for key in STE_KEYS if key in body.params}
+    if ste_params and method != "ste":
+        raise InvalidParameterError(
+            f"The parameter(s) {named(sorted(ste_params))} set STE matching's training; "
+            f'method {method!r} takes none. Use "method": "ste" or leave them out.'
         )
     symmetry = body.params.get("symmetry", "permutation")
     check_symmetry(arch.symmetry(), symmetry)
     repair = check_repair_mode(body.params.get("repair", "none"))
     train_data = _train_dataset(session, settings, owner_id, body.params, arch)
     needed_for = (
-        "to compare activations on"
-        if method == "activation"
+        f"for {method} matching"
+        if method in DATA_MATCH_METHODS
         else "to measure the repaired midpoint on"
         if repair != "none"
         else None
@@ -278,6 +297,7 @@ def _plan_match(session: Session, owner_id: str, body: JobCreate, settings: Sett
         "repair": repair,
         "seed": int_param(body.params, "seed", 0, 0, MAX_SEED),
         "batch_size": int_param(body.params, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE),
+        **(dataclasses.asdict(SteConfig(**ste_params)) if method == "ste" else {}),
         **_data_params(body.params, settings, "train", dataset_ref),
         **train_data,
     }

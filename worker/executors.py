@@ -14,6 +14,8 @@ from typing import Any
 from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.analysis.config import ANALYSIS_FIELDS
 from llfc_core.matching import match_models
+from llfc_core.matching.ste import SteConfig
+from llfc_core.params import DATA_MATCH_METHODS
 from llfc_core.permutation import StateDict
 from llfc_core.repair import default_repair_mode, interpolate_checkpoint
 from llfc_core.training import evaluate, train_modes
@@ -56,6 +58,7 @@ def run_match(context: JobContext) -> Outcome:
         batch_size=params["batch_size"],
         # Jobs queued before the parameter existed matched by permutations.
         symmetry=params.get("symmetry", "permutation"),
+        ste=SteConfig(params["epochs"], params["lr"]) if params["method"] == "ste" else None,
         device=context.device,
         reporter=context.reporter.sub(0.0, match_share),
     )
@@ -118,10 +121,10 @@ def run_analyze(context: JobContext) -> Outcome:
         {key: params[key] for key in ANALYSIS_FIELDS if key in params}
     )
     dataset = context.load_dataset()
-    # Activation matching and BatchNorm re-estimation use training data: the job's
+    # Matching on data and BatchNorm re-estimation use training data: the job's
     # train_dataset, else a built-in's train split, else (an upload) the data itself.
     needs_train_data = (
-        config.match == "activation"
+        config.match in DATA_MATCH_METHODS
         or context.arch.has_batch_norm
         or "repair" in config.repair_modes(context.arch.has_batch_norm)
     )

@@ -52,8 +52,8 @@ def analyze_pair(
 ) -> AnalysisResult:
     """Analyse A and B on ``dataset``; ``.to_json()`` of the answer is the API's "analyze result".
 
-    ``train_dataset`` (default: ``dataset``) feeds activation matching and the repair of
-    interpolated nets (BatchNorm re-estimation, REPAIR's statistics).
+    ``train_dataset`` (default: ``dataset``) feeds the matchings that need data and the repair
+    of interpolated nets (BatchNorm re-estimation, REPAIR's statistics).
     """
     config = config or AnalysisConfig()
     reporter = reporter or Reporter()
@@ -82,6 +82,7 @@ def analyze_pair(
             seed=config.seed,
             batch_size=config.batch_size,
             symmetry=config.symmetry,
+            ste=config.ste_config(),
             device=device,
             reporter=reporter.sub(0.0, MATCH_SHARE),
         )

@@ -8,6 +8,7 @@ from typing import Any
 
 from llfc_core.errors import InvalidParameterError
 from llfc_core.interpolation import check_alpha
+from llfc_core.matching.ste import DEFAULT_EPOCHS, DEFAULT_LR, SteConfig
 from llfc_core.params import (
     DEFAULT_BATCH_SIZE,
     MATCH_METHODS,
@@ -82,7 +83,8 @@ class AnalysisConfig:
     theta_alpha (:data:`REPAIR_MODES`; a list measures the LMC under each, the first being the
     one every other measurement uses; None: 'reset' for BatchNorm nets, else 'none');
     ``reset_bn`` its older spelling (true: 'reset', false: 'none'); ``layers`` restricts the
-    feature layers measured (None: all; the logits always are).
+    feature layers measured (None: all; the logits always are); ``epochs`` and ``lr`` are STE
+    matching's (None: its defaults), refused with any other ``match``.
     """
 
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
@@ -94,6 +96,8 @@ class AnalysisConfig:
     repair: str | tuple[str, ...] | None = None
     seed: int = 0
     layers: tuple[str, ...] | None = None
+    epochs: int | None = None
+    lr: float | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "alphas", _alphas(self.alphas, "alphas", MAX_ALPHAS))
@@ -128,6 +132,24 @@ class AnalysisConfig:
         check_int(self.seed, 0, MAX_SEED, "'seed'")
         if self.layers is not None:
             object.__setattr__(self, "layers", _layer_names(self.layers))
+        self.ste_config()
+
+    def ste_config(self) -> SteConfig | None:
+        """STE's parameters when ``match`` is 'ste' (validated), else None; 'epochs' or 'lr'
+        with another ``match`` is refused."""
+        given = (("epochs", self.epochs), ("lr", self.lr))
+        chosen = {key: value for key, value in given if value is not None}
+        if self.match != "ste":
+            if chosen:
+                raise InvalidParameterError(
+                    f"{named(sorted(chosen))} set(s) STE matching's training; 'match' is "
+                    f'{self.match!r}. Use "match": "ste" or leave them out.'
+                )
+            return None
+        return SteConfig(
+            DEFAULT_EPOCHS if self.epochs is None else self.epochs,
+            DEFAULT_LR if self.lr is None else self.lr,
+        )
 
     def check_layers(self, available: list[str]) -> None:
         """Refuse ``layers`` naming a feature layer the arch does not have."""

@@ -1,4 +1,5 @@
-"""Permuting B onto A: weight matching and activation matching behind one entry point."""
+"""Permuting B onto A: weight, activation, commutativity and STE matching behind one entry
+point."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from llfc_core.data import Dataset, fit_to_arch
 from llfc_core.device import resolve_device
 from llfc_core.errors import InvalidParameterError, SymmetryProofError
 from llfc_core.matching.activation import activation_matching
+from llfc_core.matching.commutativity import commutativity_matching
 from llfc_core.matching.orthogonal import align_heads_orthogonally, check_symmetry
+from llfc_core.matching.ste import SteConfig, ste_matching
 from llfc_core.matching.weight import weight_distance, weight_matching
 from llfc_core.models import load_model
 from llfc_core.pair import check_same_layout
@@ -35,7 +38,9 @@ class MatchResult:
     """A permutation of B onto A, how much it reduced the method's objective, and B permuted.
 
     ``objective_*`` is the method's own objective: the summed squared weight distance for weight
-    matching, the mean per-example summed squared feature distance for activation matching.
+    matching, the mean per-example summed squared feature distance for activation matching, the
+    poster's Eq. (2) summed over layers per example for commutativity matching, the midpoint's
+    loss on its evaluation examples for STE (before: B unpermuted).
     ``weight_distance_*`` is always the weight objective, so the two methods can be compared;
     with ``symmetry_group`` 'orthogonal', ``weight_distance_after`` is that of B with its
     attention heads rotated too, ``weight_distance_permuted`` that of the permutation alone.
@@ -52,7 +57,8 @@ class MatchResult:
     iterations: int
     weight_distance_permuted: float
     unobserved: list[str]
-    """Permutations activation matching saw no feature of, left as the identity."""
+    """Permutations activation matching saw no feature of, left as the identity (for
+    commutativity matching: that no modelled layer touches, left as weight matching chose)."""
     permuted_b: StateDict
     function_check: dict[str, Any]
     """How much permuted B's outputs differ from B's on a batch (:func:`check_function`)."""
@@ -125,19 +131,27 @@ def match_models(
     batch_size: int = DEFAULT_BATCH_SIZE,
     max_iter: int = 100,
     symmetry: str = "permutation",
+    ste: SteConfig | None = None,
     device: torch.device | None = None,
     reporter: Reporter | None = None,
 ) -> MatchResult:
-    """Permute B's hidden units onto A's with ``method`` ('weight' or 'activation').
+    """Permute B's hidden units onto A's with ``method``: 'weight', 'activation',
+    'commutativity' (:mod:`~llfc_core.matching.commutativity`, from weight matching's solution)
+    or 'ste' (:mod:`~llfc_core.matching.ste`, with ``ste``'s epochs and learning rate).
 
-    Activation matching needs ``dataset``; weight matching uses it only to check, on its first
-    batch, that the returned ``permuted_b`` computes exactly the same function as B. With
-    ``symmetry`` 'orthogonal', the heads of B matched by either method are then rotated onto A's
-    by weight Procrustes (:func:`~llfc_core.matching.orthogonal.align_heads_orthogonally`).
+    Every method but weight matching needs ``dataset`` (features, or a loss to train on); weight
+    matching uses it only to check, on its first batch, that the returned ``permuted_b``
+    computes exactly the same function as B. With ``symmetry`` 'orthogonal', the heads of B
+    matched by any method are then rotated onto A's by weight Procrustes
+    (:func:`~llfc_core.matching.orthogonal.align_heads_orthogonally`).
     """
     if method not in MATCH_METHODS:
         raise InvalidParameterError(
             f"The matching method must be one of {', '.join(MATCH_METHODS)}, got {method!r}."
+        )
+    if ste is not None and method != "ste":
+        raise InvalidParameterError(
+            f"'epochs' and 'lr' are STE matching's parameters; method {method!r} takes neither."
         )
     check_same_layout(state_a, state_b)
     device = device or resolve_device("auto")
@@ -146,16 +160,20 @@ def match_models(
     unobserved: list[str] = []
     state_a = {key: value.to(device) for key, value in state_a.items()}
     state_b = {key: value.to(device) for key, value in state_b.items()}
-    if method == "weight":
-        perm, iterations = weight_matching(
-            spec, state_a, state_b, seed=seed, max_iter=max_iter, reporter=reporter
-        )
-    else:
-        if dataset is None:
+    if method != "weight":
+        if dataset is None or dataset.num_examples == 0:
             raise InvalidParameterError(
-                "Activation matching needs a dataset to compute features on."
+                f"{method.capitalize()} matching needs a dataset with examples to "
+                + ("train on." if method == "ste" else "compute features on.")
             )
         dataset = fit_to_arch(arch, dataset)
+    weight_reporter = reporter if method == "weight" else None
+    if method in ("weight", "commutativity"):
+        perm, iterations = weight_matching(
+            spec, state_a, state_b, seed=seed, max_iter=max_iter, reporter=weight_reporter
+        )
+    if method == "activation":
+        assert dataset is not None
         perm, objective_before, objective_after, unobserved = activation_matching(
             spec,
             load_model(arch, state_a, device),
@@ -166,6 +184,39 @@ def match_models(
             reporter=reporter,
         )
         iterations = 1
+    elif method == "commutativity":
+        assert dataset is not None
+        descent = commutativity_matching(
+            spec,
+            load_model(arch, state_a, device),
+            load_model(arch, state_b, device),
+            dataset,
+            perm,
+            batch_size=batch_size,
+            device=device,
+            seed=seed,
+            max_iter=max_iter,
+            reporter=reporter,
+        )
+        perm, iterations, unobserved = descent.permutation, descent.sweeps, descent.unobserved
+        objective_before = descent.objective_identity
+        objective_after = descent.objective_history[-1]
+    elif method == "ste":
+        assert dataset is not None
+        trained = ste_matching(
+            arch,
+            spec,
+            state_a,
+            state_b,
+            dataset,
+            ste or SteConfig(),
+            batch_size=batch_size,
+            seed=seed,
+            device=device,
+            reporter=reporter,
+        )
+        perm, iterations = trained.permutation, trained.steps
+        objective_before, objective_after = trained.loss_identity, trained.loss_best
     permuted_b = apply_permutation(spec, perm, state_b)
     # The weight objective of a permutation is the distance to B permuted by it, which is at
     # hand: each distance is one pass over the weights.

@@ -210,7 +210,7 @@ class _CostTerms:
         return cost
 
 
-def _steps(spec: PermutationSpec) -> list[list[str]]:
+def descent_steps(spec: PermutationSpec) -> list[list[str]]:
     """The permutations each step of the descent solves together: one plain permutation, or a
     head order with every nested permutation sharing it."""
     orders = spec.head_orders
@@ -224,7 +224,7 @@ def _steps(spec: PermutationSpec) -> list[list[str]]:
     return steps
 
 
-def _solve_step(
+def solve_step(
     spec: PermutationSpec,
     step: list[str],
     costs: list[np.ndarray],
@@ -277,7 +277,7 @@ def weight_matching(
     }
     terms = _CostTerms(spec, state_a, state_b)
     versions = dict.fromkeys(spec.perm_names, 0)  # how often each permutation changed
-    steps = _steps(spec)
+    steps = descent_steps(spec)
     step_dependencies = [
         sorted({other for name in step for other in terms.dependencies[name]}) for step in steps
     ]
@@ -292,7 +292,7 @@ def weight_matching(
             if solved_with.get(index) == seen:
                 continue
             costs = [terms.cost(name, expanded) for name in step]
-            solutions, new_value = _solve_step(spec, step, costs, solver)
+            solutions, new_value = solve_step(spec, step, costs, solver)
             old_value = sum(
                 float(cost[np.arange(cost.shape[0]), perm[name].numpy()].sum())
                 for name, cost in zip(step, costs, strict=True)

@@ -87,6 +87,20 @@ def test_activation_matching_reports_its_ratio_to_a_plain_forward_pass() -> None
 
 
 @pytest.mark.slow
+def test_matching_methods_reports_every_pair_and_method_and_commutativity_keeps_its_start() -> None:
+    records = _run("matching_methods")
+    methods = ["weight", "activation", "commutativity", "commutativity-from-identity"]
+    assert [(record["pair"], record["method"]) for record in records] == [
+        (pair, method) for pair in ("mlp", "resnet-bn", "vgg-no-bn") for method in methods
+    ]
+    for pair in ("mlp", "resnet-bn", "vgg-no-bn"):
+        reached = {r["method"]: r["equation_two"] for r in records if r["pair"] == pair}
+        # The descent starts at weight matching's solution and never increases Eq. (2).
+        assert reached["commutativity"] <= reached["weight"] * (1 + 1e-6)
+        assert all(r["matching_seconds"] > 0 for r in records)
+
+
+@pytest.mark.slow
 def test_memory_scaling_reports_each_size_and_a_summary() -> None:
     records = _run("memory_scaling")
     sizes, summary = records[:-1], records[-1]

@@ -46,6 +46,8 @@ def test_the_analysis_fields_are_the_config_fields_and_all_it_accepts() -> None:
         "repair",
         "seed",
         "layers",
+        "epochs",
+        "lr",
     )
     with pytest.raises(InvalidParameterError, match="known ones are alphas, batch_size"):
         AnalysisConfig.from_params({"sead": 1})

@@ -39,7 +39,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 # Values, not members: click matches enum members by their name (MATCH), not their value.
 JOB_KINDS = tuple(kind.value for kind in JobKind)
 JOB_STATUSES = tuple(status.value for status in JobStatus)
-MATCH_CHOICES = ("none", "weight", "activation")
+MATCH_CHOICES = ("none", "weight", "activation", "commutativity", "ste")
 
 # --- Errors as one line ------------------------------------------------------------------------
 
