@@ -10,7 +10,8 @@ held-out data), and the seconds each merge took:
 - ``vgg-no-bn``: two VGG-11 without BatchNorm on the digits (8x8 images), where averaging
   weights collapses the pre-activations and feature averaging has the most to correct.
 
-Every average is repaired by the default step (BatchNorm reset; none of these nets has one).
+Every average is repaired by the default step (BatchNorm reset; none of these nets has one);
+``weight_average_repair`` is MergeMany's weight average with REPAIR instead.
 
     python benchmarks/merging.py [--size tiny|full]
 """
@@ -27,10 +28,10 @@ from measure import emit
 from llfc_core.archs import parse_arch
 from llfc_core.data import digits
 from llfc_core.merging import merge_many
-from llfc_core.merging.averaging import batch_norm_reset
+from llfc_core.merging.averaging import repair_step
 from llfc_core.merging.evaluation import evaluate_merge
 from llfc_core.permutation import StateDict
-from llfc_core.training import TrainConfig, train_modes
+from llfc_core.training import TrainConfig, evaluate, train_modes
 
 CPU = torch.device("cpu")
 BATCH_SIZE = 256
@@ -80,11 +81,23 @@ def _merge_case(
         started = time.perf_counter()
         results[method] = merge_many(arch, states, train, method=method, device=CPU)
         seconds[method] = round(time.perf_counter() - started, 3)
-    repair = batch_norm_reset(arch, train, batch_size=BATCH_SIZE, device=CPU)
+    repair = repair_step(arch, train, "reset", batch_size=BATCH_SIZE, device=CPU)
     scores = evaluate_merge(
         arch, results["feature_average"], states, test, repair, batch_size=BATCH_SIZE, device=CPU
     ).to_json()
     weight_average = results["weight_average"].merged
+    # The weight average again with REPAIR in place of the default repair (a BatchNorm reset,
+    # or nothing without BatchNorm): item 4 compares the feature average with both.
+    repaired_average = merge_many(
+        arch,
+        states,
+        train,
+        repair=repair_step(arch, train, "repair", batch_size=BATCH_SIZE, device=CPU),
+        device=CPU,
+    ).merged
+    repaired_loss, repaired_error = evaluate(
+        arch, repaired_average, test, device=CPU, batch_size=BATCH_SIZE
+    )
     return {
         "benchmark": "merging",
         "size": size,
@@ -95,6 +108,7 @@ def _merge_case(
         "inputs": scores["inputs"],
         "naive_average": scores["naive_average"],
         "weight_average": scores["matched_average"],
+        "weight_average_repair": {"loss": repaired_loss, "error": repaired_error},
         "feature_average": scores["merged"],
         "feature_error": {
             "weight_average": scores["feature_error"]["matched_average"],

@@ -24,7 +24,7 @@ from llfc_core.matching import check_function
 from llfc_core.merging.averaging import (
     RepairStep,
     average_states,
-    batch_norm_reset,
+    repair_step,
     uniform_weights,
 )
 from llfc_core.merging.feature_fit import DEFAULT_RIDGE, fit_feature_average
@@ -33,6 +33,7 @@ from llfc_core.pair import check_same_layout
 from llfc_core.params import DEFAULT_BATCH_SIZE, MERGE_METHODS, check_int
 from llfc_core.permutation import StateDict, permutation_to_lists
 from llfc_core.progress import Reporter
+from llfc_core.repair import default_repair_mode
 
 MAX_ROUNDS = 1000
 STAGE_SHARES = {"weight_average": (0.8, 0.2, 0.0), "feature_average": (0.25, 0.05, 0.7)}
@@ -105,7 +106,8 @@ def merge_many(
 
     ``data`` (training data) is read by the repair step, by the feature fit and, on its first
     batch, by the proof that each permuted input still computes its own function. ``repair``
-    defaults to :func:`~llfc_core.merging.averaging.batch_norm_reset`.
+    defaults to :func:`~llfc_core.merging.averaging.repair_step` of the arch's default mode
+    (a BatchNorm reset for BatchNorm nets, else none).
     """
     check_merge_inputs(states, method)
     if data.num_examples == 0:
@@ -119,7 +121,9 @@ def merge_many(
         )
     device = device or resolve_device("auto")
     reporter = reporter or Reporter()
-    repair = repair or batch_norm_reset(arch, data, batch_size=batch_size, device=device)
+    repair = repair or repair_step(
+        arch, data, default_repair_mode(arch), batch_size=batch_size, device=device
+    )
     on_device = [{key: value.to(device) for key, value in state.items()} for state in states]
     matching_share, repair_share, fit_share = STAGE_SHARES[method]
     perms, permuted, rounds = merge_many_permutations(

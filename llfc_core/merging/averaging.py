@@ -3,9 +3,8 @@
 The mean of N models' weights is not a model whose BatchNorm statistics are the mean of theirs
 (the variance of a mixture is not the mixture of variances), and without BatchNorm its
 pre-activations shrink (the variance collapse REPAIR corrects). So every average here is
-followed by a :data:`RepairStep`: by default the BatchNorm reset of
-:func:`llfc_core.interpolation.reset_batch_norm` for BatchNorm nets and nothing otherwise
-(:func:`batch_norm_reset`); a caller may pass another, such as REPAIR, with the same signature.
+followed by a :data:`RepairStep` (:func:`repair_step`): one of the repair modes of
+:mod:`llfc_core.repair`, by default a BatchNorm reset for BatchNorm nets and nothing otherwise.
 """
 
 from __future__ import annotations
@@ -15,11 +14,10 @@ from collections.abc import Callable, Mapping, Sequence
 import torch
 
 from llfc_core.archs.base import Architecture
-from llfc_core.data import Dataset, fit_to_arch
-from llfc_core.interpolation import reset_batch_norm
-from llfc_core.models import load_model
+from llfc_core.data import Dataset
 from llfc_core.permutation import StateDict
 from llfc_core.progress import Reporter
+from llfc_core.repair import check_repair_mode, repair_mixture
 
 RepairStep = Callable[[Sequence[StateDict], Sequence[float], StateDict, Reporter], StateDict]
 """``repair(inputs, weights, average, reporter)``: the ``average`` of the ``inputs`` (already in
@@ -45,24 +43,30 @@ def uniform_weights(count: int) -> list[float]:
     return [1.0 / count] * count
 
 
-def batch_norm_reset(
-    arch: Architecture, data: Dataset, *, batch_size: int, device: torch.device
+def repair_step(
+    arch: Architecture, data: Dataset, mode: str, *, batch_size: int, device: torch.device
 ) -> RepairStep:
-    """The default repair: BatchNorm statistics re-estimated on ``data`` for a BatchNorm net
-    (the interpolation's "reset"), the average unchanged otherwise."""
+    """The repair ``mode`` (:data:`llfc_core.params.REPAIR_MODES`) of an average on ``data``:
+    ``reset`` re-estimates BatchNorm statistics, ``repair`` is REPAIR with the inputs' weighted
+    statistics as targets (:func:`llfc_core.repair.repair_mixture`), ``none`` keeps the average."""
+    mode = check_repair_mode(mode)
 
-    def reset(
+    def repair(
         inputs: Sequence[StateDict],
         weights: Sequence[float],
         average: StateDict,
         reporter: Reporter,
     ) -> StateDict:
-        if not arch.has_batch_norm:
-            return average
-        model = load_model(arch, average, device)
-        reset_batch_norm(
-            model, fit_to_arch(arch, data), batch_size=batch_size, device=device, reporter=reporter
+        return repair_mixture(
+            arch,
+            inputs,
+            weights,
+            average,
+            data,
+            mode,
+            batch_size=batch_size,
+            device=device,
+            reporter=reporter,
         )
-        return {key: value.detach() for key, value in model.state_dict().items()}
 
-    return reset
+    return repair

@@ -16,7 +16,7 @@ from llfc_core.errors import (
     InvalidParameterError,
 )
 from llfc_core.merging import merge_many
-from llfc_core.merging.averaging import batch_norm_reset
+from llfc_core.merging.averaging import repair_step
 from llfc_core.merging.evaluation import evaluate_merge
 from llfc_core.merging.layer_maps import ConvMap, fitting_sites, layer_map
 from llfc_core.models import load_model
@@ -45,7 +45,7 @@ def vgg_pair() -> tuple:
 
 
 def _evaluate(arch, result, states):
-    repair = batch_norm_reset(arch, digits("train"), batch_size=256, device=CPU)
+    repair = repair_step(arch, digits("train"), "reset", batch_size=256, device=CPU)
     return evaluate_merge(arch, result, states, digits("test"), repair, batch_size=256, device=CPU)
 
 
