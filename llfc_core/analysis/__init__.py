@@ -11,11 +11,14 @@ error as uploaded (its own running statistics), since those are the numbers its 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 
 from llfc_core.analysis.config import AnalysisConfig, alpha_key
 from llfc_core.analysis.pair_metrics import measure_pair
+from llfc_core.analysis.per_model import PerModel
 from llfc_core.archs.base import Architecture
 from llfc_core.checkpoints import validate_state_dict
 from llfc_core.data import Dataset, fit_to_arch
@@ -32,6 +35,31 @@ from llfc_results import AnalysisResult, Endpoint, LossError, PairResult
 MATCH_SHARE = 0.2
 AS_UPLOADED_SHARE = 0.1
 """Of the progress, when BatchNorm statistics are re-estimated: evaluating A and B as uploaded."""
+
+
+@dataclass(frozen=True)
+class AnalysisData:
+    """The data of an analysis, fitted to its arch: ``dataset`` to measure on, ``side_data``
+    for activation matching and BatchNorm re-estimation (``dataset`` unless one was given)."""
+
+    dataset: Dataset
+    side_data: Dataset
+
+
+def analysis_data(
+    arch: Architecture,
+    dataset: Dataset,
+    config: AnalysisConfig,
+    train_dataset: Dataset | None = None,
+) -> AnalysisData:
+    """Check ``config``'s layers against the arch and fit the data to it (DatasetError when it
+    holds no examples)."""
+    config.check_layers(arch.feature_layers())
+    dataset = fit_to_arch(arch, dataset)
+    if dataset.num_examples == 0:
+        raise DatasetError("The dataset holds no examples; an analysis needs at least one.")
+    side_data = fit_to_arch(arch, train_dataset) if train_dataset is not None else dataset
+    return AnalysisData(dataset, side_data)
 
 
 def analyze_pair(
@@ -51,16 +79,36 @@ def analyze_pair(
     re-estimation of interpolated nets.
     """
     config = config or AnalysisConfig()
-    reporter = reporter or Reporter()
-    device = device or resolve_device("auto")
     state_a = validate_state_dict(arch, state_a)
     state_b = validate_state_dict(arch, state_b)
     check_same_layout(state_a, state_b)
-    config.check_layers(arch.feature_layers())
-    dataset = fit_to_arch(arch, dataset)
-    if dataset.num_examples == 0:
-        raise DatasetError("The dataset holds no examples; an analysis needs at least one.")
-    side_data = fit_to_arch(arch, train_dataset) if train_dataset is not None else dataset
+    return analyze_validated(
+        arch,
+        state_a,
+        state_b,
+        analysis_data(arch, dataset, config, train_dataset),
+        config,
+        device=device or resolve_device("auto"),
+        reporter=reporter or Reporter(),
+        # The naive and the matched pair share A, and B as uploaded is evaluated once.
+        per_model=PerModel([state_a, state_b]),
+    )
+
+
+def analyze_validated(
+    arch: Architecture,
+    state_a: StateDict,
+    state_b: StateDict,
+    data: AnalysisData,
+    config: AnalysisConfig,
+    *,
+    device: torch.device,
+    reporter: Reporter,
+    per_model: PerModel,
+) -> AnalysisResult:
+    """:func:`analyze_pair` of state dicts already validated for the arch, on data already
+    fitted to it, the work about single models read from ``per_model`` when it holds it."""
+    dataset, side_data = data.dataset, data.side_data
     reset_bn = arch.has_batch_norm if config.reset_bn is None else config.reset_bn
     reestimated = bool(reset_bn and arch.has_batch_norm)
 
@@ -100,6 +148,7 @@ def analyze_pair(
             bn_data=side_data,
             device=device,
             reporter=reporter.sub(measure_start + index * share, share),
+            per_model=per_model,
         )
         # A and B themselves are the same in every pair: the first pair's numbers stand.
         measured_endpoints = measured_endpoints or endpoints
@@ -114,6 +163,7 @@ def analyze_pair(
             batch_size=config.batch_size,
             device=device,
             reporter=reporter.sub(1.0 - as_uploaded_share, as_uploaded_share),
+            per_model=per_model,
         ),
         settings={
             "match": config.match,
@@ -142,22 +192,25 @@ def _with_as_uploaded(
     batch_size: int,
     device: torch.device,
     reporter: Reporter,
+    per_model: PerModel,
 ) -> dict[str, Endpoint]:
     """Each measured endpoint labelled with ``batch_norm_reestimated``, with ``as_uploaded``:
     the loss and error of the uploaded state itself, its own running statistics included."""
+
+    def evaluated(state: StateDict, stage_reporter: Reporter) -> LossError:
+        loss, error = evaluate(
+            arch, state, dataset, device=device, batch_size=batch_size, reporter=stage_reporter
+        )
+        return LossError(loss=loss, error=error)
+
     labelled = {}
     for index, (side, state) in enumerate(states.items()):
         measured = endpoints[side]
         if reestimated:
-            loss, error = evaluate(
-                arch,
-                state,
-                dataset,
-                device=device,
-                batch_size=batch_size,
-                reporter=reporter.sub(index / len(states), 1 / len(states)),
+            stage_reporter = reporter.sub(index / len(states), 1 / len(states))
+            as_uploaded = per_model.get(
+                "as uploaded", state, partial(evaluated, state, stage_reporter)
             )
-            as_uploaded = LossError(loss=loss, error=error)
         else:
             # Nothing was re-estimated: the measured endpoints are the uploaded models.
             as_uploaded = measured
@@ -167,4 +220,11 @@ def _with_as_uploaded(
     return labelled
 
 
-__all__ = ["AnalysisConfig", "AnalysisResult", "analyze_pair"]
+__all__ = [
+    "AnalysisConfig",
+    "AnalysisData",
+    "AnalysisResult",
+    "analysis_data",
+    "analyze_pair",
+    "analyze_validated",
+]

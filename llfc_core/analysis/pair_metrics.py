@@ -47,6 +47,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llfc_core.analysis.config import AnalysisConfig, alpha_key
+from llfc_core.analysis.per_model import PerModel
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset
 from llfc_core.features import (
@@ -560,13 +562,17 @@ def measure_pair(
     bn_data: Dataset,
     device: torch.device,
     reporter: Reporter,
+    per_model: PerModel | None = None,
 ) -> tuple[PairResult, dict[str, LossError]]:
     """The pair's measurements (lmc, llfc, conditions, lemma) and the endpoints' loss/error.
 
     ``dataset`` and ``bn_data`` must already be shaped for the arch. A and B are re-estimated
     like every other point of the path, so A compared with itself gives a flat path and zero
-    barrier, and the barrier measures the interpolation alone.
+    barrier, and the barrier measures the interpolation alone. ``per_model`` keeps the built
+    endpoints of its shared state dicts for the next pair they are in (the pass reads them and
+    changes nothing in them).
     """
+    per_model = per_model or PerModel()
     reset_bn = arch.has_batch_norm if config.reset_bn is None else config.reset_bn
     build_share = 0.3 if reset_bn and arch.has_batch_norm else 0.05
     build_reporter = reporter.sub(0.0, build_share)
@@ -583,12 +589,16 @@ def measure_pair(
                 reporter=stage_reporter,
             )
 
+    def built(state: Mapping[str, torch.Tensor], stage_reporter: Reporter) -> nn.Module:
+        model = _prepared(load_model(arch, state, device), device)
+        reset(model, stage_reporter)
+        return model
+
     endpoints = []
     for index, (label, state) in enumerate((("A", state_a), ("B", state_b))):
-        model = _prepared(load_model(arch, state, device), device)
-        reset(model, build_reporter.sub(index / stages, 1 / stages))
+        stage_reporter = build_reporter.sub(index / stages, 1 / stages)
+        endpoints.append(per_model.get("endpoint", state, partial(built, state, stage_reporter)))
         build_reporter.report((index + 1) / stages, f"built {label}")
-        endpoints.append(model)
     model_a, model_b = endpoints
     # One list for the probe and the pass: a layer's output is reused as a site's kept
     # pre-activation only where that site is measured.
