@@ -13,14 +13,21 @@ from llfc_results.analysis import (
     MetricRow,
     PairResult,
 )
-from llfc_results.export import ANALYSIS_CSV_HEADERS, analysis_csv, analysis_csv_rows, write_csv
-from llfc_results.jobs import FINISHED_STATUSES, JobKind, JobStatus
+from llfc_results.export import (
+    ANALYSIS_CSV_HEADERS,
+    analysis_csv,
+    analysis_csv_rows,
+    sweep_csv,
+    write_csv,
+)
+from llfc_results.jobs import FINISHED_STATUSES, MULTI_MODEL_KINDS, JobKind, JobStatus
 from llfc_results.sweep import SWEEP_METRICS, SweepCell, SweepPair, SweepResult
 
 __all__ = [
     "ANALYSIS_CSV_HEADERS",
     "ENDPOINTS",
     "FINISHED_STATUSES",
+    "MULTI_MODEL_KINDS",
     "SWEEP_METRICS",
     "AnalysisResult",
     "Endpoint",
@@ -37,5 +44,6 @@ __all__ = [
     "SweepResult",
     "analysis_csv",
     "analysis_csv_rows",
+    "sweep_csv",
     "write_csv",
 ]
