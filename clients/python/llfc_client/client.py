@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -353,19 +353,24 @@ class Client:
         dataset: str | None = None,
         params: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        *,
+        models: Sequence[str] | None = None,
     ) -> Job:
-        """Submit a ``match``, ``interpolate``, ``analyze`` or ``train`` job; returns it queued.
+        """Submit a ``match``, ``interpolate``, ``analyze`` or ``train`` job, or a ``sweep`` of
+        ``models`` (checkpoint ids); returns it queued.
 
         With ``idempotency_key``, resubmitting the same body returns the same job, so a retry
         after a lost answer does not start the work twice.
         """
-        payload = {
+        payload: dict[str, Any] = {
             "kind": kind,
             "model_a": model_a,
             "model_b": model_b,
             "dataset": dataset,
             "params": params or {},
         }
+        if models is not None:
+            payload["models"] = list(models)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
         return Job.from_json(self._json("POST", "/v1/jobs", json=payload, headers=headers))
 
