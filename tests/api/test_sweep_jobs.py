@@ -1,15 +1,24 @@
 """Sweep jobs through the service: the job names its models, its result holds symmetric
 matrices with a zero diagonal, each entry and each pair's stored analysis equal that pair's own
-analyze job, the pairs are SQL rows served page by page, the heat map is a PNG, and bad
-submissions are refused with a sentence."""
+analyze job, the pairs are SQL rows served page by page, the heat map is a PNG, bad
+submissions are refused with a sentence, and a running sweep reports its pair, keeps its models
+from deletion and cancels."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import httpx
 import pytest
-from support.api import run_job, submit, upload_mlp
+from support.api import (
+    LONG_ANALYZE_WIDTHS,
+    long_analyze_body,
+    run_job,
+    submit,
+    upload_mlp,
+    wait_for_job,
+)
 from support.security import assert_problem
 
 from llfc_core.plots import PNG_SIGNATURE
@@ -142,3 +151,26 @@ def test_bad_sweep_submissions_are_refused_with_a_sentence(alice: httpx.Client, 
         assert_problem(submit(alice, body), 422, phrase)
     analyze = {"kind": "analyze", "models": models[:2], "dataset": "builtin:digits"}
     assert_problem(submit(alice, analyze), 422, "'models' is for jobs on N models")
+
+
+def test_a_running_sweep_reports_its_pair_keeps_its_models_and_cancels(
+    alice: httpx.Client,
+) -> None:
+    wide = [upload_mlp(alice, LONG_ANALYZE_WIDTHS, seed) for seed in (41, 42, 43)]
+    long_params = long_analyze_body(wide[0], wide[1])["params"]
+    body = {"kind": "sweep", "models": wide, "dataset": "builtin:digits", "params": long_params}
+    job = submit(alice, body).json()
+    running = wait_for_job(alice, job["id"], statuses=("running",), timeout=120)
+    deadline = time.monotonic() + 60
+    while not running["progress"]["stage"].startswith("pair 1 of 3: "):
+        assert time.monotonic() < deadline, running["progress"]
+        time.sleep(0.2)
+        running = alice.get(f"/v1/jobs/{job['id']}").json()
+    assert f"{wide[0]} vs {wide[1]}: " in running["progress"]["stage"]
+    # The third model is in no pair yet, and still the sweep's.
+    assert_problem(alice.delete(f"/v1/checkpoints/{wide[2]}"), 409, job["id"])
+    assert alice.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
+    assert wait_for_job(alice, job["id"])["status"] == "cancelled"
+    assert_problem(alice.get(f"/v1/jobs/{job['id']}/pairs"), 409, "cancelled")
+    assert alice.delete(f"/v1/checkpoints/{wide[2]}").status_code == 204
+    assert alice.get(f"/v1/jobs/{job['id']}").json()["models"] == wide
