@@ -12,6 +12,7 @@ from llfc_core.analysis.sweep import analyze_sweep
 from llfc_core.archs import parse_arch
 from llfc_core.data import digits
 from llfc_core.errors import InvalidParameterError
+from llfc_core.footprint import analysis_memory, sweep_memory
 from llfc_core.progress import Reporter
 from llfc_core.training import TrainConfig, train_modes
 from llfc_results import SWEEP_METRICS, SweepPair
@@ -123,3 +124,14 @@ def test_a_sweep_needs_two_models_and_llfc_at_one_half(digit_mlps) -> None:
         analyze_sweep(arch, states[:1], data, device=CPU)
     with pytest.raises(InvalidParameterError, match=r"'llfc_alphas' must hold 0\.5"):
         analyze_sweep(arch, states, data, AnalysisConfig(llfc_alphas=(0.25,)), device=CPU)
+
+
+def test_a_sweeps_memory_estimate_adds_every_kept_model_to_one_pairs() -> None:
+    arch = parse_arch(MLP)
+    alphas = [0.0, 0.5, 1.0]
+    pair = analysis_memory(arch, 64, "weight", alphas)
+    # Each model's state dict as loaded and its built endpoint: two float32 copies.
+    for num_models in (2, 16):
+        estimate = sweep_memory(arch, 64, "weight", alphas, num_models)
+        assert estimate.models == pair.models + 2 * num_models * 4 * arch.num_params()
+        assert (estimate.batch, estimate.matching) == (pair.batch, pair.matching)

@@ -455,7 +455,7 @@ def test_the_result_csv_is_the_rows_of_the_analysis_and_only_of_an_analysis(
 
     not_analysis = api.get(f"/v1/jobs/{train_job['id']}/result.csv")
     assert not_analysis.status_code == 404
-    assert "only analyze jobs have result rows" in not_analysis.json()["detail"]
+    assert "only analyze and sweep jobs have result rows" in not_analysis.json()["detail"]
     assert httpx.get(f"{served.base_url}/v1/jobs/{job['id']}/result.csv").status_code == 401
 
 
