@@ -77,9 +77,21 @@ def test_a_pair_kind_given_three_models_is_a_usage_error(
     assert "takes at most two models, A and B, got 3; sweep jobs take more" in refused.output
 
 
-def test_the_client_submits_models_as_a_list(client: Client, trained_pair: tuple[str, str]) -> None:
+def test_the_client_submits_a_sweep_and_reads_its_pairs_and_heat_map(
+    client: Client, trained_pair: tuple[str, str]
+) -> None:
+    models = [*trained_pair, client.upload_checkpoint(mlp_state_dict(seed=73), MLP_ARCH).id]
     job = client.submit_job(
-        "sweep", dataset="builtin:digits", params={"max_examples": 50}, models=list(trained_pair)
+        "sweep", dataset="builtin:digits", params={"max_examples": 50}, models=models
     )
-    assert job.models == list(trained_pair)
-    assert client.wait(job.id, timeout=JOB_TIMEOUT_S).status == "succeeded"
+    assert job.models == models
+    job = client.wait(job.id, timeout=JOB_TIMEOUT_S)
+    assert job.status == "succeeded", job.error
+    assert job.result is not None
+    pairs = list(client.iter_sweep_pairs(job.id, page_size=2))
+    assert [(pair["index_a"], pair["index_b"]) for pair in pairs] == [(0, 1), (0, 2), (1, 2)]
+    assert all(pair["matched"] is None for pair in pairs)
+    analysis = client.get_sweep_pair(job.id, 1, 2)
+    barrier = job.result["matrices"]["naive"]["loss_barrier"][1][2]
+    assert analysis.pairs["naive"].lmc.loss_barrier == barrier == pairs[2]["naive"]["loss_barrier"]
+    assert client.get_plot(job.id, "sweep").startswith(b"\x89PNG")
