@@ -47,7 +47,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -395,6 +395,16 @@ def analysis_memory(
         ),
         key=lambda estimate: estimate.total,
     )
+
+
+def sweep_memory(
+    arch: Architecture, batch_size: int, match: str, alphas: Sequence[float], num_models: int
+) -> MemoryEstimate:
+    """Peak memory of ``analyze_sweep`` of ``num_models`` models: one pair's analysis, with
+    every model's state dict and built endpoint held for the pairs it is in."""
+    pair = analysis_memory(arch, batch_size, match, alphas)
+    kept = 2 * num_models * arch_shapes(arch).state_bytes
+    return replace(pair, models=pair.models + kept)
 
 
 def training_memory(arch: Architecture, batch_size: int, num_modes: int) -> MemoryEstimate:

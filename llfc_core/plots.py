@@ -430,7 +430,11 @@ def plot_figure(result: AnalysisResult, name: str) -> Figure:
 
 def render_plot(result: AnalysisResult, name: str) -> bytes:
     """Plot ``name`` of an analyze result as PNG bytes."""
-    figure = plot_figure(result, name)
+    return figure_png(plot_figure(result, name))
+
+
+def figure_png(figure: Figure) -> bytes:
+    """``figure`` drawn as PNG bytes."""
     buffer = io.BytesIO()
     # savefig, not FigureCanvasAgg.print_png (untyped): the figure draws on an Agg canvas all
     # the same, with no pyplot involved.

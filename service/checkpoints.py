@@ -29,7 +29,7 @@ from pathlib import Path, PurePath
 from typing import Any, Literal
 
 import torch
-from sqlalchemy import select
+from sqlalchemy import Text, cast, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -376,7 +376,9 @@ def store_artifact(
 
 def delete_checkpoint(session: Session, store: BlobStore, checkpoint: Checkpoint) -> None:
     """Delete a checkpoint unless a queued or running job uses it (409)."""
-    uses = (Job.model_a_id == checkpoint.id) | (Job.model_b_id == checkpoint.id)
+    # model_ids is a JSON list of ids, whose text holds each id in double quotes.
+    in_model_ids = cast(Job.model_ids, Text).contains(f'"{checkpoint.id}"', autoescape=True)
+    uses = (Job.model_a_id == checkpoint.id) | (Job.model_b_id == checkpoint.id) | in_model_ids
     refuse_if_used(session, checkpoint.owner_id, uses, f"Checkpoint {checkpoint.id}")
     delete_with_blob(
         session, store, checkpoint, Checkpoint.blob_sha256, Checkpoint.graph_blob_sha256

@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from llfc_core.analysis import AnalysisConfig
+from llfc_core.analysis.sweep import check_sweep
 from llfc_core.archs import Architecture, OnnxArchitecture, compare_onnx_archs, parse_arch
 from llfc_core.data import dataset_probe, fit_to_arch
 from llfc_core.errors import DatasetError, IncompatiblePairError, InvalidParameterError
@@ -30,6 +31,7 @@ from llfc_core.footprint import (
     interpolation_memory,
     match_memory,
     stored_checkpoint_bytes,
+    sweep_memory,
     training_memory,
 )
 from llfc_core.interpolation import check_alpha
@@ -92,6 +94,8 @@ class JobPlan:
     model_b_id: str | None
     dataset_ref: str | None
     train_dataset_ref: str | None = None
+    model_ids: list[str] | None = None
+    """The models of a job on N of them, in the order given."""
 
 
 # --- Parameter checks ----------------------------------------------------------------------
@@ -133,35 +137,99 @@ def _data_params(
 # --- Inputs --------------------------------------------------------------------------------
 
 
+def _owned_checkpoint(
+    session: Session, owner_id: str, field: str, checkpoint_id: str
+) -> Checkpoint:
+    checkpoint = session.get(Checkpoint, checkpoint_id)
+    if checkpoint is None or checkpoint.owner_id != owner_id:
+        raise InvalidParameterError(
+            f"'{field}' names no checkpoint: {checkpoint_id!r} does not exist."
+        )
+    return checkpoint
+
+
+def _refuse_different_archs(
+    store: BlobStore,
+    settings: Settings,
+    first: Checkpoint,
+    other: Checkpoint,
+    which: str,
+    every: str,
+) -> None:
+    """IncompatiblePairError when ``other``'s arch is not ``first``'s (for two ONNX graphs,
+    the sentence says where they differ); ``which`` names the two models, ``every`` the
+    models that must share the arch ("both", "all")."""
+    if first.arch == other.arch:
+        return
+    if first.graph_blob_sha256 is not None and other.graph_blob_sha256 is not None:
+        arch_first, arch_other = (
+            checkpoint_arch(store, model, settings) for model in (first, other)
+        )
+        assert isinstance(arch_first, OnnxArchitecture)
+        assert isinstance(arch_other, OnnxArchitecture)
+        compare_onnx_archs(arch_first, arch_other)
+    raise IncompatiblePairError(
+        f"{which} have different archs ({json.dumps(first.arch)} and "
+        f"{json.dumps(other.arch)}); {every} must be checkpoints of the same arch."
+    )
+
+
 def _model_pair(
     session: Session, owner_id: str, body: JobCreate, settings: Settings
 ) -> tuple[Checkpoint, Checkpoint, Architecture]:
     """Models A and B of the owner, which must have the same arch."""
+    if body.models is not None:
+        raise InvalidParameterError(
+            f"{article(body.kind)} {body.kind} job takes two models, as 'model_a' and "
+            "'model_b'; 'models' is for jobs on N models, such as sweep."
+        )
     if not body.model_a or not body.model_b:
         raise InvalidParameterError(
-            f"{_article(body.kind)} {body.kind} job needs 'model_a' and 'model_b', two "
+            f"{article(body.kind)} {body.kind} job needs 'model_a' and 'model_b', two "
             "checkpoint ids."
         )
-    models = []
-    for field, checkpoint_id in (("model_a", body.model_a), ("model_b", body.model_b)):
-        checkpoint = session.get(Checkpoint, checkpoint_id)
-        if checkpoint is None or checkpoint.owner_id != owner_id:
-            raise InvalidParameterError(
-                f"'{field}' names no checkpoint: {checkpoint_id!r} does not exist."
-            )
-        models.append(checkpoint)
-    model_a, model_b = models
+    model_a = _owned_checkpoint(session, owner_id, "model_a", body.model_a)
+    model_b = _owned_checkpoint(session, owner_id, "model_b", body.model_b)
     store = BlobStore(settings.blob_dir)
-    if model_a.arch != model_b.arch:
-        if model_a.graph_blob_sha256 is not None and model_b.graph_blob_sha256 is not None:
-            arch_a, arch_b = (checkpoint_arch(store, model, settings) for model in models)
-            assert isinstance(arch_a, OnnxArchitecture) and isinstance(arch_b, OnnxArchitecture)
-            compare_onnx_archs(arch_a, arch_b)  # says where the two graphs differ
-        raise IncompatiblePairError(
-            f"Models A and B have different archs ({json.dumps(model_a.arch)} and "
-            f"{json.dumps(model_b.arch)}); both must be checkpoints of the same arch."
-        )
+    _refuse_different_archs(store, settings, model_a, model_b, "Models A and B", "both")
     return model_a, model_b, checkpoint_arch(store, model_a, settings)
+
+
+def model_set(
+    session: Session, owner_id: str, body: JobCreate, settings: Settings
+) -> tuple[list[Checkpoint], Architecture]:
+    """The owner's checkpoints that ``body.models`` names, in its order, and their shared
+    arch: 2 to ``LLFC_MAX_JOB_MODELS`` of them, each named once (a model twice would make a
+    pair of a model with itself, whose numbers are known, and two rows of the matrices that
+    say the same), all of one arch."""
+    if body.model_a or body.model_b:
+        raise InvalidParameterError(
+            f"{article(body.kind)} {body.kind} job takes its checkpoints as 'models', a list "
+            "of ids, not as 'model_a' and 'model_b'."
+        )
+    ids = body.models or []
+    if not 2 <= len(ids) <= settings.max_job_models:
+        raise InvalidParameterError(
+            f"{article(body.kind)} {body.kind} job needs 'models', a list of 2 to "
+            f"{settings.max_job_models} checkpoint ids on this service, got {len(ids)}."
+        )
+    repeated = sorted({checkpoint_id for checkpoint_id in ids if ids.count(checkpoint_id) > 1})
+    if repeated:
+        raise InvalidParameterError(
+            f"'models' names {named(repeated)} more than once; name each model once (a model "
+            "compared with itself is connected: its row of the matrices is zero)."
+        )
+    models = [
+        _owned_checkpoint(session, owner_id, f"models[{index}]", checkpoint_id)
+        for index, checkpoint_id in enumerate(ids)
+    ]
+    store = BlobStore(settings.blob_dir)
+    first = models[0]
+    for other in models[1:]:
+        _refuse_different_archs(
+            store, settings, first, other, f"Models {first.id} and {other.id}", "all"
+        )
+    return models, checkpoint_arch(store, first, settings)
 
 
 def _fitting_dataset(
@@ -334,14 +402,26 @@ def _plan_interpolate(
     return _pair_plan(JobKind.INTERPOLATE, params, arch, model_a, model_b, dataset_ref, train_data)
 
 
-def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
+def _analysis_config(body: JobCreate, settings: Settings) -> AnalysisConfig:
     config = AnalysisConfig.from_params(body.params)
     if len(config.alphas) > settings.max_alphas:
         raise InvalidParameterError(
             f"'alphas' may hold at most {settings.max_alphas} values on this service, "
             f"got {len(config.alphas)}."
         )
-    model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
+    return config
+
+
+def _analysis_inputs(
+    session: Session,
+    owner_id: str,
+    body: JobCreate,
+    settings: Settings,
+    config: AnalysisConfig,
+    arch: Architecture,
+) -> tuple[dict[str, Any], str, dict[str, Any]]:
+    """An analysis's params as stored, its dataset and its train data (checked against
+    ``arch``), for analyze and sweep jobs alike."""
     config.check_layers(arch.feature_layers())
     check_symmetry(arch.symmetry(), config.symmetry)
     dataset_ref = _fitting_dataset(session, settings, owner_id, body.dataset, arch, "to analyse on")
@@ -351,10 +431,39 @@ def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Se
         **_data_params(body.params, settings, "test", dataset_ref),
         **train_data,
     }
+    return params, dataset_ref, train_data
+
+
+def _plan_analyze(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
+    config = _analysis_config(body, settings)
+    model_a, model_b, arch = _model_pair(session, owner_id, body, settings)
+    params, dataset_ref, train_data = _analysis_inputs(
+        session, owner_id, body, settings, config, arch
+    )
     return _pair_plan(JobKind.ANALYZE, params, arch, model_a, model_b, dataset_ref, train_data)
 
 
-def _article(word: str) -> str:
+def _plan_sweep(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
+    config = _analysis_config(body, settings)
+    models, arch = model_set(session, owner_id, body, settings)
+    check_sweep(config, len(models))
+    params, dataset_ref, train_data = _analysis_inputs(
+        session, owner_id, body, settings, config, arch
+    )
+    return JobPlan(
+        JobKind.SWEEP,
+        params,
+        models[0].arch,
+        arch,
+        None,
+        None,
+        dataset_ref,
+        train_data.get(TRAIN_DATASET_KEY),
+        [model.id for model in models],
+    )
+
+
+def article(word: str) -> str:
     return "An" if word[:1] in "aeiou" else "A"
 
 
@@ -365,9 +474,10 @@ def analysis_params(config: AnalysisConfig) -> dict[str, Any]:
 
 def _plan_train(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
     _refuse_unknown("train", body.params, (*TRAIN_KEYS, *DATA_KEYS))
-    if body.model_a or body.model_b:
+    if body.model_a or body.model_b or body.models is not None:
         raise InvalidParameterError(
-            "A train job takes no 'model_a' or 'model_b'; it trains new models of 'params.arch'."
+            "A train job takes no 'model_a', 'model_b' or 'models'; it trains new models of "
+            "'params.arch'."
         )
     if "arch" not in body.params:
         raise InvalidParameterError(
@@ -416,6 +526,7 @@ PLANNERS: dict[JobKind, Callable[[Session, str, JobCreate, Settings], JobPlan]] 
     JobKind.INTERPOLATE: _plan_interpolate,
     JobKind.ANALYZE: _plan_analyze,
     JobKind.TRAIN: _plan_train,
+    JobKind.SWEEP: _plan_sweep,
 }
 
 
@@ -429,9 +540,13 @@ def job_memory(plan: JobPlan, arch: Architecture) -> MemoryEstimate:
         return match_memory(arch, params["method"], params["batch_size"])
     if plan.kind == JobKind.INTERPOLATE:
         return interpolation_memory(arch, params["batch_size"], plan.dataset_ref is not None)
+    alphas = [*params.get("alphas", []), *params.get("llfc_alphas", [])]
     if plan.kind == JobKind.ANALYZE:
-        alphas = [*params["alphas"], *params["llfc_alphas"]]
         return analysis_memory(arch, params["batch_size"], params["match"], alphas)
+    if plan.kind == JobKind.SWEEP:
+        assert plan.model_ids is not None
+        num_models = len(plan.model_ids)
+        return sweep_memory(arch, params["batch_size"], params["match"], alphas, num_models)
     return training_memory(arch, params["batch_size"], params["num_modes"])
 
 
@@ -508,6 +623,7 @@ def submit_job(
         arch=plan.arch,
         model_a_id=plan.model_a_id,
         model_b_id=plan.model_b_id,
+        model_ids=plan.model_ids,
         dataset_ref=plan.dataset_ref,
         train_dataset_ref=plan.train_dataset_ref,
         reserved_bytes=reserved,
@@ -588,6 +704,7 @@ def public_job(job: Job | Row[Any], artifacts: Sequence[JobArtifact | Row[Any]])
         ],
         model_a=job.model_a_id,
         model_b=job.model_b_id,
+        models=job.model_ids,
         dataset=job.dataset_ref,
         params=job.params,
         attempts=job.attempts,

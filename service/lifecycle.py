@@ -38,7 +38,7 @@ from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session, aliased
 
 from service.core.config import Settings
-from service.db.models import Job, JobArtifact, JobStatus, LayerMetric, Owner, utcnow
+from service.db.models import Job, JobArtifact, JobStatus, LayerMetric, Owner, SweepPair, utcnow
 from service.db.session import rows_changed
 
 QUEUED = JobStatus.QUEUED
@@ -398,9 +398,11 @@ def succeed_run(
     artifacts: Sequence[tuple[str, str]],
     layer_metrics: Iterable[dict[str, Any]],
     now: datetime,
+    sweep_pairs: Iterable[dict[str, Any]] = (),
 ) -> bool:
-    """End run ``attempt`` succeeded with its result, artifacts (name, checkpoint id) and
-    per-layer metric rows, in the caller's transaction with the checkpoints it stored; commit.
+    """End run ``attempt`` succeeded with its result, artifacts (name, checkpoint id),
+    per-layer metric rows and a sweep's pair rows, in the caller's transaction with the
+    checkpoints it stored; commit.
     ``now`` is when its computation ended, taken before its outputs were stored.
 
     If the run lost its lease meanwhile (the job was taken back), everything is rolled back,
@@ -411,6 +413,7 @@ def succeed_run(
         for name, checkpoint_id in artifacts
     )
     session.add_all(LayerMetric(job_id=job_id, **row) for row in layer_metrics)
+    session.add_all(SweepPair(job_id=job_id, **row) for row in sweep_pairs)
     finished = rows_changed(
         session,
         update(Job)

@@ -10,7 +10,17 @@ from fastapi import FastAPI
 from service.api.body_limit import BodyLimitMiddleware
 from service.api.problems import install_problem_handlers
 from service.api.request_metrics import MetricsMiddleware
-from service.api.routes import archs, checkpoints, config, datasets, health, jobs, plots, web
+from service.api.routes import (
+    archs,
+    checkpoints,
+    config,
+    datasets,
+    health,
+    jobs,
+    plots,
+    sweeps,
+    web,
+)
 from service.api.security_headers import SecurityHeadersMiddleware
 from service.checkpoints import warn_if_torch_files_are_refused
 from service.core.config import get_settings
@@ -55,7 +65,7 @@ def create_app() -> FastAPI:
         BodyLimitMiddleware, upload_paths=(checkpoints.router.prefix, datasets.router.prefix)
     )
     app.add_middleware(SecurityHeadersMiddleware)
-    for module in (checkpoints, datasets, jobs, archs, plots, config, health, web):
+    for module in (checkpoints, datasets, jobs, archs, plots, sweeps, config, health, web):
         app.include_router(module.router)
     return app
 

@@ -53,6 +53,7 @@ _SHOWN_COLUMNS = (
     Job.result,
     Job.model_a_id,
     Job.model_b_id,
+    Job.model_ids,
     Job.dataset_ref,
     Job.params,
     Job.attempts,

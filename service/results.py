@@ -1,4 +1,5 @@
-"""Job results as stored: JSON made safe for every database, and an analysis as metric rows.
+"""Job results as stored: JSON made safe for every database, an analysis as metric rows, a
+sweep's pairs as sweep_pairs rows.
 
 The analyze result (docs/API.md) nests per-layer lists under alphas; :func:`layer_metric_rows`
 stores its rows (:meth:`llfc_results.AnalysisResult.rows`, the iterator the client's CSV and
@@ -8,10 +9,11 @@ tables use too) so a client can ask for "cos_alpha of layer 2 at alpha 0.5" dire
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from llfc_results import AnalysisResult, MetricRow
+from llfc_results.sweep import pair_metrics
 
 
 def json_safe(value: Any) -> Any:
@@ -31,3 +33,21 @@ def layer_metric_rows(result: Mapping[str, Any]) -> list[MetricRow]:
     the result's pairs (the endpoints and the Lemma stay in the result itself), non-finite
     numbers as None."""
     return list(AnalysisResult.from_json(result).rows(with_summary=False))
+
+
+def sweep_pair_row(
+    model_ids: Sequence[str], index_a: int, index_b: int, analysis: Mapping[str, Any]
+) -> dict[str, Any]:
+    """The sweep_pairs row of one pair: its models, its matrix numbers and its whole analysis
+    (already :func:`json_safe`)."""
+    row: dict[str, Any] = {
+        "index_a": index_a,
+        "index_b": index_b,
+        "model_a_id": model_ids[index_a],
+        "model_b_id": model_ids[index_b],
+        "analysis": analysis,
+    }
+    for kind, pair in AnalysisResult.from_json(analysis).pairs.items():
+        for metric, value in pair_metrics(pair).items():
+            row[f"{kind}_{metric}"] = value
+    return row

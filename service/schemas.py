@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
 from service.db.models import JobKind, JobStatus
@@ -15,6 +15,10 @@ RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 """Every id this service issues (``ckpt_<hex>``, ``builtin:digits``...) matches; a reference that
 does not is refused before it reaches the database (PostgreSQL cannot even compare text holding
 a NUL byte)."""
+ResourceId = Annotated[str, StringConstraints(pattern=RESOURCE_ID_PATTERN)]
+MAX_MODELS_FIELD = 1000
+"""A bound on ``models`` that holds whatever the settings say, so no body makes the service
+look up an unbounded list; ``LLFC_MAX_JOB_MODELS`` is the limit a submission is held to."""
 
 
 class CheckpointPublic(BaseModel):
@@ -89,6 +93,12 @@ class JobCreate(BaseModel):
     model_b: str | None = Field(
         default=None, description="Checkpoint id of model B.", pattern=RESOURCE_ID_PATTERN
     )
+    models: list[ResourceId] | None = Field(
+        default=None,
+        description="Checkpoint ids of a job on N models (a sweep), 2 to LLFC_MAX_JOB_MODELS "
+        "of them, each once.",
+        max_length=MAX_MODELS_FIELD,
+    )
     dataset: str | None = Field(
         default=None,
         description="An uploaded dataset id or 'builtin:<name>'.",
@@ -132,6 +142,10 @@ class JobPublic(BaseModel):
     artifacts: list[ArtifactPublic]
     model_a: str | None
     model_b: str | None
+    models: list[str] | None = Field(
+        description="The models of a job on N models (a sweep), in the order given; null "
+        "for other jobs."
+    )
     dataset: str | None
     params: dict[str, Any] = Field(description="The params as validated, defaults filled in.")
     attempts: int
@@ -154,6 +168,30 @@ class LayerMetricPublic(BaseModel):
 
 class LayerMetricsPublic(BaseModel):
     items: list[LayerMetricPublic]
+
+
+class SweepMetricsPublic(BaseModel):
+    loss_barrier: float | None
+    error_barrier: float | None
+    llfc_distance: float | None = Field(
+        description="Mean over layers of E[1 - cos_alpha] at alpha 0.5."
+    )
+
+
+class SweepPairPublic(BaseModel):
+    index_a: int = Field(description="Position of model A in the job's models.")
+    index_b: int = Field(description="Position of model B in the job's models (> index_a).")
+    model_a: str
+    model_b: str
+    naive: SweepMetricsPublic
+    matched: SweepMetricsPublic | None = Field(
+        description="Null when the sweep did not match (params.match 'none')."
+    )
+
+
+class SweepPairsPublic(BaseModel):
+    items: list[SweepPairPublic]
+    next_cursor: str | None
 
 
 class ServiceConfigPublic(BaseModel):

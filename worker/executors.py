@@ -1,4 +1,4 @@
-"""The four job kinds, each a thin call into the engine: the job's inputs in, an
+"""The job kinds, each a thin call into the engine: the job's inputs in, an
 :class:`Outcome` out. Imported only in the worker child process (it loads torch).
 
 Each runs under the job's float32 precision (``worker/execution.py`` sets it) and records it in
@@ -13,6 +13,8 @@ from typing import Any
 
 from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.analysis.config import ANALYSIS_FIELDS
+from llfc_core.analysis.sweep import analyze_sweep
+from llfc_core.data import Dataset
 from llfc_core.matching import match_models
 from llfc_core.matching.ste import SteConfig
 from llfc_core.params import DATA_MATCH_METHODS
@@ -36,6 +38,9 @@ class Outcome:
     result: dict[str, Any]
     artifacts: list[tuple[str, StateDict]] = field(default_factory=list)
     with_layer_metrics: bool = False
+    sweep_pairs: list[tuple[int, int, dict[str, Any]]] = field(default_factory=list)
+    """A sweep's pairs: the positions of A and B in the job's models, and the pair's analyze
+    result, stored as sweep_pairs rows."""
 
 
 Executor = Callable[[JobContext], Outcome]
@@ -114,7 +119,8 @@ def run_interpolate(context: JobContext) -> Outcome:
     return Outcome(result, [("interpolated", mixed)])
 
 
-def run_analyze(context: JobContext) -> Outcome:
+def _analysis_inputs(context: JobContext) -> tuple[AnalysisConfig, Dataset, Dataset | None]:
+    """An analyze or sweep job's config, its data, and its training data when it needs some."""
     params = context.job.params
     # Jobs queued before a field existed (symmetry) take its default.
     config = AnalysisConfig.from_params(
@@ -133,6 +139,11 @@ def run_analyze(context: JobContext) -> Outcome:
         train_dataset = context.load_train_dataset()
         if train_dataset is None and context.uses_builtin_dataset and params["split"] != "train":
             train_dataset = context.load_dataset("train")
+    return config, dataset, train_dataset
+
+
+def run_analyze(context: JobContext) -> Outcome:
+    config, dataset, train_dataset = _analysis_inputs(context)
     result = analyze_pair(
         context.arch,
         context.load_model(context.job.model_a_id),
@@ -146,6 +157,31 @@ def run_analyze(context: JobContext) -> Outcome:
     measured = result.to_json()
     measured["settings"]["precision"] = context.precision
     return Outcome(measured, with_layer_metrics=True)
+
+
+def run_sweep(context: JobContext) -> Outcome:
+    """Every unordered pair of the job's models: the matrices in the result, each pair's
+    analyze result in its sweep_pairs row."""
+    config, dataset, train_dataset = _analysis_inputs(context)
+    model_ids = context.job.model_ids or []
+    sweep, pairs = analyze_sweep(
+        context.arch,
+        [context.load_model(model_id) for model_id in model_ids],
+        dataset,
+        config,
+        names=model_ids,
+        train_dataset=train_dataset,
+        device=context.device,
+        reporter=context.reporter,
+    )
+    result = sweep.to_json()
+    result["settings"]["precision"] = context.precision
+    analyses = []
+    for pair in pairs:
+        analysis = pair.analysis.to_json()
+        analysis["settings"]["precision"] = context.precision
+        analyses.append((pair.index_a, pair.index_b, analysis))
+    return Outcome(result, sweep_pairs=analyses)
 
 
 def run_train(context: JobContext) -> Outcome:
@@ -184,4 +220,5 @@ EXECUTORS: dict[JobKind, Executor] = {
     JobKind.INTERPOLATE: run_interpolate,
     JobKind.ANALYZE: run_analyze,
     JobKind.TRAIN: run_train,
+    JobKind.SWEEP: run_sweep,
 }

@@ -19,7 +19,7 @@ from service.checkpoints import store_artifact
 from service.core.config import Settings
 from service.db.models import Job, JobStatus, utcnow
 from service.db.session import session_scope
-from service.results import json_safe, layer_metric_rows
+from service.results import json_safe, layer_metric_rows, sweep_pair_row
 from service.storage import BlobStore
 from worker.executors import Outcome
 
@@ -120,7 +120,8 @@ class JobRun:
             )
 
     def succeed(self, job: Job, outcome: Outcome, store: BlobStore, arch: Architecture) -> None:
-        """Store artifacts, result and metric rows, and mark the job succeeded, in one commit."""
+        """Store artifacts, result, metric rows and sweep pairs, and mark the job succeeded, in
+        one commit."""
         # The end is when the computation ended, before the outputs are stored, as a run that
         # ends earlier frees its owner's running-job slot for the next claim.
         now = utcnow()
@@ -136,6 +137,10 @@ class JobRun:
                 for name, state in outcome.artifacts
             ]
             metric_rows = layer_metric_rows(result) if outcome.with_layer_metrics else []
+            pair_rows = [
+                sweep_pair_row(job.model_ids or [], index_a, index_b, json_safe(analysis))
+                for index_a, index_b, analysis in outcome.sweep_pairs
+            ]
             if not lifecycle.succeed_run(
                 session,
                 job.id,
@@ -145,5 +150,6 @@ class JobRun:
                 artifacts,
                 (dataclasses.asdict(row) for row in metric_rows),
                 now,
+                pair_rows,
             ):
                 logger.warning("Job %s no longer held its lease at its end; result dropped", job.id)

@@ -11,12 +11,14 @@ error as uploaded (its own running statistics), since those are the numbers its 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from functools import partial
 
 import torch
 
 from llfc_core.analysis.config import AnalysisConfig, alpha_key
 from llfc_core.analysis.pair_metrics import measure_pair
+from llfc_core.analysis.per_model import PerModel
 from llfc_core.analysis.repairs import measure_repairs
 from llfc_core.archs.base import Architecture
 from llfc_core.checkpoints import validate_state_dict
@@ -39,6 +41,32 @@ REPAIRS_SHARE = 0.4
 variance ratios."""
 
 
+@dataclass(frozen=True)
+class AnalysisData:
+    """The data of an analysis, fitted to its arch: ``dataset`` to measure on, ``side_data``
+    for the matchings that need data and the repair of interpolated nets (``dataset`` unless
+    one was given)."""
+
+    dataset: Dataset
+    side_data: Dataset
+
+
+def analysis_data(
+    arch: Architecture,
+    dataset: Dataset,
+    config: AnalysisConfig,
+    train_dataset: Dataset | None = None,
+) -> AnalysisData:
+    """Check ``config``'s layers against the arch and fit the data to it (DatasetError when it
+    holds no examples)."""
+    config.check_layers(arch.feature_layers())
+    dataset = fit_to_arch(arch, dataset)
+    if dataset.num_examples == 0:
+        raise DatasetError("The dataset holds no examples; an analysis needs at least one.")
+    side_data = fit_to_arch(arch, train_dataset) if train_dataset is not None else dataset
+    return AnalysisData(dataset, side_data)
+
+
 def analyze_pair(
     arch: Architecture,
     state_a: Mapping[str, torch.Tensor],
@@ -56,16 +84,36 @@ def analyze_pair(
     of interpolated nets (BatchNorm re-estimation, REPAIR's statistics).
     """
     config = config or AnalysisConfig()
-    reporter = reporter or Reporter()
-    device = device or resolve_device("auto")
     state_a = validate_state_dict(arch, state_a)
     state_b = validate_state_dict(arch, state_b)
     check_same_layout(state_a, state_b)
-    config.check_layers(arch.feature_layers())
-    dataset = fit_to_arch(arch, dataset)
-    if dataset.num_examples == 0:
-        raise DatasetError("The dataset holds no examples; an analysis needs at least one.")
-    side_data = fit_to_arch(arch, train_dataset) if train_dataset is not None else dataset
+    return analyze_validated(
+        arch,
+        state_a,
+        state_b,
+        analysis_data(arch, dataset, config, train_dataset),
+        config,
+        device=device or resolve_device("auto"),
+        reporter=reporter or Reporter(),
+        # The naive and the matched pair share A, and B as uploaded is evaluated once.
+        per_model=PerModel([state_a, state_b]),
+    )
+
+
+def analyze_validated(
+    arch: Architecture,
+    state_a: StateDict,
+    state_b: StateDict,
+    data: AnalysisData,
+    config: AnalysisConfig,
+    *,
+    device: torch.device,
+    reporter: Reporter,
+    per_model: PerModel,
+) -> AnalysisResult:
+    """:func:`analyze_pair` of state dicts already validated for the arch, on data already
+    fitted to it, the work about single models read from ``per_model`` when it holds it."""
+    dataset, side_data = data.dataset, data.side_data
     repair = config.repair_modes(arch.has_batch_norm)[0]
     reestimated = repair == "reset" and arch.has_batch_norm
 
@@ -108,6 +156,7 @@ def analyze_pair(
             bn_data=side_data,
             device=device,
             reporter=pair_reporter.sub(0.0, 1.0 - repairs_share),
+            per_model=per_model,
         )
         if config.compares_repairs:
             repairs, ratio = measure_repairs(
@@ -136,6 +185,7 @@ def analyze_pair(
             batch_size=config.batch_size,
             device=device,
             reporter=reporter.sub(1.0 - as_uploaded_share, as_uploaded_share),
+            per_model=per_model,
         ),
         settings={
             "match": config.match,
@@ -165,22 +215,25 @@ def _with_as_uploaded(
     batch_size: int,
     device: torch.device,
     reporter: Reporter,
+    per_model: PerModel,
 ) -> dict[str, Endpoint]:
     """Each measured endpoint labelled with ``batch_norm_reestimated``, with ``as_uploaded``:
     the loss and error of the uploaded state itself, its own running statistics included."""
+
+    def evaluated(state: StateDict, stage_reporter: Reporter) -> LossError:
+        loss, error = evaluate(
+            arch, state, dataset, device=device, batch_size=batch_size, reporter=stage_reporter
+        )
+        return LossError(loss=loss, error=error)
+
     labelled = {}
     for index, (side, state) in enumerate(states.items()):
         measured = endpoints[side]
         if reestimated:
-            loss, error = evaluate(
-                arch,
-                state,
-                dataset,
-                device=device,
-                batch_size=batch_size,
-                reporter=reporter.sub(index / len(states), 1 / len(states)),
+            stage_reporter = reporter.sub(index / len(states), 1 / len(states))
+            as_uploaded = per_model.get(
+                "as uploaded", state, partial(evaluated, state, stage_reporter)
             )
-            as_uploaded = LossError(loss=loss, error=error)
         else:
             # Nothing was re-estimated: the measured endpoints are the uploaded models.
             as_uploaded = measured
@@ -190,4 +243,11 @@ def _with_as_uploaded(
     return labelled
 
 
-__all__ = ["AnalysisConfig", "AnalysisResult", "analyze_pair"]
+__all__ = [
+    "AnalysisConfig",
+    "AnalysisData",
+    "AnalysisResult",
+    "analysis_data",
+    "analyze_pair",
+    "analyze_validated",
+]

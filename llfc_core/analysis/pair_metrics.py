@@ -47,6 +47,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -54,6 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from llfc_core.analysis.config import AnalysisConfig, alpha_key
+from llfc_core.analysis.per_model import PerModel
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset
 from llfc_core.features import (
@@ -564,6 +566,7 @@ def measure_pair(
     bn_data: Dataset,
     device: torch.device,
     reporter: Reporter,
+    per_model: PerModel | None = None,
 ) -> tuple[PairResult, dict[str, LossError]]:
     """The pair's measurements (lmc, llfc, conditions, lemma) and the endpoints' loss/error.
 
@@ -571,8 +574,10 @@ def measure_pair(
     (:class:`llfc_core.repair.PathRepair`). ``dataset`` and ``bn_data`` must already be shaped
     for the arch. Under 'reset' A and B are re-estimated like every other point of the path, so
     A compared with itself gives a flat path and zero barrier, and the barrier measures the
-    interpolation alone.
+    interpolation alone. ``per_model`` keeps the built endpoints of its shared state dicts for
+    the next pair they are in (the pass reads them and changes nothing in them).
     """
+    per_model = per_model or PerModel()
     mode = config.repair_modes(arch.has_batch_norm)[0]
     repaired = mode == "repair" or (mode == "reset" and arch.has_batch_norm)
     build_share = 0.3 if repaired else 0.05
@@ -580,8 +585,7 @@ def measure_pair(
     interior = [alpha for alpha in config.all_alphas if 0.0 < alpha < 1.0]
     stages = 3 + len(interior)
 
-    endpoints = []
-    for index, (label, state) in enumerate((("A", state_a), ("B", state_b))):
+    def built(state: Mapping[str, torch.Tensor], stage_reporter: Reporter) -> nn.Module:
         model = _prepared(load_model(arch, state, device), device)
         if mode == "reset" and arch.has_batch_norm:
             reset_batch_norm(
@@ -589,10 +593,15 @@ def measure_pair(
                 bn_data,
                 batch_size=config.batch_size,
                 device=device,
-                reporter=build_reporter.sub(index / stages, 1 / stages),
+                reporter=stage_reporter,
             )
+        return model
+
+    endpoints = []
+    for index, (label, state) in enumerate((("A", state_a), ("B", state_b))):
+        stage_reporter = build_reporter.sub(index / stages, 1 / stages)
+        endpoints.append(per_model.get("endpoint", state, partial(built, state, stage_reporter)))
         build_reporter.report((index + 1) / stages, f"built {label}")
-        endpoints.append(model)
     model_a, model_b = endpoints
     path_repair = PathRepair(
         mode,

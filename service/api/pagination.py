@@ -61,12 +61,17 @@ def decode_cursor(cursor: str) -> tuple[datetime, str]:
         ):
             raise ValueError("bad cursor fields")
     except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as error:
-        raise ProblemError(
-            422,
-            "The cursor is not one this service issued; pass the next_cursor of a previous page.",
-            type_slug="validation",
-        ) from error
+        raise unknown_cursor() from error
     return created_at, row_id
+
+
+def unknown_cursor() -> ProblemError:
+    """The 422 for a cursor this service did not issue."""
+    return ProblemError(
+        422,
+        "The cursor is not one this service issued; pass the next_cursor of a previous page.",
+        type_slug="validation",
+    )
 
 
 def paginate(

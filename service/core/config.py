@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     max_alphas: int = Field(default=101, ge=2, description="Most alphas in one analyze job.")
     max_epochs: int = Field(default=500, ge=1, description="Most epochs in one train job.")
     max_modes: int = Field(default=8, ge=2, description="Most modes one train job may produce.")
+    max_job_models: int = Field(
+        default=16,
+        ge=2,
+        description="Most models one job on N models (a sweep) may take; a sweep analyses "
+        "N (N - 1) / 2 pairs.",
+    )
     worker_concurrency: int = Field(
         default=1, ge=1, description="Worker child processes; one per GPU is the known-good shape."
     )

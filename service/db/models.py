@@ -228,8 +228,10 @@ class Job(Base):
     BatchNorm re-estimation and activation matching, when the job names one apart from its
     evaluation data.
 
-    ``model_a_id``, ``model_b_id``, ``dataset_ref`` and ``train_dataset_ref`` are kept as plain
-    text (no foreign key) so a job still says what it ran on after those inputs are deleted.
+    ``model_ids`` lists the models of a job on N of them (a sweep), in the order asked; null for
+    jobs on a pair or on none. It, ``model_a_id``, ``model_b_id``, ``dataset_ref`` and
+    ``train_dataset_ref`` are kept as plain text (no foreign key) so a job still says what it
+    ran on after those inputs are deleted.
     """
 
     __tablename__ = "jobs"
@@ -260,6 +262,7 @@ class Job(Base):
     arch: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     model_a_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
     model_b_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    model_ids: Mapped[list[str] | None] = mapped_column(JSONType, nullable=True)
     dataset_ref: Mapped[str | None] = mapped_column(String(60), nullable=True)
     train_dataset_ref: Mapped[str | None] = mapped_column(String(60), nullable=True)
     reserved_bytes: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
@@ -302,3 +305,26 @@ class LayerMetric(Base):
     layer_index: Mapped[int | None] = mapped_column(Integer, nullable=True)
     alpha: Mapped[float | None] = mapped_column(Float, nullable=True)
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
+
+
+class SweepPair(Base):
+    """One unordered pair of a succeeded sweep: models ``index_a`` (as A) and ``index_b`` (as
+    B) of the job's ``model_ids``, ``index_a < index_b``; the sweep matrices' numbers of the
+    pair (``matched_*`` null when the sweep did not match; any null where the engine reported
+    a non-finite number) and the pair's whole analyze result.
+    """
+
+    __tablename__ = "sweep_pairs"
+
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    index_a: Mapped[int] = mapped_column(Integer, primary_key=True)
+    index_b: Mapped[int] = mapped_column(Integer, primary_key=True)
+    model_a_id: Mapped[str] = mapped_column(String(40))
+    model_b_id: Mapped[str] = mapped_column(String(40))
+    naive_loss_barrier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    naive_error_barrier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    naive_llfc_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    matched_loss_barrier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    matched_error_barrier: Mapped[float | None] = mapped_column(Float, nullable=True)
+    matched_llfc_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
+    analysis: Mapped[dict[str, Any]] = mapped_column(JSONType)

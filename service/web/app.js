@@ -21,6 +21,15 @@ const PLOTS = [
   ["conditions", "Condition I (weak additivity) and Condition II (commutativity) per layer"],
 ];
 
+const SWEEP_PLOTS = [
+  ["sweep", "Every pair of models: loss barrier, error barrier and LLFC distance at α = 0.5"],
+];
+const SWEEP_METRICS = [
+  ["loss_barrier", "loss barrier", formatNumber],
+  ["error_barrier", "error barrier", formatPercent],
+  ["llfc_distance", "LLFC distance at α = 0.5 (mean over layers of E[1 − cos])", formatNumber],
+];
+
 class AuthNeeded extends Error {}
 
 class ProblemDetail extends Error {
@@ -350,6 +359,8 @@ function compared(job) {
   const parts = [];
   if (job.model_a && job.model_b) {
     parts.push(modelName(job.model_a), " vs ", modelName(job.model_b));
+  } else if (job.models) {
+    parts.push(`${job.models.length} models, every pair`);
   } else if (job.kind === "train" && job.params.arch) {
     parts.push(`${job.params.num_modes} × ${job.params.arch.name}`);
   }
@@ -359,7 +370,9 @@ function compared(job) {
 
 function method(job) {
   const params = job.params || {};
-  if (job.kind === "analyze") return params.match === "none" ? "no matching" : `${params.match} matching`;
+  if (job.kind === "analyze" || job.kind === "sweep") {
+    return params.match === "none" ? "no matching" : `${params.match} matching`;
+  }
   if (job.kind === "match") return `${params.method} matching`;
   if (job.kind === "interpolate") return `α = ${params.alpha}`;
   if (job.kind === "train") return `${params.epochs} epochs`;
@@ -404,6 +417,14 @@ async function showJob(jobId, generation) {
       plotsSection(job),
       ...analysisTables(job.result),
     );
+  } else if (job.kind === "sweep" && job.status === "succeeded" && job.result) {
+    sections.push(
+      h("p", { id: "result-csv" }, "The matrices' entries, one per line: ",
+        downloadLink(`/v1/jobs/${encodeURIComponent(job.id)}/result.csv`, `${job.id}.csv`,
+          "download CSV")),
+      plotsSection(job, SWEEP_PLOTS),
+      ...sweepTables(job.result),
+    );
   } else if (job.result) {
     sections.push(
       h("h2", {}, "Result"),
@@ -422,6 +443,7 @@ function jobSummary(job) {
     ["progress", progressBar(job.progress, job.status)],
     ["model A", job.model_a && modelName(job.model_a)],
     ["model B", job.model_b && modelName(job.model_b)],
+    ["models", job.models && job.models.flatMap((id, i) => [i ? ", " : "", modelName(id)])],
     ["method", method(job)],
     ["duration", duration(job)],
     ["dataset", job.dataset],
@@ -483,8 +505,8 @@ async function cancelJob(jobId) {
 
 // --- Plots: fetched with the key as blobs, shown through object URLs. --------------------------
 
-function plotsSection(job) {
-  const figures = PLOTS.map(([name, caption]) => {
+function plotsSection(job, plots = PLOTS) {
+  const figures = plots.map(([name, caption]) => {
     const image = h("img", { className: "plot", alt: caption, dataset: { plot: name } });
     const status = h("figcaption", {}, caption);
     loadPlot(job.id, name, image, status);
@@ -508,6 +530,30 @@ async function loadPlot(jobId, name, image, caption) {
   } catch (error) {
     caption.append(h("span", { className: "error" }, ` (could not load: ${error.message})`));
   }
+}
+
+// --- The matrices of a sweep result. ---------------------------------------------------------------
+
+// One N × N table per pair kind and metric; row i, column j: model i as A, model j as B.
+function sweepTables(result) {
+  const numbers = result.models.map((_, index) => String(index));
+  const legend = h("ol", { id: "sweep-models", start: "0" },
+    result.models.map((id) => h("li", {}, modelName(id))));
+  const tables = [];
+  for (const [kind, matrices] of Object.entries(result.matrices)) {
+    for (const [metric, title, show] of SWEEP_METRICS) {
+      tables.push(
+        h("h3", {}, `${title}, ${kind}`),
+        table(
+          `sweep-${kind}-${metric}`,
+          h("tr", {}, h("th", {}, ""), numbers.map((n) => h("th", {}, n))),
+          matrices[metric].map((row, i) =>
+            h("tr", {}, h("th", {}, numbers[i]), row.map((value) => h("td", {}, show(value))))),
+        ),
+      );
+    }
+  }
+  return [h("h2", {}, "Matrices"), legend, ...tables];
 }
 
 // --- Metric tables of an analyze result. -------------------------------------------------------

@@ -331,6 +331,33 @@ def test_a_finished_analyze_job_page_shows_its_plots_and_metric_tables(
     assert screenshot.stat().st_size > 0
 
 
+def test_a_finished_sweep_job_page_shows_its_heat_map_and_matrices(
+    served: ServedApp, api: httpx.Client, train_job: dict[str, Any], browser: WebDriver
+) -> None:
+    models = [artifact["checkpoint_id"] for artifact in train_job["artifacts"]]
+    body = {**_analyze_body(train_job), "kind": "sweep", "models": models}
+    del body["model_a"], body["model_b"]
+    job = _run_job(api, body)
+    browser.get(f"{served.base_url}/")
+    browser.execute_script("sessionStorage.setItem('llfc.apiKey', arguments[0])", served.key)
+    browser.get(f"{served.base_url}/jobs/{job['id']}")
+
+    loaded = """
+        const images = [...document.querySelectorAll('img.plot')];
+        return images.length === 1 && images[0].complete && images[0].naturalWidth > 0;
+    """
+    _wait(browser, lambda b: b.execute_script(loaded), "the heat map did not load")
+    [image] = browser.find_elements(By.CSS_SELECTOR, "img.plot")
+    assert image.get_attribute("data-plot") == "sweep"
+    matrix = job["result"]["matrices"]["matched"]["loss_barrier"]
+    rows = browser.find_elements(By.CSS_SELECTOR, "#sweep-matched-loss_barrier tbody tr")
+    cells = [[cell.text for cell in row.find_elements(By.TAG_NAME, "td")] for row in rows]
+    assert cells == [["0", f"{matrix[0][1]:.3g}"], [f"{matrix[1][0]:.3g}", "0"]]
+    legend = browser.find_elements(By.CSS_SELECTOR, "#sweep-models li .model")
+    assert [item.get_attribute("data-checkpoint-id") for item in legend] == models
+    assert _policy_violations(browser) == []
+
+
 def test_every_answer_carries_the_content_security_policy(served: ServedApp) -> None:
     with httpx.Client(base_url=served.base_url) as anonymous:
         for path in ("/", "/docs", "/web/app.js", "/static/swagger-ui/swagger-ui.css", "/v1/jobs"):
@@ -455,7 +482,7 @@ def test_the_result_csv_is_the_rows_of_the_analysis_and_only_of_an_analysis(
 
     not_analysis = api.get(f"/v1/jobs/{train_job['id']}/result.csv")
     assert not_analysis.status_code == 404
-    assert "only analyze jobs have result rows" in not_analysis.json()["detail"]
+    assert "only analyze and sweep jobs have result rows" in not_analysis.json()["detail"]
     assert httpx.get(f"{served.base_url}/v1/jobs/{job['id']}/result.csv").status_code == 401
 
 

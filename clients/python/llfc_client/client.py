@@ -11,7 +11,7 @@ import hashlib
 import json
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
@@ -29,6 +29,7 @@ from llfc_client.errors import (
     LLFCClientError,
 )
 from llfc_client.models import Checkpoint, Dataset, Job, LayerMetric, Page
+from llfc_results import AnalysisResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 DEFAULT_PAGE_SIZE = 50
@@ -353,19 +354,24 @@ class Client:
         dataset: str | None = None,
         params: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
+        *,
+        models: Sequence[str] | None = None,
     ) -> Job:
-        """Submit a ``match``, ``interpolate``, ``analyze`` or ``train`` job; returns it queued.
+        """Submit a ``match``, ``interpolate``, ``analyze`` or ``train`` job, or a ``sweep`` of
+        ``models`` (checkpoint ids); returns it queued.
 
         With ``idempotency_key``, resubmitting the same body returns the same job, so a retry
         after a lost answer does not start the work twice.
         """
-        payload = {
+        payload: dict[str, Any] = {
             "kind": kind,
             "model_a": model_a,
             "model_b": model_b,
             "dataset": dataset,
             "params": params or {},
         }
+        if models is not None:
+            payload["models"] = list(models)
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
         return Job.from_json(self._json("POST", "/v1/jobs", json=payload, headers=headers))
 
@@ -451,8 +457,31 @@ class Client:
         body = self._json("GET", f"/v1/jobs/{_segment(job_id)}/metrics", params=params)
         return [LayerMetric.from_json(item) for item in body["items"]]
 
+    def list_sweep_pairs(
+        self, job_id: str, limit: int = DEFAULT_PAGE_SIZE, cursor: str | None = None
+    ) -> Page[dict[str, Any]]:
+        """One page of a succeeded sweep's pairs, by position: each pair's models and its
+        matrix numbers, ``naive`` and ``matched``."""
+        params: dict[str, Any] = {"limit": limit}
+        if cursor is not None:
+            params["cursor"] = cursor
+        body = self._json("GET", f"/v1/jobs/{_segment(job_id)}/pairs", params=params)
+        return Page(list(body["items"]), body.get("next_cursor"))
+
+    def iter_sweep_pairs(
+        self, job_id: str, page_size: int = DEFAULT_PAGE_SIZE
+    ) -> Iterator[dict[str, Any]]:
+        return self._iterate(lambda cursor: self.list_sweep_pairs(job_id, page_size, cursor))
+
+    def get_sweep_pair(self, job_id: str, index_a: int, index_b: int) -> AnalysisResult:
+        """The whole analysis of one pair of a succeeded sweep (model ``index_a`` as A, model
+        ``index_b`` as B, ``index_a < index_b``), as its own analyze job gives it."""
+        path = f"/v1/jobs/{_segment(job_id)}/pairs/{int(index_a)}/{int(index_b)}"
+        return AnalysisResult.from_json(self._json("GET", path))
+
     def get_plot(self, job_id: str, name: str) -> bytes:
-        """The PNG plot ``name`` of a finished analyze job (e.g. ``lmc``), as bytes."""
+        """The PNG plot ``name`` of a finished analyze job (e.g. ``lmc``), or ``sweep`` of a
+        finished sweep job, as bytes."""
         path = f"/v1/jobs/{_segment(job_id)}/plots/{_segment(name)}.png"
         return self._request("GET", path).content
 

@@ -127,6 +127,8 @@ class Job:
     artifacts: list[Artifact]
     model_a: str | None = None
     model_b: str | None = None
+    models: list[str] | None = None
+    """The checkpoints of a job on N models (a sweep), in the order given."""
     dataset: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
@@ -161,6 +163,7 @@ class Job:
             ],
             model_a=body.get("model_a"),
             model_b=body.get("model_b"),
+            models=body.get("models"),
             dataset=body.get("dataset"),
             params=body.get("params") or {},
             raw=body,

@@ -1,4 +1,5 @@
-"""The analyze result as CSV: one line per :meth:`AnalysisResult.rows` row.
+"""The analyze result as CSV: one line per :meth:`AnalysisResult.rows` row; a sweep's
+matrices as CSV: one line per entry.
 
 One writer, used by ``GET /v1/jobs/{id}/result.csv`` (so by the web view's CSV download) and by
 ``llfc results --format csv``, so the two files are the same.
@@ -12,8 +13,10 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 from llfc_results.analysis import AnalysisResult
+from llfc_results.sweep import SweepResult
 
 ANALYSIS_CSV_HEADERS = ("pair", "metric", "layer", "alpha", "value")
+SWEEP_CSV_HEADERS = ("pair", "metric", "model_a", "model_b", "value")
 
 
 def analysis_csv_rows(result: AnalysisResult) -> Iterator[tuple[Any, ...]]:
@@ -35,3 +38,14 @@ def write_csv(rows: Iterable[Sequence[Any]], headers: Sequence[str]) -> str:
 def analysis_csv(result: AnalysisResult) -> str:
     """The whole result as CSV text, ``pair,metric,layer,alpha,value``."""
     return write_csv(analysis_csv_rows(result), ANALYSIS_CSV_HEADERS)
+
+
+def sweep_csv(result: SweepResult) -> str:
+    """Every entry of a sweep's matrices as CSV text, ``pair,metric,model_a,model_b,value``."""
+    return write_csv(
+        (
+            (cell.pair, cell.metric, cell.model_a, cell.model_b, cell.value)
+            for cell in result.cells()
+        ),
+        SWEEP_CSV_HEADERS,
+    )

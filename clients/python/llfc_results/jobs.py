@@ -13,6 +13,7 @@ class JobKind(StrEnum):
     INTERPOLATE = "interpolate"
     ANALYZE = "analyze"
     TRAIN = "train"
+    SWEEP = "sweep"
 
 
 class JobStatus(StrEnum):
@@ -24,6 +25,10 @@ class JobStatus(StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
 
+
+MULTI_MODEL_KINDS = frozenset({JobKind.SWEEP})
+"""Kinds whose job takes its checkpoints as ``models`` (N of them), not as ``model_a`` and
+``model_b``."""
 
 FINISHED_STATUSES = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
 """Statuses a job never leaves."""

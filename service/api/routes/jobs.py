@@ -1,4 +1,5 @@
-"""/v1/jobs: submit, list, read, cancel jobs, and query an analysis per layer and alpha."""
+"""/v1/jobs: submit, list, read, cancel jobs, and query an analysis per layer and alpha (a
+sweep's pairs are in ``sweeps.py``)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from service.api.deps import (
 )
 from service.api.json_body import json_body, json_body_openapi
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
-from service.api.problems import problem_responses
+from service.api.problems import ProblemError, problem_responses
 from service.broker import publish_job
 from service.core.config import get_settings
 from service.db.models import Job, LayerMetric
@@ -172,8 +173,18 @@ def layer_metrics(
     layer: Annotated[str | None, filter_query(description="A layer name, e.g. 0 or logits")] = None,
     alpha: float | None = None,
 ) -> LayerMetricsPublic:
-    """The numbers of an analyze result as rows, filtered by pair, metric, layer and alpha."""
-    get_owned_job(session, owner.id, job_id)
+    """The numbers of an analyze result as rows, filtered by pair, metric, layer and alpha.
+
+    A sweep job has none: its numbers are per pair of models, at `/v1/jobs/{id}/pairs` (404)."""
+    job = get_owned_job(session, owner.id, job_id)
+    if job.kind == JobKind.SWEEP:
+        raise ProblemError(
+            404,
+            f"Job {job.id} is a sweep job, whose numbers are per pair of models: read them at "
+            f"/v1/jobs/{job.id}/pairs, and one pair's whole analysis at "
+            f"/v1/jobs/{job.id}/pairs/{{index_a}}/{{index_b}}.",
+            type_slug="not-found",
+        )
     statement = select(LayerMetric).where(LayerMetric.job_id == job_id)
     if pair is not None:
         statement = statement.where(LayerMetric.pair == pair)

@@ -29,10 +29,18 @@ from llfc_client.cli.tables import (
     format_number,
     format_table,
     key_value_lines,
+    sweep_table,
 )
 from llfc_client.client import DEFAULT_URL
 from llfc_client.models import JobKind, JobStatus
-from llfc_results import AnalysisResult, analysis_csv, write_csv
+from llfc_results import (
+    MULTI_MODEL_KINDS,
+    AnalysisResult,
+    SweepResult,
+    analysis_csv,
+    sweep_csv,
+    write_csv,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -218,6 +226,8 @@ def _job_heading(job: Job) -> str:
     if job.finished and job.started_at:
         parts.append(f"in {_duration(job)}")
     inputs = [f"{key} {value}" for key, value in (("A", job.model_a), ("B", job.model_b)) if value]
+    if job.models:
+        inputs.append(f"models {', '.join(job.models)}")
     if job.dataset:
         inputs.append(f"data {job.dataset}")
     heading = " ".join(parts)
@@ -406,14 +416,14 @@ def build_params(
         params.update(loaded)
     params.update(_parse_param(text) for text in param_pairs)
     if match is not None:
-        if kind == JobKind.ANALYZE:
+        if kind in (JobKind.ANALYZE, JobKind.SWEEP):
             params["match"] = match
         elif kind == JobKind.MATCH and match != "none":
             params["method"] = match
         else:
             raise click.BadParameter(
-                f"--match {match} applies to analyze jobs (none, weight, activation) and to "
-                f"match jobs (weight, activation), not to a {kind} job."
+                f"--match {match} applies to analyze and sweep jobs (none, weight, activation) "
+                f"and to match jobs (weight, activation), not to a {kind} job."
             )
     return params
 
@@ -447,8 +457,7 @@ TIMEOUT_OPTION = click.option(
 
 @click.command("submit", cls=ClientCommand)
 @click.argument("kind", type=click.Choice(JOB_KINDS))
-@click.argument("model_a", required=False)
-@click.argument("model_b", required=False)
+@click.argument("models", nargs=-1, metavar="[MODEL]...")
 @click.option("--dataset", default=None, help="An uploaded dataset id or e.g. builtin:digits.")
 @click.option(
     "--match",
@@ -466,8 +475,7 @@ TIMEOUT_OPTION = click.option(
 def submit(
     client: Client,
     kind: str,
-    model_a: str | None,
-    model_b: str | None,
+    models: tuple[str, ...],
     dataset: str | None,
     match: str | None,
     param_pairs: tuple[str, ...],
@@ -477,18 +485,30 @@ def submit(
     wait_for_it: bool,
     timeout: float | None,
 ) -> None:
-    """Submit a job: KIND is match, interpolate or analyze (with models A and B) or train;
-    prints the job id.
+    """Submit a job: KIND is match, interpolate or analyze (with models A and B), sweep (with
+    two models or more: every pair analysed) or train; prints the job id.
 
-    A and B are each a checkpoint id, the name of one of your checkpoints, or a local
+    Each model is a checkpoint id, the name of one of your checkpoints, or a local
     .safetensors/.pt/.pth file, uploaded first and checked against --arch.
 
     \b
     llfc submit analyze A B --dataset builtin:digits --match weight --wait
     llfc submit analyze a.safetensors b.pt --arch @arch.json --dataset builtin:digits
+    llfc submit sweep A B C D --dataset builtin:digits --match weight --wait
     llfc submit train --dataset builtin:digits --param arch='{"name":"mlp","widths":[64,32,10]}'
     """
     params = build_params(kind, params_json, param_pairs, match)
+    model_list: list[str] | None = None
+    model_a = model_b = None
+    if kind in MULTI_MODEL_KINDS:
+        model_list = list(models)
+    elif len(models) > 2:
+        raise click.UsageError(
+            f"A {kind} job takes at most two models, A and B, got {len(models)}; "
+            f"{' and '.join(sorted(MULTI_MODEL_KINDS))} jobs take more."
+        )
+    else:
+        model_a, model_b = (*models, None, None)[:2]
     _submit_and_report(
         client,
         kind,
@@ -500,6 +520,7 @@ def submit(
         idempotency_key,
         wait_for_it,
         timeout,
+        model_list,
     )
 
 
@@ -514,14 +535,20 @@ def _submit_and_report(
     idempotency_key: str | None,
     wait_for_it: bool,
     timeout: float | None,
+    models: Sequence[str] | None = None,
 ) -> None:
-    """Resolve A and B (ids, names or local files), submit, print the job id; with
-    ``wait_for_it``, follow the job to its end first."""
+    """Resolve A and B, or the N ``models`` of a job on N models (ids, names or local files),
+    submit, print the job id; with ``wait_for_it``, follow the job to its end first."""
     if model_a is not None:
         model_a = resolve_model(client, model_a, arch_text, "A")
     if model_b is not None:
         model_b = resolve_model(client, model_b, arch_text, "B")
-    job = client.submit_job(kind, model_a, model_b, dataset, params, idempotency_key)
+    if models is not None:
+        models = [
+            resolve_model(client, model, arch_text, f"Model {index + 1}")
+            for index, model in enumerate(models)
+        ]
+    job = client.submit_job(kind, model_a, model_b, dataset, params, idempotency_key, models=models)
     click.echo(f"Submitted {job.kind} job {job.id} ({job.status}).", err=True)
     if wait_for_it:
         job = _wait_with_progress(client, job.id, timeout, quiet=False)
@@ -648,8 +675,9 @@ def results(client: Client, job_id: str, output_format: str) -> None:
     """Print a finished job's result.
 
     For analyze: per layer the A-B baseline against the LLFC distance at each alpha, barriers
-    naive against matched, Conditions I and II. csv is long form (pair, metric, layer, alpha,
-    value) for analyze, (key, value) otherwise.
+    naive against matched, Conditions I and II. For sweep: its N x N matrices. csv is long form
+    (pair, metric, layer, alpha, value) for analyze, (pair, metric, model_a, model_b, value) for
+    sweep, (key, value) otherwise.
     """
     job = client.get_job(job_id)
     if job.status == JobStatus.FAILED:
@@ -662,10 +690,13 @@ def results(client: Client, job_id: str, output_format: str) -> None:
             f"{job.progress.stage}); wait for it with 'llfc wait {job.id}'."
         )
     is_analysis = job.kind == JobKind.ANALYZE and "pairs" in job.result
+    is_sweep = job.kind == JobKind.SWEEP and "matrices" in job.result
     if output_format == "json":
         click.echo(json.dumps(job.result, indent=2))
     elif output_format == "csv":
-        if is_analysis:
+        if is_sweep:
+            click.echo(sweep_csv(SweepResult.from_json(job.result)).rstrip("\n"))
+        elif is_analysis:
             analysis = AnalysisResult.from_json(job.result)
             click.echo(analysis_csv(analysis).rstrip("\n"))
         else:
@@ -676,7 +707,9 @@ def results(client: Client, job_id: str, output_format: str) -> None:
             click.echo(write_csv(rows, ["key", "value"]).rstrip("\n"))
     else:
         lines = [_job_heading(job), ""]
-        if is_analysis:
+        if is_sweep:
+            lines.append(sweep_table(SweepResult.from_json(job.result)))
+        elif is_analysis:
             lines.append(analysis_table(AnalysisResult.from_json(job.result)))
         else:
             lines += [*key_value_lines(job.result), *_artifact_lines(job)]

@@ -1,7 +1,8 @@
 """Text views of the service's JSON for the ``llfc`` command: tables, key/value lines and the
 flattened (key, value) pairs of CSV (the analyze result's CSV is :mod:`llfc_results.export`'s).
 
-The analyze result is read as :class:`llfc_results.AnalysisResult` and printed from its rows
+A sweep result is printed as one N x N table per pair kind and metric. The analyze result is
+read as :class:`llfc_results.AnalysisResult` and printed from its rows
 (:meth:`~llfc_results.AnalysisResult.rows`), the same rows the service stores and
 ``GET /v1/jobs/{id}/metrics`` serves, so the CSV, the tables and the service cannot disagree.
 """
@@ -12,7 +13,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from llfc_results import ENDPOINTS, AnalysisResult
+from llfc_results import ENDPOINTS, AnalysisResult, SweepResult
 
 LONG_LIST = 8
 """Lists longer than this are summarised in the key/value view (a permutation, a curve)."""
@@ -203,4 +204,25 @@ def analysis_table(result: AnalysisResult) -> str:
                     ],
                 )
             )
+    return "\n\n".join(blocks)
+
+
+SWEEP_TITLES = {
+    "loss_barrier": "loss barrier",
+    "error_barrier": "error barrier",
+    "llfc_distance": "LLFC distance at α=0.5 (mean over layers of E[1 - cos])",
+}
+
+
+def sweep_table(result: SweepResult) -> str:
+    """The sweep's matrices as text: the models numbered once, then one N x N table per pair
+    kind and metric, rows and columns by those numbers (row i, column j: model i as A)."""
+    blocks = ["models:\n" + "\n".join(f"  {i}: {model}" for i, model in enumerate(result.models))]
+    numbers = [str(index) for index in range(len(result.models))]
+    for kind, by_metric in result.matrices.items():
+        for metric, matrix in by_metric.items():
+            show = format_percent if metric == "error_barrier" else format_number
+            rows = [[numbers[i], *(show(value) for value in row)] for i, row in enumerate(matrix)]
+            title = f"{SWEEP_TITLES.get(metric, metric)}, {kind}"
+            blocks.append(f"{title}\n" + format_table(["", *numbers], rows))
     return "\n\n".join(blocks)
