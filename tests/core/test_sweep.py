@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import llfc_core.analysis
+import llfc_core.repair
 from llfc_core.analysis import AnalysisConfig, analyze_pair
 from llfc_core.analysis.sweep import analyze_sweep
 from llfc_core.archs import parse_arch
@@ -108,7 +109,9 @@ def test_a_sweep_builds_and_evaluates_each_batch_norm_model_once(monkeypatch) ->
         resets.append(model)
         return reset(model, *args, **kwargs)
 
+    # Endpoints are re-estimated by the pass, each theta_alpha by the path's repair.
     monkeypatch.setattr(llfc_core.analysis.pair_metrics, "reset_batch_norm", counting_reset)
+    monkeypatch.setattr(llfc_core.repair, "reset_batch_norm", counting_reset)
     config = AnalysisConfig(alphas=(0.0, 0.5, 1.0), llfc_alphas=(0.5,))
     analyze_sweep(arch, states, digits("test").limit(64), config, device=CPU)
     # As uploaded: each model once, not once per pair it is in (which would be 6).
