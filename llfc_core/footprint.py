@@ -407,6 +407,36 @@ def sweep_memory(
     return replace(pair, models=pair.models + kept)
 
 
+def merge_memory(
+    arch: Architecture, method: str, batch_size: int, num_models: int
+) -> MemoryEstimate:
+    """Peak memory of ``merge_many`` of ``num_models`` models with ``method``: every input and its
+    permuted copy, the mean of the others and the average, weight matching's matrices (one
+    model onto that mean at a time), a batch through every model (the repair and the fit run
+    them all), and for ``feature_average`` one layer's normal equations (the widest patch
+    width, squared, in float64, with the targets' products)."""
+    shapes = arch_shapes(arch)
+    matching = _matching(arch, shapes, "weight", batch_size).matching
+    batch = (num_models + 1) * _forward_batch(shapes, batch_size)
+    if method == "feature_average":
+        # Per layer: X X^T over patches (with a column of ones) and T X^T for its output units.
+        normal_equations = max(
+            (
+                (width + 1) * (width + 1 + shapes.module_values[name] // patches) * FLOAT64
+                for name, (_, width, patches) in shapes.layer_patches.items()
+            ),
+            default=0,
+        )
+        unfolded = max(
+            (width * patches for _, width, patches in shapes.layer_patches.values()), default=0
+        )
+        matching = max(matching, normal_equations)
+        batch += 2 * unfolded * batch_size * FLOAT32
+    return MemoryEstimate(
+        models=(2 * num_models + 3) * shapes.state_bytes, batch=batch, matching=matching
+    )
+
+
 def training_memory(arch: Architecture, batch_size: int, num_modes: int) -> MemoryEstimate:
     """Peak memory of ``train_modes`` for ``num_modes`` modes."""
     shapes = arch_shapes(arch)

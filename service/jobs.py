@@ -30,6 +30,7 @@ from llfc_core.footprint import (
     analysis_memory,
     interpolation_memory,
     match_memory,
+    merge_memory,
     stored_checkpoint_bytes,
     sweep_memory,
     training_memory,
@@ -37,6 +38,8 @@ from llfc_core.footprint import (
 from llfc_core.interpolation import check_alpha
 from llfc_core.matching.orthogonal import check_symmetry
 from llfc_core.matching.ste import SteConfig
+from llfc_core.merging import check_merge_params
+from llfc_core.merging.feature_fit import DEFAULT_RIDGE
 from llfc_core.params import (
     DATA_MATCH_METHODS,
     DEFAULT_BATCH_SIZE,
@@ -463,6 +466,45 @@ def _plan_sweep(session: Session, owner_id: str, body: JobCreate, settings: Sett
     )
 
 
+MERGE_KEYS = ("method", "repair", "seed", "batch_size", "max_rounds", "ridge")
+
+
+def _plan_merge(session: Session, owner_id: str, body: JobCreate, settings: Settings) -> JobPlan:
+    _refuse_unknown("merge", body.params, (*MERGE_KEYS, *DATA_KEYS))
+    models, arch = model_set(session, owner_id, body, settings)
+    method = body.params.get("method", "weight_average")
+    max_rounds = body.params.get("max_rounds", 100)
+    if "ridge" in body.params and method != "feature_average":
+        raise InvalidParameterError(
+            "The parameter 'ridge' regularises feature averaging's least squares; "
+            f'method {method!r} fits nothing. Use "method": "feature_average" or leave it out.'
+        )
+    ridge = body.params.get("ridge", DEFAULT_RIDGE)
+    check_merge_params(method, max_rounds, ridge)
+    dataset_ref = _fitting_dataset(
+        session, settings, owner_id, body.dataset, arch, "to match, repair and fit the merge on"
+    )
+    params = {
+        "method": method,
+        "repair": check_repair_mode(body.params.get("repair", default_repair_mode(arch))),
+        "seed": int_param(body.params, "seed", 0, 0, MAX_SEED),
+        "batch_size": int_param(body.params, "batch_size", DEFAULT_BATCH_SIZE, 1, MAX_BATCH_SIZE),
+        "max_rounds": max_rounds,
+        **({"ridge": ridge} if method == "feature_average" else {}),
+        **_data_params(body.params, settings, "train", dataset_ref),
+    }
+    return JobPlan(
+        JobKind.MERGE,
+        params,
+        models[0].arch,
+        arch,
+        None,
+        None,
+        dataset_ref,
+        model_ids=[model.id for model in models],
+    )
+
+
 def article(word: str) -> str:
     return "An" if word[:1] in "aeiou" else "A"
 
@@ -527,6 +569,7 @@ PLANNERS: dict[JobKind, Callable[[Session, str, JobCreate, Settings], JobPlan]] 
     JobKind.ANALYZE: _plan_analyze,
     JobKind.TRAIN: _plan_train,
     JobKind.SWEEP: _plan_sweep,
+    JobKind.MERGE: _plan_merge,
 }
 
 
@@ -547,6 +590,10 @@ def job_memory(plan: JobPlan, arch: Architecture) -> MemoryEstimate:
         assert plan.model_ids is not None
         num_models = len(plan.model_ids)
         return sweep_memory(arch, params["batch_size"], params["match"], alphas, num_models)
+    if plan.kind == JobKind.MERGE:
+        assert plan.model_ids is not None
+        num_models = len(plan.model_ids)
+        return merge_memory(arch, params["method"], params["batch_size"], num_models)
     return training_memory(arch, params["batch_size"], params["num_modes"])
 
 
@@ -554,7 +601,7 @@ def output_checkpoints(plan: JobPlan) -> int:
     """How many checkpoints the job stores at most, which its storage reservation counts."""
     if plan.kind == JobKind.TRAIN:
         return int(plan.params["num_modes"])
-    return 1 if plan.kind in (JobKind.MATCH, JobKind.INTERPOLATE) else 0
+    return 1 if plan.kind in (JobKind.MATCH, JobKind.INTERPOLATE, JobKind.MERGE) else 0
 
 
 def request_hash(body: JobCreate) -> str:

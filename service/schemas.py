@@ -95,8 +95,8 @@ class JobCreate(BaseModel):
     )
     models: list[ResourceId] | None = Field(
         default=None,
-        description="Checkpoint ids of a job on N models (a sweep), 2 to LLFC_MAX_JOB_MODELS "
-        "of them, each once.",
+        description="Checkpoint ids of a job on N models (a sweep or a merge), 2 to "
+        "LLFC_MAX_JOB_MODELS of them, each once.",
         max_length=MAX_MODELS_FIELD,
     )
     dataset: str | None = Field(
@@ -143,7 +143,7 @@ class JobPublic(BaseModel):
     model_a: str | None
     model_b: str | None
     models: list[str] | None = Field(
-        description="The models of a job on N models (a sweep), in the order given; null "
+        description="The models of a job on N models (a sweep or a merge), in order; null "
         "for other jobs."
     )
     dataset: str | None

@@ -17,6 +17,10 @@ from llfc_core.analysis.sweep import analyze_sweep
 from llfc_core.data import Dataset
 from llfc_core.matching import match_models
 from llfc_core.matching.ste import SteConfig
+from llfc_core.merging import merge_many
+from llfc_core.merging.averaging import repair_step
+from llfc_core.merging.evaluation import evaluate_merge
+from llfc_core.merging.feature_fit import DEFAULT_RIDGE
 from llfc_core.params import DATA_MATCH_METHODS
 from llfc_core.permutation import StateDict
 from llfc_core.repair import default_repair_mode, interpolate_checkpoint
@@ -25,6 +29,8 @@ from service.db.models import JobKind
 from service.jobs import make_train_config
 from worker.inputs import JobContext
 
+MERGE_SHARE = 0.8
+"""Share of a merge job's progress bar for merging; the rest is scoring the merged model."""
 TRAIN_SHARE = 0.95
 """Share of a train job's progress bar for training; the rest is evaluating the modes."""
 MIDPOINT_SHARE = 0.3
@@ -184,6 +190,58 @@ def run_sweep(context: JobContext) -> Outcome:
     return Outcome(result, sweep_pairs=analyses)
 
 
+def run_merge(context: JobContext) -> Outcome:
+    """Merge the job's models into one checkpoint (``merged``), scored beside its inputs and
+    the unmatched average on the data it was merged on, and on a built-in's test split."""
+    params = context.job.params
+    data = context.load_dataset()
+    states = [context.load_model(model_id) for model_id in context.job.model_ids or []]
+    repair = repair_step(
+        context.arch,
+        data,
+        params["repair"],
+        batch_size=params["batch_size"],
+        device=context.device,
+    )
+    merged = merge_many(
+        context.arch,
+        states,
+        data,
+        method=params["method"],
+        seed=params["seed"],
+        batch_size=params["batch_size"],
+        max_rounds=params["max_rounds"],
+        ridge=params.get("ridge", DEFAULT_RIDGE),
+        repair=repair,
+        device=context.device,
+        reporter=context.reporter.sub(0.0, MERGE_SHARE),
+    )
+    evaluations = {"train": data}
+    if context.uses_builtin_dataset and params["split"] == "train":
+        evaluations["test"] = context.load_dataset("test")
+    scores = {}
+    for index, (split, evaluation_data) in enumerate(evaluations.items()):
+        share = (1.0 - MERGE_SHARE) / len(evaluations)
+        scores[split] = evaluate_merge(
+            context.arch,
+            merged,
+            states,
+            evaluation_data,
+            repair,
+            batch_size=params["batch_size"],
+            device=context.device,
+            reporter=context.reporter.sub(MERGE_SHARE + index * share, share),
+        ).to_json()
+    result = {
+        **merged.to_json(),
+        "repair": params["repair"],
+        "models": context.job.model_ids,
+        "scores": scores,
+        "precision": context.precision,
+    }
+    return Outcome(result, [("merged", merged.merged)])
+
+
 def run_train(context: JobContext) -> Outcome:
     """Train the modes, then measure each on the training data (and a built-in's test split)."""
     params = context.job.params
@@ -221,4 +279,5 @@ EXECUTORS: dict[JobKind, Executor] = {
     JobKind.ANALYZE: run_analyze,
     JobKind.TRAIN: run_train,
     JobKind.SWEEP: run_sweep,
+    JobKind.MERGE: run_merge,
 }

@@ -76,16 +76,26 @@ class MergeResult:
         }
 
 
-def check_merge_inputs(states: Sequence[StateDict], method: str) -> None:
-    """Refuse an unknown method, fewer than two models, or models of different layouts."""
-    if method not in MERGE_METHODS:
-        raise InvalidParameterError(
-            f"The merge method must be one of {', '.join(MERGE_METHODS)}, got {method!r}."
-        )
+def check_merge_inputs(states: Sequence[StateDict]) -> None:
+    """Refuse fewer than two models, or models of different layouts."""
     if len(states) < 2:
         raise InvalidParameterError(f"A merge needs at least 2 models, got {len(states)}.")
     for state in states[1:]:
         check_same_layout(states[0], state)
+
+
+def check_merge_params(method: str, max_rounds: int, ridge: float) -> None:
+    """Refuse an unknown method, ``max_rounds`` outside 1 to :data:`MAX_ROUNDS` or a ridge that
+    is not a positive number, each with a sentence (the service checks a submission with it)."""
+    if method not in MERGE_METHODS:
+        raise InvalidParameterError(
+            f"The merge method must be one of {', '.join(MERGE_METHODS)}, got {method!r}."
+        )
+    check_int(max_rounds, 1, MAX_ROUNDS, "The parameter 'max_rounds'")
+    if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0:
+        raise InvalidParameterError(
+            f"The parameter 'ridge' must be a positive number, got {ridge!r}."
+        )
 
 
 def merge_many(
@@ -109,15 +119,11 @@ def merge_many(
     defaults to :func:`~llfc_core.merging.averaging.repair_step` of the arch's default mode
     (a BatchNorm reset for BatchNorm nets, else none).
     """
-    check_merge_inputs(states, method)
+    check_merge_params(method, max_rounds, ridge)
+    check_merge_inputs(states)
     if data.num_examples == 0:
         raise DatasetError(
             f"The dataset '{data.name}' holds no examples to repair and fit the merge on."
-        )
-    check_int(max_rounds, 1, MAX_ROUNDS, "The parameter 'max_rounds'")
-    if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0:
-        raise InvalidParameterError(
-            f"The parameter 'ridge' must be a positive number, got {ridge!r}."
         )
     device = device or resolve_device("auto")
     reporter = reporter or Reporter()

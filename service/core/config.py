@@ -73,7 +73,7 @@ class Settings(BaseSettings):
     max_job_models: int = Field(
         default=16,
         ge=2,
-        description="Most models one job on N models (a sweep) may take; a sweep analyses "
+        description="Most models one job on N models (a sweep, a merge) may take; a sweep analyses "
         "N (N - 1) / 2 pairs.",
     )
     worker_concurrency: int = Field(

@@ -360,7 +360,8 @@ function compared(job) {
   if (job.model_a && job.model_b) {
     parts.push(modelName(job.model_a), " vs ", modelName(job.model_b));
   } else if (job.models) {
-    parts.push(`${job.models.length} models, every pair`);
+    parts.push(job.kind === "merge" ? `${job.models.length} models merged`
+      : `${job.models.length} models, every pair`);
   } else if (job.kind === "train" && job.params.arch) {
     parts.push(`${job.params.num_modes} × ${job.params.arch.name}`);
   }
@@ -376,6 +377,7 @@ function method(job) {
   if (job.kind === "match") return `${params.method} matching`;
   if (job.kind === "interpolate") return `α = ${params.alpha}`;
   if (job.kind === "train") return `${params.epochs} epochs`;
+  if (job.kind === "merge") return `${params.method.replace("_", " ")}, repair ${params.repair}`;
   return "";
 }
 

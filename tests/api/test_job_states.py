@@ -18,7 +18,7 @@ def test_the_client_and_the_server_share_one_definition_of_job_kinds_and_statuse
 
 def test_the_stored_strings_are_those_of_the_first_schema_and_new_kinds_follow() -> None:
     # Kinds are stored as text (no enum type): a new kind is appended, no migration needed.
-    assert list(JobKind) == ["match", "interpolate", "analyze", "train", "sweep"]
+    assert list(JobKind) == ["match", "interpolate", "analyze", "train", "sweep", "merge"]
     assert list(JobStatus) == ["queued", "running", "succeeded", "failed", "cancelled"]
 
 

@@ -14,6 +14,7 @@ class JobKind(StrEnum):
     ANALYZE = "analyze"
     TRAIN = "train"
     SWEEP = "sweep"
+    MERGE = "merge"
 
 
 class JobStatus(StrEnum):
@@ -26,7 +27,7 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-MULTI_MODEL_KINDS = frozenset({JobKind.SWEEP})
+MULTI_MODEL_KINDS = frozenset({JobKind.SWEEP, JobKind.MERGE})
 """Kinds whose job takes its checkpoints as ``models`` (N of them), not as ``model_a`` and
 ``model_b``."""
 

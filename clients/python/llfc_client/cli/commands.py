@@ -422,8 +422,8 @@ def build_params(
             params["method"] = match
         else:
             raise click.BadParameter(
-                f"--match {match} applies to analyze and sweep jobs (none, weight, activation) "
-                f"and to match jobs (weight, activation), not to a {kind} job."
+                f"--match {match} applies to analyze and sweep jobs ({', '.join(MATCH_CHOICES)}) "
+                f"and to match jobs (the same but none), not to a {kind} job."
             )
     return params
 
@@ -495,6 +495,7 @@ def submit(
     llfc submit analyze A B --dataset builtin:digits --match weight --wait
     llfc submit analyze a.safetensors b.pt --arch @arch.json --dataset builtin:digits
     llfc submit sweep A B C D --dataset builtin:digits --match weight --wait
+    llfc submit merge A B C --dataset builtin:digits --param method=weight_average --wait
     llfc submit train --dataset builtin:digits --param arch='{"name":"mlp","widths":[64,32,10]}'
     """
     params = build_params(kind, params_json, param_pairs, match)
