@@ -406,12 +406,19 @@ def job_memory(plan: JobPlan, arch: Architecture) -> MemoryEstimate:
     """The engine's estimate of the job's peak memory."""
     params = plan.params
     if plan.kind == JobKind.MATCH:
-        return match_memory(arch, params["method"], params["batch_size"])
+        return match_memory(arch, params["method"], params["batch_size"], params["repair"])
     if plan.kind == JobKind.INTERPOLATE:
-        return interpolation_memory(arch, params["batch_size"], plan.dataset_ref is not None)
+        with_data = plan.dataset_ref is not None or params.get(TRAIN_DATASET_KEY) is not None
+        return interpolation_memory(arch, params["batch_size"], with_data, params["repair"])
     if plan.kind == JobKind.ANALYZE:
-        alphas = [*params["alphas"], *params["llfc_alphas"]]
-        return analysis_memory(arch, params["batch_size"], params["match"], alphas)
+        config = AnalysisConfig.from_params(params)
+        return analysis_memory(
+            arch,
+            config.batch_size,
+            config.match,
+            config.all_alphas,
+            config.repair_modes(arch.has_batch_norm)[0],
+        )
     return training_memory(arch, params["batch_size"], params["num_modes"])
 
 
