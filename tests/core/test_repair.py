@@ -184,7 +184,8 @@ def test_repair_lowers_the_weight_matched_barrier_of_a_plain_vgg_pair(one_thread
     arch = parse_arch({**PLAIN_VGG, "width": 0.25})
     train, test = digits("train"), digits("test")
     state_a, state_b = train_modes(arch, train, PLAIN_VGG_TRAINING, device=CPU)
-    assert all(evaluate(arch, state, test, device=CPU)[1] < 0.12 for state in (state_a, state_b))
+    # Measured 10.6 % and 7.8 % test error.
+    assert all(evaluate(arch, state, test, device=CPU)[1] < 0.15 for state in (state_a, state_b))
     result = analyze_pair(
         arch,
         state_a,
@@ -200,7 +201,8 @@ def test_repair_lowers_the_weight_matched_barrier_of_a_plain_vgg_pair(one_thread
     assert pair.repairs is not None and pair.variance_ratio is not None
     none, repaired = pair.repairs["none"], pair.repairs["repair"]
     assert none.loss_barrier > 0.3  # a real barrier for REPAIR to lower
-    # Measured: loss barrier 0.68 -> 0.42, error barrier 0.31 -> 0.19.
+    # Measured: loss barrier 0.68 -> 0.42, error barrier 0.31 -> 0.19; from seeds 1, 2, 3 the
+    # loss barrier falls to 0.63, 0.30 and 0.30 of itself.
     assert repaired.loss_barrier < 0.8 * none.loss_barrier  # type: ignore[operator]
     assert repaired.error_barrier < none.error_barrier  # type: ignore[operator]
     # The variance collapses with depth: the deepest site keeps less than the first.
