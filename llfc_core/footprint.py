@@ -25,11 +25,12 @@ units of permutation p and P the bytes of one model's state:
   parameters (7P) and a training step's saved outputs, as training counts them.
 * analysis (:mod:`llfc_core.analysis`): the matching above when asked for, then A and B as
   given, validated and as models, B matched, one interpolated state on its way to a model (8P),
-  theta_alpha (one model per interior alpha when the engine keeps
-  them, else one work model), A's feature sites' pre-activations and outputs for one batch, and
+  theta_alpha (one model per interior alpha when the engine keeps them, as it always does under
+  REPAIR, else one work model), A's feature sites' pre-activations and outputs for one batch, and
   the running tensors of the model being compared.
 * interpolation: A, B, the mix and the model re-estimating BatchNorm statistics, and one batch's
-  running tensors.
+  running tensors; under REPAIR also the model of A or B whose statistics are being measured.
+  A match job's repaired midpoint costs the same, from A and B permuted.
 * training: every trained mode's state, the model in training with its gradients and momentum
   (3P), autograd's saved output of every module for one batch, and as much again for its
   gradients at the widest module.
@@ -55,6 +56,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from llfc_core.analysis.pair_metrics import keeps_model_per_alpha
 from llfc_core.archs.base import Architecture
 from llfc_core.errors import JobTooLargeError
 from llfc_core.features import ResidualTap, is_activation_module
@@ -346,35 +348,58 @@ def _ste(shapes: ArchShapes, batch_size: int) -> MemoryEstimate:
     )
 
 
-def match_memory(arch: Architecture, method: str, batch_size: int) -> MemoryEstimate:
+def match_memory(
+    arch: Architecture, method: str, batch_size: int, repair: str = "none"
+) -> MemoryEstimate:
     """Peak memory of ``match_models`` with ``method`` (one of
-    :data:`~llfc_core.params.MATCH_METHODS`)."""
+    :data:`~llfc_core.params.MATCH_METHODS`), then of the midpoint of A and B permuted,
+    repaired by ``repair``, when that is not 'none'."""
     shapes = arch_shapes(arch)
     matching = _matching(arch, shapes, method, batch_size)
-    return MemoryEstimate(
+    estimate = MemoryEstimate(
         models=matching.models + 2 * shapes.state_bytes,
         batch=matching.batch,
         matching=matching.matching,
     )
+    if repair == "none":
+        return estimate
+    # The midpoint is made once matching has ended (its matrices freed), from A and B permuted
+    # as an interpolation makes it from A and B.
+    midpoint = interpolation_memory(arch, batch_size, True, repair)
+    return max(estimate, midpoint, key=lambda part: part.total)
 
 
-def interpolation_memory(arch: Architecture, batch_size: int, with_data: bool) -> MemoryEstimate:
-    """Peak memory of ``interpolate_checkpoint`` (``with_data``: BatchNorm re-estimation)."""
+def interpolation_memory(
+    arch: Architecture, batch_size: int, with_data: bool, repair: str = "reset"
+) -> MemoryEstimate:
+    """Peak memory of ``interpolate_checkpoint`` (``with_data``: repaired by ``repair`` on it).
+
+    REPAIR measures A's and B's statistics on models of their own, one at a time, beside the
+    mixture's model: one state more than a BatchNorm reset."""
     shapes = arch_shapes(arch)
     batch = _forward_batch(shapes, batch_size) if with_data else 0
-    return MemoryEstimate(models=4 * shapes.state_bytes, batch=batch, matching=0)
+    models = 5 if with_data and repair == "repair" else 4
+    return MemoryEstimate(models=models * shapes.state_bytes, batch=batch, matching=0)
 
 
 def analysis_memory(
-    arch: Architecture, batch_size: int, match: str, alphas: Sequence[float]
+    arch: Architecture,
+    batch_size: int,
+    match: str,
+    alphas: Sequence[float],
+    repair: str | None = None,
 ) -> MemoryEstimate:
-    """Peak memory of ``analyze_pair`` with matching ``match`` and every alpha in ``alphas``."""
+    """Peak memory of ``analyze_pair`` with matching ``match``, every alpha in ``alphas`` and
+    theta_alpha measured under ``repair`` (the first of a list; None: the arch's default).
+
+    The other repairs of a list are measured afterwards, one theta_alpha at a time beside A and
+    B: less than the measuring pass holds."""
     shapes = arch_shapes(arch)
     state_bytes = shapes.state_bytes
     interior = [alpha for alpha in set(alphas) if 0.0 < alpha < 1.0]
-    # The engine's rule (``measure_pair``): one model per interior alpha when the parameters
-    # outweigh one batch's feature-site outputs, else one work model re-made for every alpha.
-    keeps_models = not interior or shapes.num_params > batch_size * shapes.all_site_values
+    keeps_models = keeps_model_per_alpha(
+        len(interior), shapes.num_params, batch_size * shapes.all_site_values, repair or "none"
+    )
     path = len(interior) * state_bytes if keeps_models else state_bytes
     measure = MemoryEstimate(
         models=8 * state_bytes + path,
@@ -398,11 +423,17 @@ def analysis_memory(
 
 
 def sweep_memory(
-    arch: Architecture, batch_size: int, match: str, alphas: Sequence[float], num_models: int
+    arch: Architecture,
+    batch_size: int,
+    match: str,
+    alphas: Sequence[float],
+    num_models: int,
+    repair: str | None = None,
 ) -> MemoryEstimate:
-    """Peak memory of ``analyze_sweep`` of ``num_models`` models: one pair's analysis, with
-    every model's state dict and built endpoint held for the pairs it is in."""
-    pair = analysis_memory(arch, batch_size, match, alphas)
+    """Peak memory of ``analyze_sweep`` of ``num_models`` models: one pair's analysis (under
+    ``repair``, as :func:`analysis_memory`), with every model's state dict and built endpoint
+    held for the pairs it is in."""
+    pair = analysis_memory(arch, batch_size, match, alphas, repair)
     kept = 2 * num_models * arch_shapes(arch).state_bytes
     return replace(pair, models=pair.models + kept)
 

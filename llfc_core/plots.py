@@ -6,7 +6,8 @@ has a matched pair:
 - ``lmc``: loss and error of theta_alpha = alpha A + (1 - alpha) B against alpha, with the
   barriers in the legend and the straight line between the endpoints that a barrier is
   measured from; for a BatchNorm net, whose endpoints are measured with re-estimated
-  statistics, also A and B as uploaded, marked apart.
+  statistics, also A and B as uploaded, marked apart. A result that compares repairs draws
+  each repair's curve, in its pair's colour and the repair's line style.
 - ``llfc``: per layer, the baseline E[1 - cos(f_l(A), f_l(B))] beside the LLFC distance
   E[1 - cos(f_l(theta_alpha), alpha f_l(A) + (1 - alpha) f_l(B))] at each LLFC alpha, in the
   spirit of the poster's Fig. 3: LLFC holds where the alpha bars sit far below the baseline.
@@ -53,6 +54,8 @@ BASELINE_COLOUR = "#8c8c8c"
 AS_UPLOADED_COLOUR = "#000000"
 ALPHA_COLOURS = ("#f3a953", "#e8663d", "#b8345a", "#7a2a7f", "#3d2a7f")
 FACTOR_COLOURS = {"commutativity": "#2c7fb8", "weights": "#a1dab4", "features": "#41b6c4"}
+REPAIR_LINE_STYLES = {"none": "--", "reset": "-.", "repair": "-"}
+"""How each repair's curve is drawn when a result compares repairs (the pair keeps its colour)."""
 # More layers than this put the naive and matched panels above each other instead of side by side.
 SIDE_BY_SIDE_MAX_LAYERS = 8
 
@@ -235,6 +238,14 @@ def _figure_size(rows: int, pairs: int, layers: int) -> tuple[float, float]:
 # --- The plots ------------------------------------------------------------------------------
 
 
+def _curves(pair: _Pair) -> list[tuple[str | None, Lmc]]:
+    """The pair's LMC under each repair of a list (the first is ``lmc`` itself), or ``lmc``
+    alone (None: one repair, not named)."""
+    if pair.data.repairs:
+        return list(pair.data.repairs.items())
+    return [(None, pair.data.lmc)]
+
+
 def lmc_figure(result: AnalysisResult) -> Figure:
     """Loss and error along the linear path, one line per pair, barriers in the legend."""
     pairs = _pairs(result)
@@ -247,18 +258,20 @@ def lmc_figure(result: AnalysisResult) -> Figure:
     )
     for axes, metric, title in metrics:
         for pair in pairs:
-            lmc = pair.data.lmc
-            values, stored_barrier = _along_path(lmc, metric)
-            barrier = _number(stored_barrier)
-            shown = f"{barrier:.1%}" if metric == "error" else f"{barrier:.3g}"
-            axes.plot(
-                list(lmc.alphas),
-                _numbers(values),
-                marker="o",
-                markersize=4,
-                color=PAIR_COLOURS[pair.key],
-                label=f"{pair.label}: {metric} barrier {shown}",
-            )
+            for mode, lmc in _curves(pair):
+                values, stored_barrier = _along_path(lmc, metric)
+                barrier = _number(stored_barrier)
+                shown = f"{barrier:.1%}" if metric == "error" else f"{barrier:.3g}"
+                repaired = "" if mode is None else f", repair {mode!r}"
+                axes.plot(
+                    list(lmc.alphas),
+                    _numbers(values),
+                    marker="o",
+                    markersize=4,
+                    color=PAIR_COLOURS[pair.key],
+                    linestyle="-" if mode is None else REPAIR_LINE_STYLES[mode],
+                    label=f"{pair.label}{repaired}: {metric} barrier {shown}",
+                )
         if "a" in endpoints and "b" in endpoints:
             reestimated = any(endpoints[side].batch_norm_reestimated for side in "ab")
             axes.plot(

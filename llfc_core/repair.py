@@ -291,7 +291,9 @@ def _fold(
         raise RuntimeError(f"The repair site {site.name} has no weight and bias to fold into.")
     shape = [1] * weight.dim()
     shape[site.weight_axis] = -1
-    weight.copy_(weight.double() * scale.view(shape))
+    # In place, in the weight's own dtype: a float64 product would hold two float64 copies of
+    # the largest weight at once (four times its size), more than the rest of a repair.
+    weight.mul_(scale.view(shape).to(weight.dtype))
     bias.copy_(bias.double() * scale + shift)
 
 

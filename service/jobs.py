@@ -580,16 +580,20 @@ def job_memory(plan: JobPlan, arch: Architecture) -> MemoryEstimate:
     """The engine's estimate of the job's peak memory."""
     params = plan.params
     if plan.kind == JobKind.MATCH:
-        return match_memory(arch, params["method"], params["batch_size"])
+        return match_memory(arch, params["method"], params["batch_size"], params["repair"])
     if plan.kind == JobKind.INTERPOLATE:
-        return interpolation_memory(arch, params["batch_size"], plan.dataset_ref is not None)
-    alphas = [*params.get("alphas", []), *params.get("llfc_alphas", [])]
-    if plan.kind == JobKind.ANALYZE:
-        return analysis_memory(arch, params["batch_size"], params["match"], alphas)
-    if plan.kind == JobKind.SWEEP:
+        with_data = plan.dataset_ref is not None or params.get(TRAIN_DATASET_KEY) is not None
+        return interpolation_memory(arch, params["batch_size"], with_data, params["repair"])
+    if plan.kind in (JobKind.ANALYZE, JobKind.SWEEP):
+        config = AnalysisConfig.from_params(params)
+        repair = config.repair_modes(arch.has_batch_norm)[0]
+        if plan.kind == JobKind.ANALYZE:
+            return analysis_memory(arch, config.batch_size, config.match, config.all_alphas, repair)
         assert plan.model_ids is not None
         num_models = len(plan.model_ids)
-        return sweep_memory(arch, params["batch_size"], params["match"], alphas, num_models)
+        return sweep_memory(
+            arch, config.batch_size, config.match, config.all_alphas, num_models, repair
+        )
     if plan.kind == JobKind.MERGE:
         assert plan.model_ids is not None
         num_models = len(plan.model_ids)

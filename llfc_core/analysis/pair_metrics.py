@@ -556,6 +556,16 @@ class _PairPass:
         del self.logits_a, self.logits_b
 
 
+def keeps_model_per_alpha(
+    interior_alphas: int, parameters: int, batch_features: int, repair: str
+) -> bool:
+    """Whether the path keeps one model per interior alpha rather than one work model re-made
+    for every alpha (see :class:`_Path`): always under REPAIR, which changes every alpha's
+    weights differently, else when the ``parameters`` outweigh one batch's feature-site
+    outputs (``batch_features``)."""
+    return interior_alphas == 0 or repair == "repair" or parameters > batch_features
+
+
 def measure_pair(
     arch: Architecture,
     state_a: Mapping[str, torch.Tensor],
@@ -624,9 +634,9 @@ def measure_pair(
         state_b,
         (model_a, model_b),
         interior,
-        keep_models=not interior
-        or mode == "repair"
-        or parameters > config.batch_size * probe.features_per_example,
+        keep_models=keeps_model_per_alpha(
+            len(interior), parameters, config.batch_size * probe.features_per_example, mode
+        ),
         settle=path_repair.settle,
         device=device,
         reporter=build_reporter.sub(3 / stages, len(interior) / stages),

@@ -55,6 +55,7 @@ def test_submission_answers_202_with_location_and_retry_after(alice: httpx.Clien
     assert job["params"] == {
         "method": "weight",
         "symmetry": "permutation",
+        "repair": "none",
         "seed": 0,
         "batch_size": 256,
         "split": "train",

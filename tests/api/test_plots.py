@@ -164,6 +164,38 @@ def test_lmc_of_a_batch_norm_pair_marks_the_endpoints_as_uploaded_apart() -> Non
     assert f"A {endpoints['a']['as_uploaded']['error']:.1%}" in error_label
 
 
+def test_lmc_of_a_result_comparing_repairs_draws_each_repairs_curve() -> None:
+    arch = parse_arch({"name": "mlp", "widths": [64, 32, 32, 10]})
+    torch.manual_seed(0)
+    state_a, state_b = arch.build().state_dict(), arch.build().state_dict()
+    compared = analyze_pair(
+        arch,
+        state_a,
+        state_b,
+        digits("test").limit(100),
+        AnalysisConfig(match="weight", alphas=[0, 0.5, 1], repair=["none", "repair"]),
+        train_dataset=digits("train").limit(300),
+        device=CPU,
+    ).to_json()
+
+    figure = _figure(compared, "lmc")
+
+    for axes, metric in zip(figure.axes, ("loss", "error"), strict=True):
+        lines = {line.get_label(): line for line in axes.get_lines()}
+        for pair, label in (("naive", "naive (B as uploaded)"), ("matched", "weight matching")):
+            for mode, style in (("none", "--"), ("repair", "-")):
+                lmc = compared["pairs"][pair]["repairs"][mode]["lmc"]
+                (line,) = (
+                    line
+                    for text, line in lines.items()
+                    if text.startswith(f"{label}") and f", repair '{mode}': {metric}" in text
+                )
+                assert list(line.get_ydata()) == pytest.approx(lmc[metric])
+                assert line.get_linestyle() == style
+    # Two pairs, two repairs each, and the barrier reference.
+    assert len(figure.axes[0].get_lines()) == 5
+
+
 def test_lmc_of_a_batch_norm_free_pair_draws_one_set_of_endpoints(result: dict[str, Any]) -> None:
     labels = [line.get_label() for line in _figure(result, "lmc").axes[0].get_lines()]
     assert "straight line between the endpoints (barrier reference)" in labels

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from llfc_results import ENDPOINTS, AnalysisResult, SweepResult
+from llfc_results import ENDPOINTS, AnalysisResult, SweepResult, VarianceRatio
 
 LONG_LIST = 8
 """Lists longer than this are summarised in the key/value view (a permutation, a curve)."""
@@ -145,7 +145,8 @@ def analysis_table(result: AnalysisResult) -> str:
     matched); then, per pair and layer, the A–B baseline E[1 - cos(f(A), f(B))] against the LLFC
     distance E[1 - cos(f(θ_α), αf(A) + (1-α)f(B))] at each LLFC alpha (LLFC holds where the latter
     is far below the former), Condition I (weak additivity of each activation) per alpha, and
-    Condition II (commutativity) per weighted layer.
+    Condition II (commutativity) per weighted layer. With a list of repairs, also each repair's
+    barriers per pair and each pair's variance ratio per repair site and LLFC alpha.
     """
     values: Values = {(r.pair, r.metric, r.layer, r.alpha): r.value for r in result.rows()}
     pairs = list(result.pairs)
@@ -165,6 +166,23 @@ def analysis_table(result: AnalysisResult) -> str:
     blocks.append(
         format_table(["Barriers", *(result.pair_label(pair) for pair in pairs)], summary_rows)
     )
+    modes = list(
+        dict.fromkeys(mode for pair in result.pairs.values() for mode in pair.repairs or {})
+    )
+    if modes:
+        repair_rows = [
+            row
+            for mode in modes
+            for row in (
+                summary(f"loss barrier, {mode}", f"{mode}_loss_barrier", format_number),
+                summary(f"error barrier, {mode}", f"{mode}_error_barrier", format_percent),
+            )
+        ]
+        blocks.append(
+            format_table(
+                ["Barriers by repair", *(result.pair_label(pair) for pair in pairs)], repair_rows
+            )
+        )
 
     for name, pair in result.pairs.items():
         label = result.pair_label(name)
@@ -204,6 +222,8 @@ def analysis_table(result: AnalysisResult) -> str:
                     ],
                 )
             )
+        if pair.variance_ratio is not None:
+            blocks.append(_variance_ratio_table(name, label, pair.variance_ratio, values))
     return "\n\n".join(blocks)
 
 
@@ -226,3 +246,17 @@ def sweep_table(result: SweepResult) -> str:
             title = f"{SWEEP_TITLES.get(metric, metric)}, {kind}"
             blocks.append(f"{title}\n" + format_table(["", *numbers], rows))
     return "\n\n".join(blocks)
+
+
+def _variance_ratio_table(pair: str, label: str, ratio: VarianceRatio, values: Values) -> str:
+    """theta_alpha's pre-activation variance against REPAIR's target, per repair site and alpha."""
+    alphas = [float(alpha) for alpha in ratio.ratio]
+    rows = [
+        [layer, *(format_number(values.get((pair, "variance_ratio", layer, a))) for a in alphas)]
+        for layer in ratio.layers
+    ]
+    return (
+        f"Variance collapse, {label}: θ_α's pre-activation variance against REPAIR's target "
+        "(below 1: collapsed), per repair site\n"
+        + format_table(["site", *(f"α={alpha:g}" for alpha in alphas)], rows)
+    )
