@@ -26,15 +26,15 @@ from typing import Any
 from celery import Celery
 
 from service.core.config import Settings, get_settings
-from service.db.models import JobKind
 
 logger = logging.getLogger(__name__)
 
 QUEUE = "llfc"
 TASK_NAME = "llfc.run_job"
 """The one task every job is published as; the worker dispatches on the job row's kind."""
-LEGACY_TASK_NAMES = tuple(f"llfc.{kind}" for kind in JobKind)
-"""The per-kind names jobs were published under before, still run for messages already queued."""
+LEGACY_TASK_NAMES = tuple(f"llfc.{kind}" for kind in ("match", "interpolate", "analyze", "train"))
+"""The per-kind names jobs were published under before the one task name, still run for messages
+already queued; kinds added since (sweep, merge) were only ever published as ``TASK_NAME``."""
 FILESYSTEM_POLL_SECONDS = 0.2
 BROKER_CONNECT_TIMEOUT_S = 5
 CHILD_START_TIMEOUT_S = 120.0
