@@ -510,7 +510,9 @@ def test_a_job_body_that_is_not_a_json_object_is_refused(
 
 def test_an_unknown_job_kind_is_refused_listing_the_kinds(alice: httpx.Client) -> None:
     response = submit(alice, {"kind": "mine-bitcoin", "model_a": "a", "model_b": "b"})
-    assert_problem(response, 422, "'kind'", "'match', 'interpolate', 'analyze', 'train' or 'sweep'")
+    assert_problem(
+        response, 422, "'kind'", "'match', 'interpolate', 'analyze', 'train', 'sweep' or 'merge'"
+    )
 
 
 def test_an_unknown_job_field_is_refused_naming_it(alice: httpx.Client) -> None:

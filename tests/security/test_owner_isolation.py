@@ -72,7 +72,14 @@ def test_every_protected_route_is_401_without_a_valid_key(
         "another scheme": f"Basic {guarded.keys['alice']}",
         "bearer without a key": "Bearer",
     }
-    dummy_ids = {"checkpoint_id": "ckpt_0", "dataset_id": "ds_0", "job_id": "job_0", "name": "lmc"}
+    dummy_ids = {
+        "checkpoint_id": "ckpt_0",
+        "dataset_id": "ds_0",
+        "job_id": "job_0",
+        "name": "lmc",
+        "index_a": "0",
+        "index_b": "1",
+    }
     # /metrics opens to the scrape token, not to an API key (its own test below).
     protected = [
         (method, path)
@@ -133,11 +140,22 @@ def alices_resources(alice: httpx.Client) -> dict[str, list[str]]:
             "params": {"alphas": [0.0, 0.5, 1.0], "llfc_alphas": [0.5]},
         },
     )
+    sweep = run_job(
+        alice,
+        {
+            "kind": "sweep",
+            "models": [model_a, model_b],
+            "dataset": dataset.json()["id"],
+            "params": {"alphas": [0.0, 0.5, 1.0], "llfc_alphas": [0.5]},
+        },
+    )
     return {
         "checkpoint_id": [model_a, matched["artifacts"][0]["checkpoint_id"]],
         "dataset_id": [dataset.json()["id"]],
-        "job_id": [analysis["id"], matched["id"]],
+        "job_id": [analysis["id"], matched["id"], sweep["id"]],
         "name": ["lmc"],
+        "index_a": ["0"],
+        "index_b": ["1"],
     }
 
 
