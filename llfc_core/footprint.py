@@ -77,15 +77,16 @@ ATTENTION_TRAINING_COPIES = 4
 """Copies of every attention's scores a training step holds: the scores, their softmax (with
 its dropout mask) kept for backward, and their gradients (see the module docstring)."""
 WEIGHT_SOLVE_MATRICES = 3
+"""Float64 C x C matrices of one weight-matching solve: the summed cost, its negation, and the
+copy ``lapjv`` makes."""
 COMMUTATIVITY_GRAMS = 3
 """G_AA, G_AB and G_BB of every modelled layer."""
 COMMUTATIVITY_STEP_MATRICES = 8
-"""A step's width x width float64 temporaries: S, B's Grams as permuted, M S, cost products."""
+"""A step's width x width float64 temporaries: S, B's Grams as permuted, M S, cost products,
+of one layer at a time (``_Descent.linearised``)."""
 STE_STATES = 7
 """STE's copies of the learned state: proxy, its gradient, Adam's two moments, B permuted, the
 straight-through parameters and the midpoint's."""
-"""Float64 C x C matrices of one weight-matching solve: the summed cost, its negation, and the
-copy ``lapjv`` makes."""
 SAFETENSORS_ENTRY_FIELDS = '{"dtype":"F32","shape":[],"data_offsets":[,]},'
 """The fixed characters of one tensor's entry in a safetensors header (see
 :func:`stored_checkpoint_bytes`)."""

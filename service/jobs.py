@@ -198,6 +198,13 @@ def _model_pair(
     return model_a, model_b, checkpoint_arch(store, model_a, settings)
 
 
+REPEATED_MODEL_REASONS = {
+    JobKind.SWEEP: " (a model compared with itself is connected: its row of the matrices is zero).",
+    JobKind.MERGE: " (a merge averages its models with equal weights).",
+}
+"""Why a kind needs each of its models once, added to the refusal of a repeated one."""
+
+
 def model_set(
     session: Session, owner_id: str, body: JobCreate, settings: Settings
 ) -> tuple[list[Checkpoint], Architecture]:
@@ -219,8 +226,8 @@ def model_set(
     repeated = sorted({checkpoint_id for checkpoint_id in ids if ids.count(checkpoint_id) > 1})
     if repeated:
         raise InvalidParameterError(
-            f"'models' names {named(repeated)} more than once; name each model once (a model "
-            "compared with itself is connected: its row of the matrices is zero)."
+            f"'models' names {named(repeated)} more than once; name each model once"
+            + REPEATED_MODEL_REASONS.get(body.kind, ".")
         )
     models = [
         _owned_checkpoint(session, owner_id, f"models[{index}]", checkpoint_id)

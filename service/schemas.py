@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator
 from pydantic_core import PydanticCustomError
 
+from service.core.config import MAX_MODELS_FIELD
 from service.db.models import JobKind, JobStatus
 from service.json_input import MAX_JSON_DEPTH, JsonInputError, check_depth
 
@@ -16,9 +17,6 @@ RESOURCE_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,100}$"
 does not is refused before it reaches the database (PostgreSQL cannot even compare text holding
 a NUL byte)."""
 ResourceId = Annotated[str, StringConstraints(pattern=RESOURCE_ID_PATTERN)]
-MAX_MODELS_FIELD = 1000
-"""A bound on ``models`` that holds whatever the settings say, so no body makes the service
-look up an unbounded list; ``LLFC_MAX_JOB_MODELS`` is the limit a submission is held to."""
 
 
 class CheckpointPublic(BaseModel):

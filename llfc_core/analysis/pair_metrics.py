@@ -672,8 +672,21 @@ def measure_pair(
 
 
 def barrier(values: list[float], alphas: tuple[float, ...], at_a: float, at_b: float) -> float:
-    """max over alpha of value(alpha) - (alpha value(A) + (1 - alpha) value(B))."""
-    return max(v - (a * at_a + (1 - a) * at_b) for v, a in zip(values, alphas, strict=True))
+    """max over alpha of value(alpha) - (alpha value(A) + (1 - alpha) value(B)).
+
+    The line is computed from its nearer end, value(B) + alpha (value(A) - value(B)) below
+    alpha 0.5 and value(A) - (1 - alpha) (value(A) - value(B)) above: exact at both ends however
+    far apart they are (a diverged endpoint's 1e34 beside a 1.4 does not swallow the 1.4), and
+    exactly the endpoints' value when they agree, so a model with itself (a sweep's diagonal)
+    has a barrier of exactly 0, where alpha a + (1 - alpha) a rounds to a neighbour of a for
+    about one a in four.
+    """
+    difference = at_a - at_b
+    line = [
+        at_b + alpha * difference if alpha < 0.5 else at_a - (1 - alpha) * difference
+        for alpha in alphas
+    ]
+    return max(v - on_line for v, on_line in zip(values, line, strict=True))
 
 
 def _summarise(

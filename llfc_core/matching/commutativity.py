@@ -259,19 +259,32 @@ class _Descent:
     def objective(self, keys: list[str], expanded: Permutation) -> float:
         return sum(self.current(key, expanded).objective for key in keys)
 
-    def cost(self, name: str, size: int, currents: Mapping[str, _Current]) -> np.ndarray:
-        """The summed score of R for permutation ``name`` (``size`` units) at the iterate."""
-        total = torch.zeros(size, size, dtype=torch.float64)
-        for use in self.spec.perm_to_uses[name]:
-            if use.key not in currents:
-                continue
-            layer = self.layers[use.key]
-            if use.axis == layer.out_axis:
-                full, kernel = currents[use.key].output_cost(), 1
-            else:
-                full, kernel = currents[use.key].input_cost(), layer.kernel
-            total += _unit_cost(full, use.offset * kernel, use.block * kernel, size).cpu()
-        return total.numpy()
+    def linearised(
+        self, step: list[str], sizes: list[int], keys: list[str], expanded: Permutation
+    ) -> tuple[float, list[np.ndarray]]:
+        """The exact J over ``keys`` at the iterate, and for each of the step's permutations
+        (of ``sizes`` units) the summed score of R: one layer's factors held at a time, since a
+        residual stream's permutation touches every layer of its stage and each layer's
+        factors are several patch-width squares of float64."""
+        totals = [torch.zeros(size, size, dtype=torch.float64) for size in sizes]
+        objective = 0.0
+        for key in keys:
+            current = self.current(key, expanded)
+            objective += current.objective
+            layer = self.layers[key]
+            for name, total in zip(step, totals, strict=True):
+                for use in self.spec.perm_to_uses[name]:
+                    if use.key != key:
+                        continue
+                    if use.axis == layer.out_axis:
+                        full, kernel = current.output_cost(), 1
+                    else:
+                        full, kernel = current.input_cost(), layer.kernel
+                    offset, block = use.offset * kernel, use.block * kernel
+                    total += _unit_cost(full, offset, block, total.shape[0]).cpu()
+                    del full
+            del current
+        return objective, [total.numpy() for total in totals]
 
 
 def _composed(perm: Permutation, step: list[str], moves: list[torch.Tensor]) -> Permutation:
@@ -295,9 +308,8 @@ def _try_step(
     if not keys:
         return None
     expanded = expanded_permutation(spec, perm)
-    currents = {key: descent.current(key, expanded) for key in keys}
-    before = sum(current.objective for current in currents.values())
-    costs = [descent.cost(name, perm[name].numel(), currents) for name in step]
+    sizes = [perm[name].numel() for name in step]
+    before, costs = descent.linearised(step, sizes, keys, expanded)
     spread = max(float(cost.max() - cost.min()) for cost in costs)
     for fraction in (0.0, *PROXIMAL_FRACTIONS):
         proximal = [cost + fraction * spread * np.eye(cost.shape[0]) for cost in costs]

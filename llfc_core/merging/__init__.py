@@ -36,6 +36,9 @@ from llfc_core.progress import Reporter
 from llfc_core.repair import default_repair_mode
 
 MAX_ROUNDS = 1000
+MAX_RIDGE = 1e6
+"""The largest ridge: at 1e6 a digits MLP's fit is already its start, the matched average (its
+loss to 3e-6), and far above it the penalty overflows into a model of infinities."""
 STAGE_SHARES = {"weight_average": (0.8, 0.2, 0.0), "feature_average": (0.25, 0.05, 0.7)}
 """Each method's progress shared out between MergeMany, the repair and the fit (one pass over
 the data per layer)."""
@@ -86,15 +89,17 @@ def check_merge_inputs(states: Sequence[StateDict]) -> None:
 
 def check_merge_params(method: str, max_rounds: int, ridge: float) -> None:
     """Refuse an unknown method, ``max_rounds`` outside 1 to :data:`MAX_ROUNDS` or a ridge that
-    is not a positive number, each with a sentence (the service checks a submission with it)."""
+    is not a number above 0 and at most :data:`MAX_RIDGE`, each with a sentence (the service
+    checks a submission with it)."""
     if method not in MERGE_METHODS:
         raise InvalidParameterError(
             f"The merge method must be one of {', '.join(MERGE_METHODS)}, got {method!r}."
         )
     check_int(max_rounds, 1, MAX_ROUNDS, "The parameter 'max_rounds'")
-    if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not ridge > 0:
+    if isinstance(ridge, bool) or not isinstance(ridge, int | float) or not 0 < ridge <= MAX_RIDGE:
         raise InvalidParameterError(
-            f"The parameter 'ridge' must be a positive number, got {ridge!r}."
+            f"The parameter 'ridge' must be a positive number, at most {MAX_RIDGE:g} (which "
+            f"already keeps the weight average), got {ridge!r}."
         )
 
 

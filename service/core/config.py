@@ -21,6 +21,10 @@ DEVELOPMENT_SECRET_KEY = "llfc-development-secret-key"
 """The default pepper; acceptable only with auth off, where no key is ever checked."""
 
 MIN_SECRET_KEY_LENGTH = 16
+MAX_MODELS_FIELD = 1000
+"""A bound on a job body's ``models`` that holds whatever the settings say, so no body makes the
+service look up an unbounded list; ``LLFC_MAX_JOB_MODELS`` (at most this) is the limit a
+submission is held to."""
 
 
 class Settings(BaseSettings):
@@ -73,6 +77,7 @@ class Settings(BaseSettings):
     max_job_models: int = Field(
         default=16,
         ge=2,
+        le=MAX_MODELS_FIELD,
         description="Most models one job on N models (a sweep, a merge) may take; a sweep analyses "
         "N (N - 1) / 2 pairs.",
     )

@@ -2,7 +2,8 @@
 
 Every route of the served /openapi.json is named in docs/API.md; every route it names is served,
 or listed under "Not served yet" and then really not served; the keys of the documented analyze
-result are those of a real analyze job's result.
+result are those of a real analyze job's result, and the metrics route's paragraph names every
+metric that job's rows hold.
 """
 
 from __future__ import annotations
@@ -108,3 +109,13 @@ def test_the_documented_analyze_result_has_the_keys_of_a_real_one(alice: httpx.C
     assert real - documented == set(), "result keys missing from docs/API.md"
     assert documented - real == set(), "docs/API.md documents keys a result does not have"
     assert not_served & real == set(), "a result key marked not served yet is served"
+    served_metrics = {
+        row["metric"] for row in alice.get(f"/v1/jobs/{job['id']}/metrics").json()["items"]
+    }
+    # A repair's rows are documented once, as `<repair>_lmc_loss` and so on.
+    spelled = {re.sub(r"^(none|reset|repair)_", "<repair>_", metric) for metric in served_metrics}
+    metrics_route = API_DOC[API_DOC.index("`GET /v1/jobs/{id}/metrics") :]
+    metrics_route = metrics_route[: metrics_route.index("\n\n")]
+    assert {m for m in spelled if f"`{m}`" not in metrics_route} == set(), (
+        "metrics the route serves that its paragraph in docs/API.md does not name"
+    )

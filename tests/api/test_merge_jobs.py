@@ -90,6 +90,7 @@ def test_feature_averaging_with_repair_fits_every_layer_and_beats_the_unmatched_
         ({"method": "average"}, "merge method must be one of weight_average, feature_average"),
         ({"ridge": 0.1}, "method 'weight_average' fits nothing"),
         ({"method": "feature_average", "ridge": 0}, "'ridge' must be a positive number"),
+        ({"method": "feature_average", "ridge": 1e308}, "at most 1e+06"),
         ({"max_rounds": 0}, "'max_rounds' must be an integer from 1 to 1000"),
         ({"repair": "fix"}, "repair"),
         ({"alpha": 0.5}, "does not take the parameter(s) 'alpha'"),
@@ -108,6 +109,9 @@ def test_a_merge_needs_models_and_data(alice: httpx.Client, trained: list[str]) 
     assert_problem(one, 422, "needs 'models', a list of 2 to")
     pair = submit(alice, {"kind": "merge", "model_a": trained[0], "model_b": trained[1]})
     assert_problem(pair, 422, "'models', a list of ids")
+    repeated = submit(alice, _merge_body([trained[0], trained[1], trained[0]]))
+    assert_problem(repeated, 422, "more than once; name each model once (a merge averages")
+    assert "matrices" not in repeated.json()["detail"]
     no_data = submit(alice, {"kind": "merge", "models": trained[:2]})
     assert_problem(no_data, 422, "to match, repair and fit the merge on")
     other = upload_mlp(alice, [64, 8, 10], 1)

@@ -65,6 +65,14 @@ def test_device_must_be_auto_cpu_or_cuda() -> None:
         Settings(device="tpu")
 
 
+def test_the_job_models_limit_may_not_pass_what_a_job_body_may_list(tmp_path: Path) -> None:
+    # A body's 'models' holds at most 1000 ids whatever the settings say: a larger limit would
+    # be refused by that bound with a sentence naming 1000, not the setting.
+    assert Settings(data_dir=tmp_path, max_job_models=1000).max_job_models == 1000
+    with pytest.raises(ValidationError, match="max_job_models"):
+        Settings(data_dir=tmp_path, max_job_models=1001)
+
+
 def test_an_empty_metrics_token_is_no_token() -> None:
     assert Settings(metrics_token="").metrics_token is None
     token = Settings(metrics_token="scrape-0123456789").metrics_token

@@ -74,7 +74,10 @@ def test_a_pair_kind_given_three_models_is_a_usage_error(
 ) -> None:
     refused = _llfc(service, "submit", "analyze", *trained_pair, trained_pair[0])
     assert refused.exit_code == 2
-    assert "takes at most two models, A and B, got 3; merge and sweep jobs take more" in refused.output
+    assert (
+        "Analyze jobs take at most two models, A and B, got 3; merge and sweep jobs take more."
+        in refused.output
+    )
 
 
 def test_the_client_submits_a_sweep_and_reads_its_pairs_and_heat_map(

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from llfc_core.analysis import AnalysisConfig, analyze_pair
+from llfc_core.analysis.pair_metrics import barrier
 from llfc_core.archs import parse_arch
 from llfc_core.data import ArrayDataset, digits
 from llfc_core.errors import CancelledError, InvalidParameterError
@@ -42,6 +43,20 @@ def test_a_model_against_itself_has_zero_barriers_and_zero_distances() -> None:
             assert max(values) == pytest.approx(0.0, abs=1e-9)
         assert max(pair["commutativity"]) == pytest.approx(0.0, abs=1e-12)
         assert pair["lemma"]["holds"] is True
+
+
+def test_a_flat_path_has_a_barrier_of_exactly_zero() -> None:
+    # A model with itself: every theta_alpha is A, so every value is A's. The sweep's diagonal
+    # is this 0, not computed; alpha a + (1 - alpha) a would round away from a for some a.
+    alphas = AnalysisConfig().alphas
+    for value in (1.6365169429513404, 0.1, 0.7, 2.3026654876157204):
+        assert barrier([value] * len(alphas), alphas, value, value) == 0.0
+    # Endpoints far apart (a model scaled until its loss is 5.9e34): the line is still exact at
+    # each end, so a path below it has no barrier, not the smaller endpoint's loss.
+    at_a, at_b = 1.4444985987416217, 5.899427497390803e34
+    path = [at_b, *(at_b / 10 ** (i + 1) for i in range(len(alphas) - 2)), at_a]
+    assert barrier(path, alphas, at_a, at_b) == 0.0
+    assert barrier(path[::-1], alphas, at_b, at_a) == 0.0
 
 
 def _direct_metrics(arch, state_a, state_b, data: ArrayDataset, alphas):

@@ -51,9 +51,9 @@ MEASURE = textwrap.dedent(
     torch.set_num_threads(1)
     cpu = torch.device("cpu")
 
-    def run(widths, examples):
-        arch = parse_arch({"name": "mlp", "widths": widths})
-        data = SyntheticDataset(examples, (widths[0],), widths[-1], seed=2)
+    def run(arch_json, examples):
+        arch = parse_arch(arch_json)
+        data = SyntheticDataset(examples, tuple(arch.input_shape), arch.num_classes, seed=2)
         torch.manual_seed(0)
         if case["kind"] == "train":
             config = TrainConfig(epochs=1, batch_size=case["batch_size"], seed=0)
@@ -63,7 +63,7 @@ MEASURE = textwrap.dedent(
         if case["kind"] == "match":
             match_models(
                 arch, state_a, state_b, case["method"], data,
-                batch_size=case["batch_size"], device=cpu,
+                batch_size=case["batch_size"], device=cpu, max_iter=case.get("max_iter", 100),
             )
         elif case["kind"] == "interpolate":
             interpolate_checkpoint(
@@ -77,14 +77,23 @@ MEASURE = textwrap.dedent(
             )
             analyze_pair(arch, state_a, state_b, data, config, device=cpu)
 
-    run([case["widths"][0], 8, case["widths"][-1]], 64)
+    run(case["warm_arch"], 64)
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
     before = rss_kib("VmRSS:")
-    run(case["widths"], case["examples"])
+    run(case["arch"], case["examples"])
     print(json.dumps({"measured_bytes": (rss_kib("VmHWM:") - before) * 1024}))
     """
 )
+
+
+def _mlp(widths: list[int]) -> dict[str, Any]:
+    """An MLP case's arch, and the tiny one of its input and output sizes that warms up first."""
+    return {
+        "arch": {"name": "mlp", "widths": widths},
+        "warm_arch": {"name": "mlp", "widths": [widths[0], 8, widths[-1]]},
+    }
+
 
 PINNED_MMAP_THRESHOLD = {"MALLOC_MMAP_THRESHOLD_": "131072"}
 """REPAIR's statistics passes free tensors of tens of MB between the models it keeps, which
@@ -95,28 +104,45 @@ CASES: dict[str, dict[str, Any]] = {
     "activation matching": {
         "kind": "match",
         "method": "activation",
-        "widths": [64, 2048, 2048, 10],
+        **_mlp([64, 2048, 2048, 10]),
         "batch_size": 256,
         "examples": 1024,
     },
     "weight matching": {
         "kind": "match",
         "method": "weight",
-        "widths": [64, 2048, 2048, 10],
+        **_mlp([64, 2048, 2048, 10]),
         "batch_size": 256,
         "examples": 1024,
     },
     "training, wide batch": {
         "kind": "train",
-        "widths": [64, 4096, 10],
+        **_mlp([64, 4096, 10]),
         "batch_size": 2048,
         "examples": 4096,
         "num_modes": 2,
     },
+    # A ResNet's residual stream is one permutation touching every conv of its stage: a step
+    # once held each such layer's patch-width-square factors at once, 1.6x this estimate.
+    "commutativity matching, residual conv net": {
+        "kind": "match",
+        "method": "commutativity",
+        "arch": {"name": "resnet", "depth": 20, "width": 2, "in_channels": 1, "input_size": 8},
+        "warm_arch": {
+            "name": "resnet",
+            "depth": 8,
+            "width": 0.25,
+            "in_channels": 1,
+            "input_size": 8,
+        },
+        "batch_size": 64,
+        "examples": 128,
+        "max_iter": 1,
+    },
     "analysis": {
         "kind": "analyze",
         "match": "none",
-        "widths": [64, 4096, 4096, 10],
+        **_mlp([64, 4096, 4096, 10]),
         "batch_size": 1024,
         "examples": 2048,
         "alphas": [0.0, 0.5, 1.0],
@@ -126,7 +152,7 @@ CASES: dict[str, dict[str, Any]] = {
     "analysis under REPAIR": {
         "kind": "analyze",
         "match": "none",
-        "widths": [64, 2048, 2048, 10],
+        **_mlp([64, 2048, 2048, 10]),
         "batch_size": 2048,
         "examples": 2048,
         "alphas": [i / 10 for i in range(11)],
@@ -135,7 +161,7 @@ CASES: dict[str, dict[str, Any]] = {
     },
     "interpolation under REPAIR": {
         "kind": "interpolate",
-        "widths": [64, 4096, 4096, 10],
+        **_mlp([64, 4096, 4096, 10]),
         "batch_size": 256,
         "examples": 512,
         "repair": "repair",
@@ -148,7 +174,7 @@ miss by much, and may not overstate by half: it refuses jobs."""
 
 
 def _estimate(case: dict[str, Any]) -> MemoryEstimate:
-    arch = parse_arch({"name": "mlp", "widths": case["widths"]})
+    arch = parse_arch(case["arch"])
     if case["kind"] == "match":
         return match_memory(arch, case["method"], case["batch_size"])
     if case["kind"] == "train":

@@ -230,3 +230,6 @@ def test_merge_refuses_bad_methods_counts_layouts_and_ridges(digit_mlps) -> None
         merge_many(arch, states, data.limit(0), device=CPU)
     with pytest.raises(InvalidParameterError, match="'ridge'"):
         merge_many(arch, states, data, method="feature_average", ridge=0.0, device=CPU)
+    # A ridge of 1e308 made the penalty infinite and the merged model NaN.
+    with pytest.raises(InvalidParameterError, match="at most 1e"):
+        merge_many(arch, states, data, method="feature_average", ridge=1e308, device=CPU)

@@ -505,7 +505,7 @@ def submit(
         model_list = list(models)
     elif len(models) > 2:
         raise click.UsageError(
-            f"A {kind} job takes at most two models, A and B, got {len(models)}; "
+            f"{kind.capitalize()} jobs take at most two models, A and B, got {len(models)}; "
             f"{' and '.join(sorted(MULTI_MODEL_KINDS))} jobs take more."
         )
     else:
