@@ -68,8 +68,8 @@ def _layer_names(value: Any) -> tuple[str, ...]:
         or not all(isinstance(name, str) for name in value)
     ):
         raise InvalidParameterError(
-            "'layers' must be a non-empty list of feature layer names, e.g. "
-            '["layer1.0.relu", "layer4.1.add"] (llfc inspect lists them).'
+            f"'layers' must be a non-empty list of at most {MAX_LAYERS:,} feature layer names, "
+            'e.g. ["layer1.0.relu", "layer4.1.add"] (llfc inspect lists them).'
         )
     return tuple(dict.fromkeys(value))
 

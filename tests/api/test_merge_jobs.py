@@ -58,6 +58,11 @@ def test_a_three_model_merge_beats_the_unmatched_average_and_stores_what_it_scor
     assert len(test["inputs"]) == 3
     assert test["merged"]["loss"] < test["naive_average"]["loss"]
     assert test["merged"]["error"] < test["naive_average"]["error"]
+    # A merge has no plots, whichever plot is asked for ('sweep' was once "no plot of an
+    # analysis").
+    for name in ("sweep", "lmc"):
+        plot = alice.get(f"/v1/jobs/{job['id']}/plots/{name}.png")
+        assert_problem(plot, 404, "is a merge job; only analyze and sweep jobs have plots")
     # The artifact is the model the scores describe.
     (artifact,) = job["artifacts"]
     assert artifact["name"] == "merged"

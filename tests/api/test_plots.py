@@ -351,7 +351,7 @@ def test_an_unknown_plot_is_404_with_a_sentence_listing_the_plots(
 def test_a_train_job_has_no_plots(alice: httpx.Client, analyze_job: dict[str, Any]) -> None:
     response = alice.get(f"/v1/jobs/{analyze_job['train']['id']}/plots/lmc.png")
     assert response.status_code == 404
-    assert "only analyze jobs have plots" in response.json()["detail"]
+    assert "only analyze and sweep jobs have plots" in response.json()["detail"]
 
 
 @pytest.mark.slow

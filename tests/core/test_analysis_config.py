@@ -36,3 +36,10 @@ def test_a_seed_outside_0_to_2_31_minus_1_is_refused(seed: Any) -> None:
 def test_the_seed_range_ends_are_accepted() -> None:
     assert AnalysisConfig.from_params({"seed": 0}).seed == 0
     assert AnalysisConfig.from_params({"seed": MAX_SEED}).seed == MAX_SEED
+
+
+def test_too_many_layer_names_are_refused_naming_the_limit() -> None:
+    # A body may repeat one layer 100,000 times; the sentence said 'non-empty', which it was.
+    with pytest.raises(InvalidParameterError, match="at most 10,000 feature layer names"):
+        AnalysisConfig(layers=["logits"] * 100_000)
+    assert AnalysisConfig(layers=["logits"] * 10).layers == ("logits",)

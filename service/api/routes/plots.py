@@ -59,12 +59,8 @@ class CSVResponse(Response):
     media_type = "text/csv"
 
 
-def succeeded_job(
-    session: SessionDep, owner_id: str, job_id: str, kinds: tuple[JobKind, ...], what: str
-) -> Job:
-    """The owner's job of one of ``kinds`` that has succeeded: 404 for another kind, 409
-    before it succeeded, ``what`` naming what it was asked for."""
-    job = get_owned_job(session, owner_id, job_id)
+def refuse_other_kinds(job: Job, kinds: tuple[JobKind, ...], what: str) -> None:
+    """404 for a job not of ``kinds``, ``what`` naming what it was asked for."""
     if job.kind not in kinds:
         raise ProblemError(
             404,
@@ -72,6 +68,15 @@ def succeeded_job(
             f"{' and '.join(kinds)} jobs have {what}.",
             type_slug="not-found",
         )
+
+
+def succeeded_job(
+    session: SessionDep, owner_id: str, job_id: str, kinds: tuple[JobKind, ...], what: str
+) -> Job:
+    """The owner's job of one of ``kinds`` that has succeeded: 404 for another kind, 409
+    before it succeeded, ``what`` naming what it was asked for."""
+    job = get_owned_job(session, owner_id, job_id)
+    refuse_other_kinds(job, kinds, what)
     if job.status != JobStatus.SUCCEEDED or job.result is None:
         raise ProblemError(
             409,
@@ -98,6 +103,9 @@ def read_plot(
     analysis matched. `sweep`: the sweep's matrices as heat maps.
     """
     job = get_owned_job(session, owner.id, job_id)
+    # The kind first: a merge job asked for 'sweep' is told it has no plots, not that 'sweep'
+    # is no plot of an analysis.
+    refuse_other_kinds(job, (JobKind.ANALYZE, JobKind.SWEEP), "plots")
     if job.kind == JobKind.SWEEP:
         if name != SWEEP_PLOT:
             raise ProblemError(

@@ -89,7 +89,9 @@ def _inline(value: Any) -> str:
             return f"[{len(value)} values]"
         return "[" + ", ".join(_inline(item) for item in value) + "]"
     if isinstance(value, dict):
-        return json.dumps(value)
+        # Opened like a list, so a merge's permutations (a list of {name: indices}) read as
+        # lengths, not as every index of every input.
+        return "{" + ", ".join(f"{key}: {_inline(item)}" for key, item in value.items()) + "}"
     return format_number(value)
 
 
