@@ -326,6 +326,28 @@ def _pair_plan(
     )
 
 
+def _models_plan(
+    kind: JobKind,
+    params: dict[str, Any],
+    arch: Architecture,
+    models: list[Checkpoint],
+    dataset_ref: str,
+    train_data: Mapping[str, Any],
+) -> JobPlan:
+    """The plan of a job on N models (their shared arch is the first's)."""
+    return JobPlan(
+        kind,
+        params,
+        models[0].arch,
+        arch,
+        None,
+        None,
+        dataset_ref,
+        train_data.get(TRAIN_DATASET_KEY),
+        [model.id for model in models],
+    )
+
+
 # --- Kinds ---------------------------------------------------------------------------------
 
 
@@ -460,17 +482,7 @@ def _plan_sweep(session: Session, owner_id: str, body: JobCreate, settings: Sett
     params, dataset_ref, train_data = _analysis_inputs(
         session, owner_id, body, settings, config, arch
     )
-    return JobPlan(
-        JobKind.SWEEP,
-        params,
-        models[0].arch,
-        arch,
-        None,
-        None,
-        dataset_ref,
-        train_data.get(TRAIN_DATASET_KEY),
-        [model.id for model in models],
-    )
+    return _models_plan(JobKind.SWEEP, params, arch, models, dataset_ref, train_data)
 
 
 MERGE_KEYS = ("method", "repair", "seed", "batch_size", "max_rounds", "ridge")
@@ -500,16 +512,7 @@ def _plan_merge(session: Session, owner_id: str, body: JobCreate, settings: Sett
         **({"ridge": ridge} if method == "feature_average" else {}),
         **_data_params(body.params, settings, "train", dataset_ref),
     }
-    return JobPlan(
-        JobKind.MERGE,
-        params,
-        models[0].arch,
-        arch,
-        None,
-        None,
-        dataset_ref,
-        model_ids=[model.id for model in models],
-    )
+    return _models_plan(JobKind.MERGE, params, arch, models, dataset_ref, {})
 
 
 def article(word: str) -> str:
