@@ -216,7 +216,8 @@ def run_merge(context: JobContext) -> Outcome:
         device=context.device,
         reporter=context.reporter.sub(0.0, MERGE_SHARE),
     )
-    evaluations = {"train": data}
+    # Keyed by the split measured on: an upload is used whole as the training data ("train").
+    evaluations = {params["split"]: data}
     if context.uses_builtin_dataset and params["split"] == "train":
         evaluations["test"] = context.load_dataset("test")
     scores = {}

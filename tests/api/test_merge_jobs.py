@@ -123,3 +123,10 @@ def test_a_merge_needs_models_and_data(alice: httpx.Client, trained: list[str]) 
     mixed = submit(alice, _merge_body([trained[0], other]))
     assert_problem(mixed, 422, "different archs")
     assert mixed.json()["type"] == "/problems/incompatible-pair"
+
+
+def test_a_merge_on_the_test_split_keys_its_scores_by_that_split(
+    alice: httpx.Client, trained: list[str]
+) -> None:
+    job = run_job(alice, _merge_body(trained[:2], split="test"))
+    assert list(job["result"]["scores"]) == ["test"]
