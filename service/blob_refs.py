@@ -1,12 +1,13 @@
 """References to stored blobs, added and dropped under a lock on the blob's ``blobs`` row.
 
 Identical bytes are stored once, whoever uploaded them: one owner's checkpoint and another's
-dataset may name the same file. Adding a reference moves the file into place; dropping the last
-one unlinks it. Both happen while holding the blob's ``blobs`` row (``SELECT ... FOR UPDATE`` on
-PostgreSQL; on SQLite every writing transaction is ``BEGIN IMMEDIATE``, so writers take turns), so
-an upload of bytes that another owner is deleting either finds the file gone and puts it back,
-or makes the delete see its new reference and keep the file. Without the lock, the delete could
-count no references, the upload commit its row, and the delete then unlink that row's file.
+dataset may name the same blob. Adding a reference puts the blob in the store (a folder or a
+bucket); dropping the last one removes it. Both happen while holding the blob's ``blobs`` row
+(``SELECT ... FOR UPDATE`` on PostgreSQL; on SQLite every writing transaction is ``BEGIN
+IMMEDIATE``, so writers take turns), so an upload of bytes that another owner is deleting either
+finds the blob gone and puts it back, or makes the delete see its new reference and keep the
+blob. Without the lock, the delete could count no references, the upload commit its row, and the
+delete then remove that row's blob.
 
 A blob file exists whenever a committed row names it. The converse may fail after a crash (a file
 or ``blobs`` row nobody names any more, i.e. wasted space, never a missing file).
@@ -33,6 +34,9 @@ def keep_blob(session: Session, store: BlobStore, source: Path, sha256: str) -> 
     ``blobs`` row and no reference: space wasted until the same bytes are kept again, never a
     row without its file.
     """
+    # A bucket gets the bytes before the lock is taken, so the lock is not held through a long
+    # upload; under the lock, commit only puts them back if a concurrent release removed them.
+    store.prepare(source, sha256)
     _lock_or_create_blob_row(session, sha256)
     store.commit(source, sha256)
 

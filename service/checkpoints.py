@@ -135,7 +135,7 @@ def checkpoint_arch(store: BlobStore, checkpoint: Checkpoint, settings: Settings
     graph = (
         None
         if checkpoint.graph_blob_sha256 is None
-        else store.path_for(checkpoint.graph_blob_sha256).read_bytes()
+        else store.read_bytes(checkpoint.graph_blob_sha256)
     )
     return parse_arch(checkpoint.arch, max_params=settings.max_params, onnx_graph=graph)
 
@@ -348,7 +348,7 @@ def store_artifact(
     """
     written = _write_state(store, validate_state_dict(arch, state))
     try:
-        blob_sha256, _size = keep_blob_file(session, store, written)
+        blob_sha256, size_bytes = keep_blob_file(session, store, written)
     finally:
         written.unlink(missing_ok=True)
     existing = _same_bytes_and_arch(session, owner_id, blob_sha256, arch)
@@ -364,7 +364,7 @@ def store_artifact(
         format="safetensors",
         arch=arch.to_json(),
         num_params=arch.num_params(),
-        size_bytes=store.path_for(blob_sha256).stat().st_size,
+        size_bytes=size_bytes,
         source_job_id=job_id,
         graph_blob_sha256=graph_blob_sha256,
         created_at=utcnow(),

@@ -67,3 +67,8 @@ class UnauthorizedError(ServiceError):
 
 class ServiceBusyError(ServiceError):
     """Work the API does itself (an inspection's proof) is already running; retry shortly."""
+
+
+class StorageError(ServiceError):
+    """The blob store cannot be reached or refused a request (a missing bucket, no
+    credentials), or holds bytes that do not match their name; the operators must act."""

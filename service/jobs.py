@@ -72,7 +72,7 @@ from service.errors import (
 )
 from service.quotas import check_queued_jobs, check_stored_bytes
 from service.schemas import ArtifactPublic, JobCreate, JobPublic, Progress
-from service.storage import BlobStore
+from service.storage import BlobStore, open_blob_store
 
 DATA_KEYS = ("split", "max_examples")
 TRAIN_DATASET_KEY = "train_dataset"
@@ -193,7 +193,7 @@ def _model_pair(
         )
     model_a = _owned_checkpoint(session, owner_id, "model_a", body.model_a)
     model_b = _owned_checkpoint(session, owner_id, "model_b", body.model_b)
-    store = BlobStore(settings.blob_dir)
+    store = open_blob_store(settings)
     _refuse_different_archs(store, settings, model_a, model_b, "Models A and B", "both")
     return model_a, model_b, checkpoint_arch(store, model_a, settings)
 
@@ -233,7 +233,7 @@ def model_set(
         _owned_checkpoint(session, owner_id, f"models[{index}]", checkpoint_id)
         for index, checkpoint_id in enumerate(ids)
     ]
-    store = BlobStore(settings.blob_dir)
+    store = open_blob_store(settings)
     first = models[0]
     for other in models[1:]:
         _refuse_different_archs(

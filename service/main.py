@@ -26,7 +26,7 @@ from service.checkpoints import warn_if_torch_files_are_refused
 from service.core.config import get_settings
 from service.metrics import METRICS
 from service.shared_metrics import publishing
-from service.storage import BlobStore
+from service.storage import open_blob_store
 
 DESCRIPTION = """
 Tells whether, and why, two trained networks are connected, and aligns them so that they are.
@@ -40,7 +40,7 @@ details. With auth on, send `Authorization: Bearer <api key>`.
 def create_app() -> FastAPI:
     settings = get_settings()
     settings.create_data_dir()
-    BlobStore(settings.blob_dir).ensure()
+    open_blob_store(settings).ensure()
     warn_if_torch_files_are_refused()
 
     @asynccontextmanager

@@ -9,7 +9,8 @@ idempotent file removal, so several API processes sweeping at once do no harm:
 2. republish: jobs still queued ``LLFC_REPUBLISH_AFTER_SECONDS`` after their last publish are
    published again, whatever became of their message;
 3. clean: partial uploads and artifacts untouched for ``LLFC_INCOMING_MAX_AGE_SECONDS`` are
-   deleted from the store's ``incoming/`` folder.
+   deleted from the staging folder, and multipart uploads to a bucket started that long ago
+   and never completed (a process killed mid-transfer) are aborted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from service.core.config import Settings
 from service.db.session import session_scope
 from service.lifecycle import reap_lost_runs
 from service.queue import publish_and_mark, republish_unclaimed
-from service.storage import BlobStore
+from service.storage import open_blob_store
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,7 @@ def sweep(settings: Settings) -> SweepReport:
             publish_and_mark(session, reaped.requeued)
     with session_scope() as session:
         republished = republish_unclaimed(session, settings)
-    removed = BlobStore(settings.blob_dir).remove_abandoned(settings.incoming_max_age_seconds)
+    removed = open_blob_store(settings).remove_abandoned(settings.incoming_max_age_seconds)
     report = SweepReport(
         requeued=len(reaped.requeued),
         failed=len(reaped.failed),
@@ -61,7 +62,7 @@ def sweep(settings: Settings) -> SweepReport:
             reaped.cancelled,
         )
     if removed:
-        logger.info("Removed %d abandoned partial file(s): %s", len(removed), removed)
+        logger.info("Removed %d abandoned partial file(s) or upload(s): %s", len(removed), removed)
     return report
 
 

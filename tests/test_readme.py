@@ -14,7 +14,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 def test_every_setting_is_documented_in_the_readme() -> None:
-    documented = set(re.findall(r"`(LLFC_[A-Z_]+)`", README))
+    documented = set(re.findall(r"`(LLFC_[A-Z0-9_]+)`", README))
     settings = {f"LLFC_{name.upper()}" for name in Settings.model_fields}
     assert settings - documented == set(), "settings missing from the README's table"
     assert documented - settings - {"LLFC_URL", "LLFC_API_KEY"} == set(), (

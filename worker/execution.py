@@ -30,7 +30,7 @@ from service.db.models import Job, JobKind
 from service.db.session import session_scope
 from service.lifecycle import soft_time_limit_sentence
 from service.queue import publish_waiting_jobs
-from service.storage import BlobStore
+from service.storage import open_blob_store
 from worker.executors import EXECUTORS
 from worker.inputs import JobContext
 from worker.run_state import JobRun
@@ -74,7 +74,7 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
             ", redelivered by the broker" if redelivered else "",
         )
         return
-    store = BlobStore(settings.blob_dir)
+    store = open_blob_store(settings)
     logger.info("Job %s (%s) started, attempt %d", job_id, job.kind, job.attempts)
     device_failed = False
     try:

@@ -42,7 +42,7 @@ class JobContext:
             if checkpoint is None:
                 raise LLFCError(f"The checkpoint {checkpoint_id} was deleted before the job ran.")
             blob = checkpoint.blob_sha256
-        return load_safetensors(self.store.path_for(blob))
+        return load_safetensors(self.store.local_path(blob))
 
     def load_dataset(self, split: str | None = None) -> Dataset:
         """The job's dataset (a built-in's ``split``, an upload whole), limited and fitted."""
@@ -79,11 +79,11 @@ class JobContext:
             upload_sha256, normalised_sha256 = row.sha256, row.blob_sha256
         if normalised_sha256 is not None:
             # Only the examples the job uses are read: the rest stay on disk, unmapped.
-            dataset = open_normalised(self.store.path_for(normalised_sha256), max_examples, ref)
+            dataset = open_normalised(self.store.local_path(normalised_sha256), max_examples, ref)
         else:
             # A row from before normalised copies: its upload, read whole, then limited.
             dataset = read_arrays(
-                self.store.path_for(upload_sha256),
+                self.store.local_path(upload_sha256),
                 self.settings.max_upload_bytes,
                 self.settings.max_dataset_expansion,
             ).limit(max_examples)

@@ -15,7 +15,7 @@ from service.db.models import Owner
 from service.db.session import get_engine, make_sessionmaker, session_scope
 from service.schemas import RESOURCE_ID_PATTERN
 from service.security import LOCAL_OWNER_NAME, get_or_create_owner, key_error, owner_for_key
-from service.storage import BlobStore
+from service.storage import BlobStore, open_blob_store
 
 READ_ONLY_METHODS = frozenset({"GET", "HEAD"})
 
@@ -35,7 +35,7 @@ def get_session(request: Request) -> Iterator[Session]:
 
 
 def get_store(settings: Annotated[Settings, Depends(get_settings)]) -> BlobStore:
-    return BlobStore(settings.blob_dir)
+    return open_blob_store(settings)
 
 
 PRINTABLE_TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"

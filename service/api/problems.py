@@ -50,6 +50,7 @@ ERROR_TYPES: dict[type[Exception], tuple[int, str]] = {
     service_errors.TooManyQueuedJobsError: (429, "too-many-queued-jobs"),
     service_errors.StorageQuotaError: (507, "storage-quota-exceeded"),
     service_errors.ServiceBusyError: (503, "busy"),
+    service_errors.StorageError: (503, "storage-unavailable"),
 }
 """Status and problem type (``/problems/<slug>``) of every error a user can cause; a subclass
 not listed takes its nearest listed base's, an unlisted engine error 422 invalid-request."""

@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -205,6 +208,57 @@ class Settings(BaseSettings):
         description="Open connections one API process serves at once; requests past it get 503.",
     )
 
+    # --- Blob storage (README "Blob storage") ---------------------------------------------
+    blob_url: str | None = Field(
+        default=None,
+        description="Where blobs are kept: file:///folder, or s3://bucket/prefix on any "
+        "S3-compatible server (credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+        "region from AWS_REGION); default the folder blobs/ inside the data folder.",
+    )
+    s3_endpoint_url: str | None = Field(
+        default=None,
+        description="The S3 server's URL (MinIO, Ceph, R2, GCS interop); default AWS's.",
+    )
+    cache_dir: Path | None = Field(
+        default=None,
+        description="Where a worker keeps copies of s3:// blobs; default <data>/cache.",
+    )
+    cache_max_bytes: int = Field(
+        default=50 * 1024**3,
+        ge=0,
+        description="Bytes of blob copies a worker host keeps; the least recently used go first "
+        "(the blobs the running job reads stay, even past the limit).",
+    )
+
+    @field_validator("blob_url", "s3_endpoint_url", mode="before")
+    @classmethod
+    def _empty_url_is_unset(cls, url: Any) -> Any:
+        return None if url == "" else url
+
+    @field_validator("blob_url")
+    @classmethod
+    def _check_blob_url(cls, url: str | None) -> str | None:
+        if url is not None:
+            _parse_blob_url(url)
+        return url
+
+    @field_validator("s3_endpoint_url")
+    @classmethod
+    def _check_s3_endpoint_url(cls, url: str | None) -> str | None:
+        if url is None:
+            return url
+        parsed = urlsplit(url)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(
+                "LLFC_S3_ENDPOINT_URL must be an http:// or https:// URL such as http://minio:9000."
+            )
+        if parsed.username or parsed.password:
+            raise ValueError(
+                "LLFC_S3_ENDPOINT_URL must not hold credentials; set AWS_ACCESS_KEY_ID and "
+                "AWS_SECRET_ACCESS_KEY instead."
+            )
+        return url
+
     @field_validator("metrics_token", mode="before")
     @classmethod
     def _empty_metrics_token_is_unset(cls, token: Any) -> Any:
@@ -293,7 +347,27 @@ class Settings(BaseSettings):
 
     @property
     def blob_dir(self) -> Path:
+        """The folder of the blobs when they are kept in a folder (``LLFC_BLOB_URL`` unset or
+        ``file://``)."""
+        location = None if self.blob_url is None else _parse_blob_url(self.blob_url)
+        if isinstance(location, Path):
+            return location.resolve()
         return (self.data_dir / "blobs").resolve()
+
+    @property
+    def s3_location(self) -> S3Location | None:
+        """The bucket and prefix of the blobs when ``LLFC_BLOB_URL`` is ``s3://``."""
+        location = None if self.blob_url is None else _parse_blob_url(self.blob_url)
+        return location if isinstance(location, S3Location) else None
+
+    @property
+    def staging_dir(self) -> Path:
+        """Where uploads wait to be validated before they go to an S3 bucket."""
+        return (self.data_dir / "incoming").resolve()
+
+    @property
+    def resolved_cache_dir(self) -> Path:
+        return (self.cache_dir or self.data_dir / "cache").resolve()
 
     @property
     def metrics_dir(self) -> Path:
@@ -304,6 +378,58 @@ class Settings(BaseSettings):
     @property
     def resolved_datasets_root(self) -> Path:
         return (self.datasets_root or self.data_dir / "datasets").resolve()
+
+
+@dataclass(frozen=True)
+class S3Location:
+    """Blobs under ``s3://<bucket>/<prefix>``: object keys ``<prefix>/blobs/<sha[:2]>/<sha>``."""
+
+    bucket: str
+    prefix: str
+
+    def key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+
+_BUCKET_NAME = re.compile(r"\A[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9]\Z")
+
+
+def _parse_blob_url(url: str) -> Path | S3Location:
+    """``LLFC_BLOB_URL`` as a folder or an S3 location; a ValueError saying what is wrong.
+
+    The URL is never repeated in the error: one with credentials in it must not reach a log.
+    """
+    parsed = urlsplit(url)
+    if parsed.username or parsed.password:
+        raise ValueError(
+            "LLFC_BLOB_URL must not hold credentials; set AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY instead."
+        )
+    if parsed.scheme == "file":
+        if parsed.netloc or not parsed.path.startswith("/"):
+            raise ValueError(
+                "LLFC_BLOB_URL as file:// must name an absolute folder, such as "
+                "file:///var/lib/llfc/blobs."
+            )
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "s3":
+        if not _BUCKET_NAME.match(parsed.netloc):
+            raise ValueError(
+                "LLFC_BLOB_URL as s3:// must name a bucket (3 to 63 lowercase letters, digits, "
+                "dots and hyphens), such as s3://llfc-blobs or s3://llfc-blobs/prefix."
+            )
+        if parsed.query or parsed.fragment:
+            raise ValueError("LLFC_BLOB_URL as s3:// takes no query or fragment.")
+        prefix = parsed.path.strip("/")
+        if prefix and any(part in ("", ".", "..") for part in prefix.split("/")):
+            raise ValueError(
+                "LLFC_BLOB_URL's prefix must be names separated by single slashes, without "
+                "'.' or '..'."
+            )
+        return S3Location(parsed.netloc, prefix)
+    raise ValueError(
+        "LLFC_BLOB_URL must be file:///folder or s3://bucket/prefix (the scheme given is neither)."
+    )
 
 
 @lru_cache

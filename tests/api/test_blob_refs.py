@@ -26,7 +26,7 @@ from service.checkpoints import delete_checkpoint, ingest_checkpoint
 from service.core.config import Settings
 from service.db.models import Blob, Checkpoint
 from service.db.session import make_sessionmaker
-from service.storage import BlobStore
+from service.storage import FolderBlobStore
 
 pytestmark = pytest.mark.postgres
 
@@ -34,7 +34,7 @@ ARCH_TEXT = '{"name": "mlp", "widths": [4, 3, 2]}'
 WAIT_S = 20.0
 
 
-class PausingBlobStore(BlobStore):
+class PausingBlobStore(FolderBlobStore):
     """A blob store that can stop just before an unlink or just after a file is placed."""
 
     def __init__(self, root: Path) -> None:
@@ -46,10 +46,9 @@ class PausingBlobStore(BlobStore):
         self.before_delete()
         super().delete(sha256)
 
-    def commit(self, temporary: Path, sha256: str) -> Path:
-        placed = super().commit(temporary, sha256)
+    def commit(self, temporary: Path, sha256: str) -> None:
+        super().commit(temporary, sha256)
         self.after_commit()
-        return placed
 
 
 @pytest.fixture()
@@ -70,7 +69,7 @@ def _checkpoint_file(tmp_path: Path) -> bytes:
     return path.read_bytes()
 
 
-def _upload(engine: Engine, store: BlobStore, owner_id: str, payload: bytes) -> Checkpoint:
+def _upload(engine: Engine, store: FolderBlobStore, owner_id: str, payload: bytes) -> Checkpoint:
     settings = Settings(data_dir=store.root.parent)
     with make_sessionmaker(engine)() as session:
         incoming = store.incoming(max_bytes=len(payload))
@@ -81,7 +80,7 @@ def _upload(engine: Engine, store: BlobStore, owner_id: str, payload: bytes) -> 
         return checkpoint
 
 
-def _delete(engine: Engine, store: BlobStore, checkpoint_id: str) -> None:
+def _delete(engine: Engine, store: FolderBlobStore, checkpoint_id: str) -> None:
     with make_sessionmaker(engine)() as session:
         checkpoint = session.get(Checkpoint, checkpoint_id)
         assert checkpoint is not None
@@ -183,7 +182,7 @@ def test_a_delete_during_an_upload_of_the_same_bytes_leaves_the_upload_its_file(
 def test_deleting_the_last_reference_removes_the_file_and_its_row(
     engine: Engine, tmp_path: Path
 ) -> None:
-    store = BlobStore(tmp_path / "blobs")
+    store = FolderBlobStore(tmp_path / "blobs")
     payload = _checkpoint_file(tmp_path)
     alices = _upload(engine, store, "own_alice", payload)
     bobs = _upload(engine, store, "own_bob", payload)

@@ -26,7 +26,7 @@ from service.checkpoints import ingest_checkpoint, warn_if_torch_files_are_refus
 from service.core.config import Settings
 from service.db.models import Owner
 from service.db.session import make_sessionmaker
-from service.storage import BlobStore
+from service.storage import FolderBlobStore
 
 ARCH = mlp_arch([8, 6, 3])
 VGG_32 = {"name": "vgg", "depth": 11, "width": 0.125, "in_channels": 1, "input_size": 32}
@@ -45,7 +45,7 @@ def engine(settings: Settings) -> Iterator[Engine]:
 
 
 def _ingest(engine: Engine, settings: Settings, payload: bytes, arch: dict[str, Any]) -> Any:
-    store = BlobStore(settings.blob_dir)
+    store = FolderBlobStore(settings.blob_dir)
     with make_sessionmaker(engine)() as session:
         incoming = store.incoming(max_bytes=len(payload))
         incoming.write(payload)

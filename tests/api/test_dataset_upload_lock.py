@@ -23,7 +23,7 @@ from service.db.migrate import alembic_config
 from service.db.models import Dataset, Owner
 from service.db.session import make_engine, make_sessionmaker
 from service.quotas import stored_bytes
-from service.storage import BlobStore
+from service.storage import FolderBlobStore
 
 WAIT_S = 20.0
 OTHER_WRITER_TIMEOUT_S = 0.5
@@ -63,7 +63,7 @@ def test_another_writer_is_not_blocked_while_an_upload_is_checked(
         session.add_all([Owner(id="own_alice", name="alice"), Owner(id="own_bob", name="bob")])
         session.commit()
     settings = Settings(data_dir=tmp_path, database_url=url)
-    store = BlobStore(tmp_path / "blobs")
+    store = FolderBlobStore(tmp_path / "blobs")
 
     # The step stops until the other writer is done: a large file's check takes that long.
     checking, checked = threading.Event(), threading.Event()

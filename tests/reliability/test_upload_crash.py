@@ -14,7 +14,7 @@ from support.api import client, mlp_arch, mlp_state, safetensors_file, upload_ch
 from support.servers import llfc, service_env, start, wait_ready, wait_until
 
 from llfc_cli.embedded import free_port
-from service.storage import BlobStore
+from service.storage import FolderBlobStore
 
 WIDE = [64, 1024, 1024, 10]
 """About 4.5 MB as safetensors: large enough to be caught half received."""
@@ -53,7 +53,7 @@ def test_an_api_killed_mid_upload_leaves_no_checkpoint_and_its_partial_file_is_r
     base_url = f"http://127.0.0.1:{port}"
     api = start(["api", "--port", str(port)], env, tmp_path / "api.log")
     wait_ready(base_url, api)
-    store = BlobStore(tmp_path.resolve() / "blobs")
+    store = FolderBlobStore(tmp_path.resolve() / "blobs")
 
     content = safetensors_file(mlp_state(WIDE, seed=1))
     head, rest = _multipart_parts(content, '{"name": "mlp", "widths": [64, 1024, 1024, 10]}')
@@ -104,7 +104,7 @@ def test_an_api_killed_mid_upload_leaves_no_checkpoint_and_its_partial_file_is_r
 
 
 def test_only_temporary_files_left_alone_long_enough_are_removed(tmp_path: Path) -> None:
-    store = BlobStore(tmp_path)
+    store = FolderBlobStore(tmp_path)
     stale = store.temporary_path(".part")
     fresh = store.temporary_path(".part")
     stale.write_bytes(b"half an upload")
@@ -116,7 +116,7 @@ def test_only_temporary_files_left_alone_long_enough_are_removed(tmp_path: Path)
         sha256 = incoming.finish()
         store.commit(incoming.path, sha256)
 
-    assert store.remove_abandoned(max_age_s=60) == [stale]
+    assert store.remove_abandoned(max_age_s=60) == [str(stale)]
     assert not stale.exists()
     assert fresh.exists()
     assert store.exists(sha256)

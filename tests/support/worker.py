@@ -17,7 +17,7 @@ from service.db.models import Job
 from service.db.session import session_scope
 from service.jobs import submit_job
 from service.schemas import JobCreate
-from service.storage import BlobStore
+from service.storage import open_blob_store
 
 ARCH = {"name": "mlp", "widths": [4, 3, 2]}
 
@@ -49,7 +49,7 @@ def upload_model(settings: Settings, owner_id: str, seed: int, folder: Path) -> 
     torch.manual_seed(seed)
     path = folder / f"model-{seed}.safetensors"
     save_safetensors(parse_arch(ARCH).build().state_dict(), path)
-    store = BlobStore(settings.blob_dir)
+    store = open_blob_store(settings)
     payload = path.read_bytes()
     incoming = store.incoming(max_bytes=len(payload))
     incoming.write(payload)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 
 from service.api.deps import CurrentOwner, ResourceIdPath, SessionDep, SettingsDep, StoreDep
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, owned_page
@@ -141,18 +142,25 @@ def read_checkpoint(
 )
 def download_checkpoint(
     checkpoint_id: ResourceIdPath, owner: CurrentOwner, session: SessionDep, store: StoreDep
-) -> FileResponse:
+) -> Response:
     """The checkpoint's tensors as a safetensors file (float32, the arch's names and order)."""
     checkpoint = get_owned_checkpoint(session, owner.id, checkpoint_id)
     session.commit()
-    return FileResponse(
-        store.path_for(checkpoint.blob_sha256),
-        media_type="application/octet-stream",
-        filename=f"{checkpoint.id}.safetensors",
-        headers={
-            "X-Checkpoint-Sha256": checkpoint.blob_sha256,
-            "X-Checkpoint-Key-Map": "applied" if checkpoint.key_map else "none",
-        },
+    filename = f"{checkpoint.id}.safetensors"
+    headers = {
+        "X-Checkpoint-Sha256": checkpoint.blob_sha256,
+        "X-Checkpoint-Key-Map": "applied" if checkpoint.key_map else "none",
+    }
+    download = store.download(checkpoint.blob_sha256)
+    if isinstance(download, Path):
+        return FileResponse(
+            download, media_type="application/octet-stream", filename=filename, headers=headers
+        )
+    # From a bucket: streamed as it is read, with the headers a file response would send.
+    headers["Content-Length"] = str(download.size)
+    headers["Content-Disposition"] = f'attachment; filename="{filename}"'
+    return StreamingResponse(
+        download.chunks, media_type="application/octet-stream", headers=headers
     )
 
 

@@ -66,7 +66,7 @@ def readyz(store: StoreDep) -> JSONResponse:
         for problem in (
             _database_problem(),
             _broker_problem(),
-            None if store.is_writable() else "the blob storage folder is not writable",
+            store.problem(),
         )
         if problem
     ]
