@@ -64,7 +64,8 @@ class BlobCache:
         return target
 
     def _download(self, sha256: str, target: Path) -> None:
-        self.folder.mkdir(parents=True, exist_ok=True)
+        # Readable by this user only, as the data folder: the copies are the owners' uploads.
+        self.folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(dir=self.folder, prefix=FETCH_PREFIX)
         temporary = Path(name)
         try:
