@@ -29,6 +29,7 @@ def open_blob_store(settings: Settings) -> BlobStore:
 
     return S3BlobStore(
         s3_client(settings.s3_endpoint_url),
+        s3_client(settings.s3_endpoint_url, probe=True),
         location,
         settings.staging_dir,
         settings.resolved_cache_dir,

@@ -42,20 +42,22 @@ _MISSING = {"404", "NoSuchKey", "NotFound"}
 
 
 @lru_cache
-def s3_client(endpoint_url: str | None) -> Any:
-    """One client per process and endpoint (boto3 clients are thread-safe); credentials and
-    region come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
+def s3_client(endpoint_url: str | None, probe: bool = False) -> Any:
+    """One client per process, endpoint and use (boto3 clients are thread-safe); credentials
+    and region come from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_REGION).
 
-    Retries use botocore's standard mode. With a custom endpoint, buckets are addressed by path
-    (MinIO, Ceph and most S3-compatible servers expect it), and checksums are sent only where S3
-    requires them: several such servers refuse the CRC32 trailers boto3 adds by default, and
-    every read of a blob is checked against its sha256 anyway.
+    Transfers retry in botocore's standard mode; a ``probe`` client (the readiness check) tries
+    once with short timeouts, so an unreachable server makes /readyz answer in seconds. With a
+    custom endpoint, buckets are addressed by path (MinIO, Ceph and most S3-compatible servers
+    expect it), and checksums are sent only where S3 requires them: several such servers refuse
+    the CRC32 trailers boto3 adds by default, and every read of a blob is checked against its
+    sha256 anyway.
     """
     custom = endpoint_url is not None
     config = Config(
-        retries={"mode": "standard", "max_attempts": 5},
-        connect_timeout=10,
-        read_timeout=60,
+        retries={"mode": "standard", "max_attempts": 1 if probe else 5},
+        connect_timeout=3 if probe else 10,
+        read_timeout=3 if probe else 60,
         s3={"addressing_style": "path"} if custom else None,
         request_checksum_calculation="when_required" if custom else "when_supported",
         response_checksum_validation="when_required" if custom else "when_supported",
@@ -65,11 +67,12 @@ def s3_client(endpoint_url: str | None) -> Any:
 
 class S3BlobStore(BlobStore):
     """Blobs in ``location``'s bucket, staged in ``staging_dir``; jobs read them through copies
-    in ``cache_dir`` (:class:`BlobCache`)."""
+    in ``cache_dir`` (:class:`BlobCache`); ``probe_client`` answers the readiness check."""
 
     def __init__(
         self,
         client: Any,
+        probe_client: Any,
         location: S3Location,
         staging_dir: Path,
         cache_dir: Path,
@@ -78,6 +81,7 @@ class S3BlobStore(BlobStore):
     ) -> None:
         super().__init__(staging_dir)
         self.client = client
+        self.probe_client = probe_client
         self.location = location
         self.cache = BlobCache(cache_dir, cache_max_bytes, self._chunks, abandoned_after_s)
 
@@ -189,7 +193,7 @@ class S3BlobStore(BlobStore):
     def problem(self) -> str | None:
         try:
             with self._requests("answer a readiness check"):
-                self.client.head_bucket(Bucket=self.location.bucket)
+                self.probe_client.head_bucket(Bucket=self.location.bucket)
         except StorageError as error:
             logger.warning("Readiness: %s", error.message)
             if _is_missing(error):

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from botocore.exceptions import ClientError, EndpointConnectionError
 from pydantic import ValidationError
 from support.s3 import CREDENTIALS, MotoS3, moto_s3
 
+from llfc_cli.embedded import free_port
 from service.core.config import Settings
 from service.errors import StorageError
 from service.storage import BlobStream, open_blob_store
@@ -160,11 +162,11 @@ def test_wrong_credentials_are_refused_without_being_repeated(
     def forbid(**_kwargs: Any) -> None:
         raise ClientError({"Error": {"Code": "InvalidAccessKeyId", "Message": "key"}}, "HeadBucket")
 
-    store.client.meta.events.register("before-call.s3.HeadBucket", forbid)
+    store.probe_client.meta.events.register("before-call.s3.HeadBucket", forbid)
     try:
         problem = store.problem()
     finally:
-        store.client.meta.events.unregister("before-call.s3.HeadBucket", forbid)
+        store.probe_client.meta.events.unregister("before-call.s3.HeadBucket", forbid)
     assert problem is not None and "InvalidAccessKeyId" in problem
     assert CREDENTIALS["AWS_ACCESS_KEY_ID"] not in problem
     assert CREDENTIALS["AWS_SECRET_ACCESS_KEY"] not in problem
@@ -200,3 +202,21 @@ def test_blob_urls_name_a_folder_or_a_bucket_and_prefix(tmp_path: Path) -> None:
     assert (bucket.s3_location.bucket, bucket.s3_location.prefix) == ("llfc-blobs", "a/b")
     assert bucket.s3_location.key("blobs/x") == "a/b/blobs/x"
     assert Settings(blob_url="s3://llfc-blobs").s3_location.key("blobs/x") == "blobs/x"  # type: ignore[union-attr]
+
+
+def test_an_unreachable_server_makes_readiness_say_so_within_seconds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    # A loopback port nothing listens on: connections are refused at once.
+    settings = Settings(
+        data_dir=tmp_path,
+        blob_url="s3://llfc-blobs/p",
+        s3_endpoint_url=f"http://127.0.0.1:{free_port()}",
+    )
+    started = time.monotonic()
+    problem = open_blob_store(settings).problem()
+    assert problem is not None and "could not answer a readiness check" in problem
+    assert "EndpointConnectionError" in problem
+    assert time.monotonic() - started < 5
