@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from support.s3 import CREDENTIALS, MotoS3, moto_s3
 
 from llfc_cli.embedded import free_port
+from service.api.problems import user_error_response
 from service.core.config import Settings
 from service.errors import StorageError
 from service.storage import BlobStream, open_blob_store
@@ -220,3 +221,9 @@ def test_an_unreachable_server_makes_readiness_say_so_within_seconds(
     assert problem is not None and "could not answer a readiness check" in problem
     assert "EndpointConnectionError" in problem
     assert time.monotonic() - started < 5
+
+
+def test_a_store_error_is_a_503_problem_with_its_sentence() -> None:
+    response = user_error_response(StorageError("The blob store's bucket 'b' does not exist."))
+    assert response.status_code == 503
+    assert b"storage-unavailable" in response.body

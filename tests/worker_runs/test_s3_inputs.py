@@ -8,6 +8,7 @@ from support.worker import WorkerData
 
 from service.db.models import Checkpoint
 from service.db.session import session_scope
+from service.maintenance import sweep
 from worker.execution import run_job
 
 
@@ -36,3 +37,16 @@ def test_a_match_job_reads_its_models_through_the_cache_and_stores_its_artifact_
     assert cached == sorted(input_blobs)
     assert not settings.blob_dir.exists() or not any(settings.blob_dir.rglob("*"))
     assert list(settings.staging_dir.iterdir()) == []
+
+
+def test_the_maintenance_sweep_aborts_an_unfinished_upload_and_survives_a_missing_bucket(
+    worker_data_on_s3: WorkerData, moto: MotoS3
+) -> None:
+    key = f"jobs/blobs/ab/{'ab' * 32}"
+    moto.client.create_multipart_upload(Bucket=moto.bucket, Key=key)
+    # moto dates every upload in 2010: this one is long past LLFC_INCOMING_MAX_AGE_SECONDS.
+    assert sweep(worker_data_on_s3.settings).removed_files == 1
+    assert moto.unfinished_uploads("jobs/") == []
+
+    elsewhere = worker_data_on_s3.settings.model_copy(update={"blob_url": "s3://absent/jobs"})
+    assert sweep(elsewhere).removed_files == 0
