@@ -23,16 +23,33 @@ from sqlalchemy.engine import make_url
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_PATH = ROOT / "docker-compose.yml"
+WORKER_COMPOSE_PATH = ROOT / "docker-compose.worker.yml"
 DOCKERFILE_PATH = ROOT / "Dockerfile"
 DOCKERIGNORE_PATH = ROOT / ".dockerignore"
 SCHEMA_PATH = Path(__file__).with_name("compose-spec.json")
 
-REQUIRED_SECRETS = ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "LLFC_SECRET_KEY", "LLFC_METRICS_TOKEN")
+REQUIRED_SECRETS = (
+    "POSTGRES_PASSWORD",
+    "REDIS_PASSWORD",
+    "MINIO_ROOT_PASSWORD",
+    "LLFC_SECRET_KEY",
+    "LLFC_METRICS_TOKEN",
+)
 SAMPLE_ENV = {
     "POSTGRES_PASSWORD": "pw-0123456789abcdef",
     "REDIS_PASSWORD": "redis-0123456789abcdef",
+    "MINIO_ROOT_USER": "llfc-store",
+    "MINIO_ROOT_PASSWORD": "minio-0123456789abcdef",
     "LLFC_SECRET_KEY": "k" * 64,
     "LLFC_METRICS_TOKEN": "m" * 48,
+}
+WORKER_SAMPLE_ENV = {
+    **{
+        name: SAMPLE_ENV[name]
+        for name in ("POSTGRES_PASSWORD", "REDIS_PASSWORD", "MINIO_ROOT_PASSWORD")
+    },
+    "MINIO_ROOT_USER": SAMPLE_ENV["MINIO_ROOT_USER"],
+    "LLFC_MAIN_HOST": "10.0.0.5",
 }
 
 # Compose interpolation: `$$` is a literal `$`; `${NAME}`, `${NAME:-default}`, `${NAME-default}`,
@@ -211,7 +228,7 @@ def test_compose_file_has_no_obsolete_version_key(compose: dict[str, Any]) -> No
 def test_deployment_runs_postgres_redis_migrate_api_and_worker(
     services: dict[str, dict[str, Any]], llfc_services: dict[str, dict[str, Any]]
 ) -> None:
-    assert set(services) == {"postgres", "redis", "migrate", "api", "worker"}
+    assert set(services) == {"postgres", "redis", "minio", "minio-init", "migrate", "api", "worker"}
     assert set(llfc_services) == {"migrate", "api", "worker"}
 
 
@@ -263,7 +280,16 @@ def test_llfc_services_share_one_configuration(
     llfc_services: dict[str, dict[str, Any]],
 ) -> None:
     """migrate must upgrade the very database that api and worker use, with the same secret."""
-    shared = ("LLFC_DATABASE_URL", "LLFC_BROKER_URL", "LLFC_SECRET_KEY", "LLFC_DATA_DIR")
+    shared = (
+        "LLFC_DATABASE_URL",
+        "LLFC_BROKER_URL",
+        "LLFC_SECRET_KEY",
+        "LLFC_DATA_DIR",
+        "LLFC_BLOB_URL",
+        "LLFC_S3_ENDPOINT_URL",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+    )
     configurations = {
         name: tuple(service["environment"].get(key) for key in shared)
         for name, service in llfc_services.items()
@@ -327,21 +353,68 @@ def test_redis_requires_the_password_the_broker_url_carries(
     assert url.password == SAMPLE_ENV["REDIS_PASSWORD"]
 
 
-def test_api_and_worker_share_the_data_volume_at_llfc_data_dir(
+def test_api_and_worker_keep_blobs_in_the_bucket_and_share_no_volume(
     compose: dict[str, Any], services: dict[str, dict[str, Any]]
 ) -> None:
+    """Nothing relies on a shared filesystem: the blobs are MinIO's, and the api's and the
+    worker's data folders are volumes of their own (as they would be on two machines)."""
     mounts = {}
     for name in ("api", "worker"):
-        data_dir = services[name]["environment"]["LLFC_DATA_DIR"]
+        environment = services[name]["environment"]
+        assert environment["LLFC_BLOB_URL"] == "s3://llfc/blobs", name
+        assert environment["LLFC_S3_ENDPOINT_URL"] == "http://minio:9000", name
+        assert environment["AWS_ACCESS_KEY_ID"] == SAMPLE_ENV["MINIO_ROOT_USER"], name
+        assert environment["AWS_SECRET_ACCESS_KEY"] == SAMPLE_ENV["MINIO_ROOT_PASSWORD"], name
+        assert services[name]["depends_on"]["minio-init"]["condition"] == (
+            "service_completed_successfully"
+        )
+        data_dir = environment["LLFC_DATA_DIR"]
         sources = [
             volume.split(":")[0]
             for volume in services[name]["volumes"]
             if volume.split(":")[1] == data_dir
         ]
         assert len(sources) == 1, (name, services[name]["volumes"])
-        mounts[name] = (sources[0], data_dir)
-    assert mounts["api"] == mounts["worker"]
-    assert mounts["api"][0] in compose["volumes"]
+        assert sources[0] in compose["volumes"], name
+        mounts[name] = sources[0]
+    assert mounts["api"] != mounts["worker"]
+
+
+def test_minio_init_creates_the_bucket_the_services_use(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    minio = services["minio"]
+    assert minio["environment"]["MINIO_ROOT_USER"] == SAMPLE_ENV["MINIO_ROOT_USER"]
+    assert minio["environment"]["MINIO_ROOT_PASSWORD"] == SAMPLE_ENV["MINIO_ROOT_PASSWORD"]
+    assert "ready" in minio["healthcheck"]["test"]
+    init = services["minio-init"]
+    assert init["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert init["restart"] == "no"
+    script = init["entrypoint"][-1]
+    steps = shell_steps(script)
+    assert steps[0][:3] == ["mc", "alias", "set"] and steps[0][4] == "http://minio:9000"
+    assert steps[1][:3] == ["mc", "mb", "--ignore-existing"]
+    bucket = make_url_bucket(services["api"]["environment"]["LLFC_BLOB_URL"])
+    assert steps[1][3] == "store/$LLFC_BUCKET" and init["environment"]["LLFC_BUCKET"] == bucket
+
+
+def make_url_bucket(blob_url: str) -> str:
+    """The bucket of an ``s3://bucket/prefix`` URL."""
+    assert blob_url.startswith("s3://")
+    return blob_url[len("s3://") :].split("/", 1)[0]
+
+
+def test_stores_listen_on_the_private_address_only(compose_text: str) -> None:
+    """PostgreSQL, Redis and MinIO are published for worker machines on LLFC_PRIVATE_ADDRESS,
+    which defaults to the loopback: a single machine opens nothing to its network."""
+    document = yaml.safe_load(compose_text)
+    for name, port in (("postgres", 5432), ("redis", 6379), ("minio", 9000)):
+        ports = document["services"][name]["ports"]
+        assert ports == [f"${{LLFC_PRIVATE_ADDRESS:-127.0.0.1}}:{port}:{port}"], name
+        published = interpolate_tree(ports, SAMPLE_ENV)
+        assert published == [f"127.0.0.1:{port}:{port}"], name
+        opened = interpolate_tree(ports, {**SAMPLE_ENV, "LLFC_PRIVATE_ADDRESS": "10.0.0.5"})
+        assert opened == [f"10.0.0.5:{port}:{port}"], name
 
 
 def test_api_publishes_port_8000_and_is_checked_on_readyz(
@@ -444,3 +517,62 @@ def test_every_llfc_command_of_the_deployment_is_a_real_subcommand(
         assert completed.returncode == 0, (subcommand, completed.stderr[-2000:])
         for option in options:
             assert option in completed.stdout, (subcommand, option)
+
+
+@pytest.fixture(scope="module")
+def worker_compose_text() -> str:
+    return WORKER_COMPOSE_PATH.read_text()
+
+
+@pytest.fixture(scope="module")
+def extra_worker(worker_compose_text: str) -> dict[str, Any]:
+    """The one service of docker-compose.worker.yml, its variables exported."""
+    document = interpolate_tree(yaml.safe_load(worker_compose_text), WORKER_SAMPLE_ENV)
+    assert set(document["services"]) == {"worker"}
+    service: dict[str, Any] = document["services"]["worker"]
+    return service
+
+
+def test_worker_compose_file_satisfies_the_compose_spec_schema(
+    worker_compose_text: str, compose_validator: jsonschema.protocols.Validator
+) -> None:
+    document = interpolate_tree(yaml.safe_load(worker_compose_text), WORKER_SAMPLE_ENV)
+    errors = [
+        f"{'/'.join(map(str, error.absolute_path))}: {error.message}"
+        for error in compose_validator.iter_errors(document)
+    ]
+    assert errors == []
+
+
+def test_extra_worker_reaches_the_main_machines_stores_with_their_credentials(
+    extra_worker: dict[str, Any], services: dict[str, dict[str, Any]]
+) -> None:
+    """Same database, broker and bucket as the main file's worker, at LLFC_MAIN_HOST."""
+    environment = extra_worker["environment"]
+    main = services["worker"]["environment"]
+    for key in ("LLFC_DATABASE_URL", "LLFC_BROKER_URL"):
+        url, main_url = make_url(environment[key]), make_url(main[key])
+        assert url.host == WORKER_SAMPLE_ENV["LLFC_MAIN_HOST"], key
+        assert url.set(host=main_url.host) == main_url, key
+    assert environment["LLFC_BLOB_URL"] == main["LLFC_BLOB_URL"]
+    assert environment["LLFC_S3_ENDPOINT_URL"] == "http://10.0.0.5:9000"
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_REGION", "LLFC_DATA_DIR"):
+        assert environment[key] == main[key], key
+    # A worker checks no API key: the pepper of the key hashes stays on the main machine.
+    assert "LLFC_SECRET_KEY" not in environment and "LLFC_AUTH" not in environment
+    assert command_words(extra_worker["command"]) == ["llfc", "worker"]
+    assert environment["LLFC_WORKER_QUEUES"] == "gpu"
+    devices = extra_worker["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+    assert [volume.split(":")[1] for volume in extra_worker["volumes"]] == ["/data"]
+
+
+def test_extra_worker_needs_its_variables_without_defaults(worker_compose_text: str) -> None:
+    document = yaml.safe_load(worker_compose_text)
+    for name in WORKER_SAMPLE_ENV:
+        without_it = {key: value for key, value in WORKER_SAMPLE_ENV.items() if key != name}
+        with pytest.raises(MissingVariableError, match=name):
+            interpolate_tree(document, without_it)
+    for key, value in document["services"]["worker"]["environment"].items():
+        if re.search(r"PASSWORD|SECRET|TOKEN", key):
+            assert re.fullmatch(r"\$\{[A-Z_]+:\?[^}]*\}", value), (key, value)
