@@ -9,7 +9,8 @@ idempotent file removal, so several API processes sweeping at once do no harm:
 2. republish: jobs still queued ``LLFC_REPUBLISH_AFTER_SECONDS`` after their last publish are
    published again, whatever became of their message;
 3. clean: partial uploads and artifacts untouched for ``LLFC_INCOMING_MAX_AGE_SECONDS`` are
-   deleted from the store's ``incoming/`` folder.
+   deleted from the store's ``incoming/`` folder;
+4. prune: the registry rows of workers silent for a day are deleted (``service/fleet.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 
 from service.core.config import Settings
 from service.db.session import session_scope
+from service.fleet import prune_workers
 from service.lifecycle import reap_lost_runs
 from service.queue import publish_and_mark, republish_unclaimed
 from service.storage import BlobStore
@@ -34,10 +36,11 @@ class SweepReport:
     cancelled: int
     republished: int
     removed_files: int
+    pruned_workers: int
 
 
 def sweep(settings: Settings) -> SweepReport:
-    """One pass of the three steps above."""
+    """One pass of the four steps above."""
     with session_scope() as session:
         reaped = reap_lost_runs(session, settings)
         if reaped.requeued:
@@ -45,12 +48,15 @@ def sweep(settings: Settings) -> SweepReport:
     with session_scope() as session:
         republished = republish_unclaimed(session, settings)
     removed = BlobStore(settings.blob_dir).remove_abandoned(settings.incoming_max_age_seconds)
+    with session_scope() as session:
+        pruned = prune_workers(session)
     report = SweepReport(
         requeued=len(reaped.requeued),
         failed=len(reaped.failed),
         cancelled=len(reaped.cancelled),
         republished=republished,
         removed_files=len(removed),
+        pruned_workers=pruned,
     )
     if reaped.requeued or reaped.failed or reaped.cancelled:
         logger.warning(

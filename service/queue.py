@@ -6,8 +6,9 @@ prefetched) or delivered twice, and a job whose owner runs the most jobs allowed
 left queued by its claim (published again when one of them ends, :func:`publish_waiting_jobs`).
 So a job still ``queued`` some time after its last publish is published again
 (:func:`republish_unclaimed`, run periodically by ``service/maintenance.py``), and the worker's
-atomic claim (``service/lifecycle.py``) turns every duplicate into a no-op. The broker itself
-(its application, queue and task name) is ``service/broker.py``.
+atomic claim (``service/lifecycle.py``) turns every duplicate into a no-op. Every publish goes to
+the job's own queue, so a job republished for any reason still reaches only workers that take
+it. The broker itself (its application, queues and task name) is ``service/broker.py``.
 """
 
 from __future__ import annotations
@@ -31,12 +32,18 @@ REPUBLISH_BATCH = 500
 
 
 def publish_and_mark(session: Session, job_ids: Sequence[str], now: datetime | None = None) -> int:
-    """Publish jobs, recording ``published_at``; stop at the first failure, as the broker is
-    then down and the rest would wait for nothing. Returns how many were sent."""
+    """Publish jobs, each to its own queue (``jobs.queue``), recording ``published_at``; stop at
+    the first failure, as the broker is then down and the rest would wait for nothing. Returns
+    how many were sent (a job deleted meanwhile is skipped)."""
     now = now or utcnow()
+    rows = session.execute(select(Job.id, Job.queue).where(Job.id.in_(job_ids)))
+    queues = {job_id: queue for job_id, queue in rows}
+    session.commit()
     sent = 0
     for job_id in job_ids:
-        if not publish_job(job_id):
+        if job_id not in queues:
+            continue
+        if not publish_job(job_id, queues[job_id]):
             break
         mark_published(session, job_id, now)
         sent += 1
