@@ -25,9 +25,10 @@ STOP_WAIT_S = 5.0
 
 
 def worker_identity(settings: Settings) -> WorkerIdentity:
-    """This worker process as its row shows it: ``host:pid``, queues, device, GPUs."""
-    gpus = ",".join(settings.worker_gpu_ids) or None
-    return WorkerIdentity(worker_token(), settings.consumed_queues, settings.device, gpus)
+    """This worker process as its row shows it: ``host:pid``, queues, device, GPUs (each cut
+    to its column's 200 characters)."""
+    gpus = ",".join(settings.worker_gpu_ids)[:200] or None
+    return WorkerIdentity(worker_token()[:200], settings.consumed_queues, settings.device, gpus)
 
 
 class WorkerRegistration:
