@@ -4,11 +4,12 @@ The database is the source of truth, the broker only a way to wake a worker: a m
 lost (a failed publish, a broker restarted without persistence, a worker killed with messages
 prefetched) or delivered twice, and a job whose owner runs the most jobs allowed at once is
 left queued by its claim (published again when one of them ends, :func:`publish_waiting_jobs`).
-So a job still ``queued`` some time after its last publish is published again
-(:func:`republish_unclaimed`, run periodically by ``service/maintenance.py``), and the worker's
-atomic claim (``service/lifecycle.py``) turns every duplicate into a no-op. Every publish goes to
-the job's own queue, so a job republished for any reason still reaches only workers that take
-it. The broker itself (its application, queues and task name) is ``service/broker.py``.
+So a job still ``queued`` some time after its last publish is published again, once a live
+worker consumes its queue (:func:`republish_unclaimed`, run periodically by
+``service/maintenance.py``), and the worker's atomic claim (``service/lifecycle.py``) turns every
+duplicate into a no-op. Every publish goes to the job's own queue, so a job republished for any
+reason still reaches only workers that take it. The broker itself (its application, queues and
+task name) is ``service/broker.py``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 from service.broker import publish_job
 from service.core.config import Settings
 from service.db.models import Job, JobStatus, utcnow
+from service.fleet import live_consumers, registered_workers
 from service.lifecycle import WAITING_FOR_SLOT_STAGE, lock_owner, mark_published, release_run
 
 logger = logging.getLogger(__name__)
@@ -89,18 +91,22 @@ def publish_waiting_jobs(session: Session, settings: Settings, ended_job_id: str
 
 
 def republish_unclaimed(session: Session, settings: Settings, now: datetime | None = None) -> int:
-    """Publish again every job still queued ``republish_after_seconds`` after its last publish.
+    """Publish again every job still queued ``republish_after_seconds`` after its last publish,
+    in a queue that a live worker consumes.
 
     Its message may never have reached the broker, or the broker may have lost it; if it did
-    not, the duplicate is refused by the claim. Returns how many were sent.
+    not, the duplicate is refused by the claim. A queue without a live worker (the GPU machine
+    is down) is left alone until one registers: its jobs' messages would only pile up, one more
+    each interval, for the returning worker to wade through. Returns how many were sent.
     """
     now = now or utcnow()
+    served = list(live_consumers(registered_workers(session), settings, now))
     cutoff = now - timedelta(seconds=settings.republish_after_seconds)
     last_publish = func.coalesce(Job.published_at, Job.created_at)
     stale = list(
         session.scalars(
             select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, last_publish < cutoff)
+            .where(Job.status == JobStatus.QUEUED, last_publish < cutoff, Job.queue.in_(served))
             .order_by(Job.created_at)
             .limit(REPUBLISH_BATCH)
         )

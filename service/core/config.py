@@ -180,7 +180,8 @@ class Settings(BaseSettings):
     republish_after_seconds: float = Field(
         default=300.0,
         gt=0.0,
-        description="A job still queued this long after its last publish is published again.",
+        description="A job still queued this long after its last publish is published again, "
+        "once a live worker consumes its queue.",
     )
     incoming_max_age_seconds: float = Field(
         default=3600.0,

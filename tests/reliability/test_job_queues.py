@@ -91,8 +91,24 @@ def test_publishing_and_republishing_send_each_job_to_its_own_queue(
     assert _messages(data_dir) == [("llfc.gpu", gpu), ("llfc.cpu", cpu)]
     settings = Settings(data_dir=data_dir, republish_after_seconds=1)
     later = utcnow() + timedelta(seconds=2)
+    beat_worker(session, _identity("both:1", "cpu", "gpu"), later, later)
     assert republish_unclaimed(session, settings, later) == 2
     assert _messages(data_dir)[2:] == [("llfc.gpu", gpu), ("llfc.cpu", cpu)]
+
+
+def test_jobs_of_a_queue_without_a_live_worker_are_republished_once_one_registers(
+    session: Session, data_dir: Path
+) -> None:
+    gpu, cpu = _job(session, "job_gpu", "gpu"), _job(session, "job_cpu", "cpu")
+    settings = Settings(data_dir=data_dir, republish_after_seconds=1, lease_seconds=30)
+    later = utcnow() + timedelta(seconds=2)
+    beat_worker(session, _identity("cpu:1", "cpu"), later, later)
+    beat_worker(session, _identity("gone:2", "gpu"), later, later - timedelta(seconds=31))
+    assert republish_unclaimed(session, settings, later) == 1
+    assert _messages(data_dir) == [("llfc.cpu", cpu)]
+    beat_worker(session, _identity("gpu:3", "gpu"), later, later)
+    assert republish_unclaimed(session, settings, later) == 1
+    assert _messages(data_dir)[1:] == [("llfc.gpu", gpu)]
 
 
 def test_a_job_waiting_for_its_owners_slot_is_woken_in_its_own_queue(
