@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import click
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
 from llfc_cli.store import StoreCommand, check_database_url, prepare_database
 
@@ -38,6 +39,9 @@ def load_settings() -> Settings:
 
     try:
         return get_settings()
+    except SettingsError as error:
+        # A JSON setting that does not parse (LLFC_QUEUE_ROUTES, LLFC_BROKER_TRANSPORT_OPTIONS).
+        raise click.ClickException(f"Invalid configuration: {error}; it must be JSON.") from error
     except ValidationError as error:
         reasons = "; ".join(
             f"{'.'.join(map(str, item['loc'])) or 'settings'}: "
@@ -107,11 +111,17 @@ def worker_command() -> list[str]:
     return [sys.executable, "-m", "llfc_cli", "worker"]
 
 
+def embedded_worker_env(settings: Settings) -> dict[str, str]:
+    """The environment of ``serve``'s worker: it consumes every routed queue, being the only one."""
+    return {**os.environ, "LLFC_WORKER_QUEUES": ",".join(settings.routed_queues)}
+
+
 class WorkerSupervisor:
     """Runs ``llfc worker`` as a child process group, restarts it if it dies, stops it cleanly."""
 
-    def __init__(self, command: list[str], stop_grace_s: float) -> None:
+    def __init__(self, command: list[str], env: dict[str, str], stop_grace_s: float) -> None:
         self.command = command
+        self.env = env
         self.stop_grace_s = stop_grace_s
         self.process: subprocess.Popen[bytes] | None = None
         self._stopping = threading.Event()
@@ -125,7 +135,7 @@ class WorkerSupervisor:
     def _spawn(self) -> None:
         # Its own session: Ctrl-C in the terminal reaches only us, and we stop the worker
         # in order (warm, then cold) instead of both racing to exit.
-        self.process = subprocess.Popen(self.command, start_new_session=True)
+        self.process = subprocess.Popen(self.command, env=self.env, start_new_session=True)
         logger.info("Worker started (pid %d)", self.process.pid)
 
     def _watch(self) -> None:
@@ -196,7 +206,7 @@ def serve(host: str, port: int) -> None:
     """
     settings = load_settings()
     configure_logging(settings)
-    from service.broker import purge_queue
+    from service.broker import purge_queues
     from service.db import migrate
     from service.db.session import session_scope
     from service.queue import publish_queued, requeue_interrupted
@@ -209,8 +219,10 @@ def serve(host: str, port: int) -> None:
         logger.info("Queued again %d job(s) a previous run left running", len(interrupted))
     if settings.uses_filesystem_broker:
         # The job rows are the record: rebuild the queue from them instead of adding copies.
-        purge_queue()
-    supervisor = WorkerSupervisor(worker_command(), settings.worker_stop_grace_seconds)
+        purge_queues(settings.routed_queues)
+    supervisor = WorkerSupervisor(
+        worker_command(), embedded_worker_env(settings), settings.worker_stop_grace_seconds
+    )
     supervisor.start()
     try:
         with session_scope() as session:
@@ -238,19 +250,32 @@ def api(host: str, port: int) -> None:
 
 @click.command(cls=StoreCommand)
 def worker() -> None:
-    """Run a Celery worker: prefork, LLFC_WORKER_CONCURRENCY children (one per GPU)."""
+    """Run a Celery worker: prefork, LLFC_WORKER_CONCURRENCY children (one per GPU), consuming
+    the queues LLFC_WORKER_QUEUES names (default all)."""
     settings = load_settings()
     configure_logging(settings)
     prepare_database(settings)
-    from service.broker import QUEUE
+    from service.broker import consumed_celery_queues
+    from service.core.config import GPU_QUEUE
     from worker.tasks import run_worker
+
+    queues = settings.consumed_queues
+    if settings.device == "cpu" and GPU_QUEUE in queues and settings.worker_queues is not None:
+        logger.warning(
+            "This worker computes on the CPU (LLFC_DEVICE=cpu) yet LLFC_WORKER_QUEUES names the "
+            "queue %r: the jobs routed there for a GPU (training, STE, large models) will run "
+            "here, slowly. Leave %r out on CPU workers.",
+            GPU_QUEUE,
+            GPU_QUEUE,
+        )
+    logger.info("Consuming the queues %s", ", ".join(queues))
 
     run_worker(
         [
             "worker",
             "--pool=prefork",
             f"--concurrency={settings.worker_concurrency}",
-            f"--queues={QUEUE}",
+            f"--queues={','.join(consumed_celery_queues(queues))}",
             f"--loglevel={settings.log_level.upper()}",
             "--without-gossip",
             "--without-mingle",

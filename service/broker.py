@@ -1,5 +1,10 @@
 """The broker contract between the API (which publishes) and the worker (which runs): the Celery
-application, its queue and the task name.
+application, its queues and the task name.
+
+Each logical queue (``gpu``, ``cpu``: ``jobs.queue``, see ``service/routing.py``) has its own
+Celery queue, ``llfc.<queue>``; a worker subscribes to those of the queues it consumes, and to
+the legacy queue ``llfc`` that every job went to before, so messages queued before an upgrade
+still run (the claim sends one on to its job's queue when the worker does not take that one).
 
 Celery only carries job ids; the job row is the record. Tasks are acknowledged late with one
 message prefetched per child, so a worker that dies mid-job leaves its message to be delivered
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 from celery import Celery
@@ -29,7 +35,7 @@ from service.core.config import Settings, get_settings
 
 logger = logging.getLogger(__name__)
 
-QUEUE = "llfc"
+LEGACY_QUEUE = "llfc"
 TASK_NAME = "llfc.run_job"
 """The one task every job is published as; the worker dispatches on the job row's kind."""
 LEGACY_TASK_NAMES = tuple(f"llfc.{kind}" for kind in ("match", "interpolate", "analyze", "train"))
@@ -72,7 +78,7 @@ def make_celery(settings: Settings) -> Celery:
         broker_url=settings.resolved_broker_url,
         broker_transport_options=broker_transport_options(settings),
         broker_connection_retry_on_startup=True,
-        task_default_queue=QUEUE,
+        task_default_queue=LEGACY_QUEUE,
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         task_ignore_result=True,
@@ -104,20 +110,33 @@ def celery_app() -> Celery:
     return make_celery(get_settings())
 
 
-def publish_job(job_id: str) -> bool:
-    """Send the task of a committed job; returns False (and logs) if the broker refused it."""
+def celery_queue(queue: str) -> str:
+    """The Celery queue carrying the messages of logical queue ``queue``."""
+    return f"{LEGACY_QUEUE}.{queue}"
+
+
+def consumed_celery_queues(queues: Sequence[str]) -> list[str]:
+    """What a worker consuming the logical ``queues`` subscribes to: theirs and the legacy one."""
+    return [LEGACY_QUEUE, *(celery_queue(queue) for queue in queues)]
+
+
+def publish_job(job_id: str, queue: str) -> bool:
+    """Send the task of a committed job to its logical ``queue``; returns False (and logs) if
+    the broker refused it."""
     try:
-        celery_app().send_task(TASK_NAME, args=[job_id], queue=QUEUE)
+        celery_app().send_task(TASK_NAME, args=[job_id], queue=celery_queue(queue))
     except Exception:
         logger.exception("Could not publish job %s; it stays queued until republished", job_id)
         return False
     return True
 
 
-def purge_queue() -> int:
-    """Drop every message waiting in the job queue; the caller republishes from the job rows."""
+def purge_queues(queues: Sequence[str]) -> int:
+    """Drop every message waiting in the logical ``queues`` and the legacy queue; the caller
+    republishes from the job rows."""
     with celery_app().connection_for_write() as connection:
-        return int(connection.default_channel.queue_purge(QUEUE) or 0)
+        channel = connection.default_channel
+        return sum(int(channel.queue_purge(name) or 0) for name in consumed_celery_queues(queues))
 
 
 def check_connection(timeout_s: float) -> None:

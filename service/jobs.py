@@ -71,6 +71,7 @@ from service.errors import (
     NotFoundError,
 )
 from service.quotas import check_queued_jobs, check_stored_bytes
+from service.routing import JobTraits, job_method, route_job
 from service.schemas import ArtifactPublic, JobCreate, JobPublic, Progress
 from service.storage import BlobStore, open_blob_store
 
@@ -663,7 +664,10 @@ def submit_job(
     plan = PLANNERS[body.kind](session, owner_id, body, settings)
     assert plan.arch is not None  # every kind's planner names the arch
     arch = plan.architecture
-    job_memory(plan, arch).refuse_above(settings.max_job_memory_bytes)
+    memory = job_memory(plan, arch)
+    memory.refuse_above(settings.max_job_memory_bytes)
+    method = job_method(plan.kind, plan.params)
+    traits = JobTraits(plan.kind, method, arch.num_params(), memory.total)
     check_queued_jobs(session, settings, owner_id)
     reserved = output_checkpoints(plan) * stored_checkpoint_bytes(arch)
     if reserved:
@@ -678,6 +682,7 @@ def submit_job(
         id=new_id("job"),
         owner_id=owner_id,
         kind=plan.kind,
+        queue=route_job(settings.queue_routes, traits),
         idempotency_key=idempotency_key,
         request_hash=body_hash,
         params=plan.params,
@@ -753,6 +758,7 @@ def public_job(job: Job | Row[Any], artifacts: Sequence[JobArtifact | Row[Any]])
     return JobPublic(
         id=job.id,
         kind=job.kind,
+        queue=job.queue,
         status=job.status,
         progress=Progress(fraction=job.progress_fraction, stage=job.progress_stage),
         error=job.error,

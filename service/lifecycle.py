@@ -144,7 +144,9 @@ def claim_job(
 
     Returns the job as claimed (``attempts`` is this run's number), or None when the job is
     not takeable: finished, cancelled, running with a fresh heartbeat (a duplicate delivery),
-    or its owner already runs ``LLFC_MAX_RUNNING_JOBS_PER_OWNER`` other jobs. In that last
+    of a queue this worker does not consume (``LLFC_WORKER_QUEUES``: a CPU worker never takes
+    a GPU job, whatever message reached it; see :func:`queue_not_consumed`), or its owner
+    already runs ``LLFC_MAX_RUNNING_JOBS_PER_OWNER`` other jobs. In that last
     case the job stays queued with the stage :data:`WAITING_FOR_SLOT_STAGE`, and is published
     again when one of them ends (:func:`service.queue.publish_waiting_jobs`). The owner's row is
     locked while counting, so concurrent claims cannot pass the cap.
@@ -171,10 +173,16 @@ def claim_job(
             Job.cancel_requested.is_(False),
         ),
     )
+    consumed = Job.queue.in_(settings.consumed_queues)
     claimed = rows_changed(
         session,
         update(Job)
-        .where(Job.id == job_id, takeable, others_running < settings.max_running_jobs_per_owner)
+        .where(
+            Job.id == job_id,
+            consumed,
+            takeable,
+            others_running < settings.max_running_jobs_per_owner,
+        )
         .values(
             status=RUNNING,
             claimed_by=token[:200],
@@ -187,10 +195,10 @@ def claim_job(
         ),
     )
     if not claimed:
-        # Still queued: the owner's other running jobs hold every slot.
+        # Still queued in a queue of this worker: the owner's other running jobs hold every slot.
         session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == QUEUED)
+            .where(Job.id == job_id, Job.status == QUEUED, consumed)
             .values(progress_stage=WAITING_FOR_SLOT_STAGE)
         )
         session.commit()
@@ -201,6 +209,21 @@ def claim_job(
     ).one()
     session.commit()
     return job
+
+
+def queue_not_consumed(session: Session, job_id: str, settings: Settings) -> str | None:
+    """The queue of ``job_id`` when it is queued in one this worker does not consume (its
+    message came by the legacy queue, or was misrouted), else None; commit.
+
+    The caller publishes the job to that queue: never one this worker reads, so a refused job
+    cannot come back to it, and a failed publish leaves the job to the republisher."""
+    queue = session.scalar(
+        select(Job.queue).where(
+            Job.id == job_id, Job.status == QUEUED, Job.queue.not_in(settings.consumed_queues)
+        )
+    )
+    session.commit()
+    return queue
 
 
 def holds_lease(job_id: str, attempt: int) -> Any:

@@ -10,7 +10,8 @@ idempotent file removal, so several API processes sweeping at once do no harm:
    published again, whatever became of their message;
 3. clean: partial uploads and artifacts untouched for ``LLFC_INCOMING_MAX_AGE_SECONDS`` are
    deleted from the staging folder, and multipart uploads to a bucket started that long ago
-   and never completed (a process killed mid-transfer) are aborted.
+   and never completed (a process killed mid-transfer) are aborted;
+4. prune: the registry rows of workers silent for a day are deleted (``service/fleet.py``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 from service.core.config import Settings
 from service.db.session import session_scope
 from service.errors import StorageError
+from service.fleet import prune_workers
 from service.lifecycle import reap_lost_runs
 from service.queue import publish_and_mark, republish_unclaimed
 from service.storage import open_blob_store
@@ -36,10 +38,11 @@ class SweepReport:
     cancelled: int
     republished: int
     removed_files: int
+    pruned_workers: int
 
 
 def sweep(settings: Settings) -> SweepReport:
-    """One pass of the three steps above."""
+    """One pass of the four steps above."""
     with session_scope() as session:
         reaped = reap_lost_runs(session, settings)
         if reaped.requeued:
@@ -52,12 +55,15 @@ def sweep(settings: Settings) -> SweepReport:
         # A bucket out of reach is /readyz's news; the sentence is enough here, every interval.
         logger.warning("Abandoned uploads were not cleaned up: %s", error.message)
         removed = []
+    with session_scope() as session:
+        pruned = prune_workers(session)
     report = SweepReport(
         requeued=len(reaped.requeued),
         failed=len(reaped.failed),
         cancelled=len(reaped.cancelled),
         republished=republished,
         removed_files=len(removed),
+        pruned_workers=pruned,
     )
     if reaped.requeued or reaped.failed or reaped.cancelled:
         logger.warning(

@@ -1,8 +1,9 @@
 """Prometheus metrics in the text exposition format, without a client library.
 
 Request counts and latencies and upload bytes are counted in each API process and summed over
-the host's API processes at scrape time (``service/shared_metrics.py``); job counts, queue depth
-and job durations are read from the database, so every API process reports the same numbers.
+the host's API processes at scrape time (``service/shared_metrics.py``); job counts, queue depths,
+job durations and the workers' heartbeats are read from the database, so every API process
+reports the same numbers.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import threading
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
-from service.db.models import Job, JobKind, JobStatus
+from service.db.models import Job, JobKind, JobStatus, Worker
+from service.fleet import QueueState
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 JOB_DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
@@ -148,7 +151,7 @@ METRICS = Metrics()
 
 
 def job_lines(session: Session) -> list[str]:
-    """Jobs by kind and status, the queue depth and job run times, from the database."""
+    """Jobs by kind and status and job run times, from the database."""
     counts = {
         (kind, status): count
         for kind, status, count in session.execute(
@@ -160,11 +163,7 @@ def job_lines(session: Session) -> list[str]:
         for status in JobStatus:
             count = counts.get((kind, status), 0)
             lines.append(f"llfc_jobs{_labels(kind=kind, status=status)} {count}")
-    queued = sum(count for (_kind, status), count in counts.items() if status == JobStatus.QUEUED)
     lines += [
-        "# HELP llfc_queue_depth Jobs waiting for a worker.",
-        "# TYPE llfc_queue_depth gauge",
-        f"llfc_queue_depth {queued}",
         "# HELP llfc_job_duration_seconds Run time of finished jobs, from start to finish.",
         "# TYPE llfc_job_duration_seconds histogram",
     ]
@@ -185,6 +184,28 @@ def job_lines(session: Session) -> list[str]:
             float(total or 0.0),
             int(count),
         )
+    return lines
+
+
+def fleet_lines(
+    states: Mapping[str, QueueState], workers: Sequence[Worker], now: datetime
+) -> list[str]:
+    """Each queue's depth and live consumers, and each registered worker's heartbeat age."""
+    lines = [
+        "# HELP llfc_queue_depth Jobs waiting for a worker, by queue.",
+        "# TYPE llfc_queue_depth gauge",
+        *(f"llfc_queue_depth{_labels(queue=q)} {state.queued}" for q, state in states.items()),
+        "# HELP llfc_workers Live workers (heartbeat within the lease) consuming each queue.",
+        "# TYPE llfc_workers gauge",
+        *(f"llfc_workers{_labels(queue=q)} {state.consumers}" for q, state in states.items()),
+        "# HELP llfc_worker_heartbeat_age_seconds Seconds since each registered worker's last "
+        "heartbeat.",
+        "# TYPE llfc_worker_heartbeat_age_seconds gauge",
+    ]
+    for worker in workers:
+        labels = _labels(worker=worker.name, queues=",".join(worker.queues))
+        age_s = max((now - worker.last_heartbeat_at).total_seconds(), 0.0)
+        lines.append(f"llfc_worker_heartbeat_age_seconds{labels} {age_s:.3f}")
     return lines
 
 

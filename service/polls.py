@@ -43,6 +43,7 @@ def _reading_engine(engine: Engine) -> Engine:
 _SHOWN_COLUMNS = (
     Job.id,
     Job.kind,
+    Job.queue,
     Job.status,
     Job.progress_fraction,
     Job.progress_stage,

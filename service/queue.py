@@ -4,10 +4,12 @@ The database is the source of truth, the broker only a way to wake a worker: a m
 lost (a failed publish, a broker restarted without persistence, a worker killed with messages
 prefetched) or delivered twice, and a job whose owner runs the most jobs allowed at once is
 left queued by its claim (published again when one of them ends, :func:`publish_waiting_jobs`).
-So a job still ``queued`` some time after its last publish is published again
-(:func:`republish_unclaimed`, run periodically by ``service/maintenance.py``), and the worker's
-atomic claim (``service/lifecycle.py``) turns every duplicate into a no-op. The broker itself
-(its application, queue and task name) is ``service/broker.py``.
+So a job still ``queued`` some time after its last publish is published again, once a live
+worker consumes its queue (:func:`republish_unclaimed`, run periodically by
+``service/maintenance.py``), and the worker's atomic claim (``service/lifecycle.py``) turns every
+duplicate into a no-op. Every publish goes to the job's own queue, so a job republished for any
+reason still reaches only workers that take it. The broker itself (its application, queues and
+task name) is ``service/broker.py``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from sqlalchemy.orm import Session
 from service.broker import publish_job
 from service.core.config import Settings
 from service.db.models import Job, JobStatus, utcnow
+from service.fleet import live_consumers, registered_workers
 from service.lifecycle import WAITING_FOR_SLOT_STAGE, lock_owner, mark_published, release_run
 
 logger = logging.getLogger(__name__)
@@ -31,12 +34,18 @@ REPUBLISH_BATCH = 500
 
 
 def publish_and_mark(session: Session, job_ids: Sequence[str], now: datetime | None = None) -> int:
-    """Publish jobs, recording ``published_at``; stop at the first failure, as the broker is
-    then down and the rest would wait for nothing. Returns how many were sent."""
+    """Publish jobs, each to its own queue (``jobs.queue``), recording ``published_at``; stop at
+    the first failure, as the broker is then down and the rest would wait for nothing. Returns
+    how many were sent (a job deleted meanwhile is skipped)."""
     now = now or utcnow()
+    rows = session.execute(select(Job.id, Job.queue).where(Job.id.in_(job_ids)))
+    queues = {job_id: queue for job_id, queue in rows}
+    session.commit()
     sent = 0
     for job_id in job_ids:
-        if not publish_job(job_id):
+        if job_id not in queues:
+            continue
+        if not publish_job(job_id, queues[job_id]):
             break
         mark_published(session, job_id, now)
         sent += 1
@@ -82,18 +91,22 @@ def publish_waiting_jobs(session: Session, settings: Settings, ended_job_id: str
 
 
 def republish_unclaimed(session: Session, settings: Settings, now: datetime | None = None) -> int:
-    """Publish again every job still queued ``republish_after_seconds`` after its last publish.
+    """Publish again every job still queued ``republish_after_seconds`` after its last publish,
+    in a queue that a live worker consumes.
 
     Its message may never have reached the broker, or the broker may have lost it; if it did
-    not, the duplicate is refused by the claim. Returns how many were sent.
+    not, the duplicate is refused by the claim. A queue without a live worker (the GPU machine
+    is down) is left alone until one registers: its jobs' messages would only pile up, one more
+    each interval, for the returning worker to wade through. Returns how many were sent.
     """
     now = now or utcnow()
+    served = list(live_consumers(registered_workers(session), settings, now))
     cutoff = now - timedelta(seconds=settings.republish_after_seconds)
     last_publish = func.coalesce(Job.published_at, Job.created_at)
     stale = list(
         session.scalars(
             select(Job.id)
-            .where(Job.status == JobStatus.QUEUED, last_publish < cutoff)
+            .where(Job.status == JobStatus.QUEUED, last_publish < cutoff, Job.queue.in_(served))
             .order_by(Job.created_at)
             .limit(REPUBLISH_BATCH)
         )

@@ -130,6 +130,10 @@ class ArtifactPublic(BaseModel):
 class JobPublic(BaseModel):
     id: str
     kind: JobKind
+    queue: str = Field(
+        description="The queue the routing rules (LLFC_QUEUE_ROUTES) gave the job at "
+        "submission, such as 'gpu' or 'cpu': only workers consuming it run the job."
+    )
     status: JobStatus
     progress: Progress
     error: str | None

@@ -67,6 +67,15 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
     run = JobRun(job_id, settings)
     job = run.claim()
     if job is None:
+        sent_to = run.send_to_its_queue()
+        if sent_to is not None:
+            logger.warning(
+                "Job %s belongs to the queue %r, which this worker does not consume "
+                "(LLFC_WORKER_QUEUES); sent it there",
+                job_id,
+                sent_to,
+            )
+            return
         logger.info(
             "Job %s is not queued (a duplicate delivery%s, a run elsewhere holds it, it was "
             "cancelled, or its owner runs the most jobs allowed at once); skipped",

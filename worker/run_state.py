@@ -19,6 +19,7 @@ from service.checkpoints import store_artifact
 from service.core.config import Settings
 from service.db.models import Job, JobStatus, utcnow
 from service.db.session import session_scope
+from service.queue import publish_and_mark
 from service.results import json_safe, layer_metric_rows, sweep_pair_row
 from service.storage import BlobStore
 from worker.executors import Outcome
@@ -56,6 +57,16 @@ class JobRun:
         self.started_at = job.started_at
         self._claimed_at = time.monotonic()
         return job
+
+    def send_to_its_queue(self) -> str | None:
+        """After a refused claim: publish the job to its own queue when this worker does not
+        consume that one; returns the queue it was sent to, None when there was no need or the
+        broker refused (the republisher sends it later)."""
+        with session_scope() as session:
+            queue = lifecycle.queue_not_consumed(session, self.job_id, self.settings)
+            if queue is None or not publish_and_mark(session, [self.job_id]):
+                return None
+        return queue
 
     def on_progress(self, fraction: float, stage: str) -> None:
         """Keep the latest progress and write it at most every PROGRESS_INTERVAL_S.

@@ -6,7 +6,8 @@ The engine, and with it torch, is imported inside the task, that is in the prefo
 Celery parent process never loads torch or touches CUDA. Each child is pinned to its own GPU
 first when the worker has several (``worker/gpus.py``). The parent's part is
 :class:`JobRequest`: it beats for the jobs its children run, and records in the job row the two
-ways a run can end without its own code reaching the end.
+ways a run can end without its own code reaching the end, and it keeps the worker's row in the
+registry of live workers (``worker/registry.py``).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from billiard.einfo import ExceptionWithTraceback
 from billiard.exceptions import TimeLimitExceeded
 from billiard.process import current_process
 from celery import Task
-from celery.signals import worker_process_init
+from celery.signals import worker_process_init, worker_ready, worker_shutdown
 from celery.worker.request import Request
 from sqlalchemy.orm import Session
 
@@ -36,6 +37,7 @@ from service.lifecycle import (
 from service.queue import publish_waiting_jobs
 from worker.gpus import pin_child_to_its_gpu
 from worker.leases import lease_keeper
+from worker.registry import WorkerRegistration
 
 logger = logging.getLogger(__name__)
 
@@ -161,6 +163,25 @@ def load_engine(**_: object) -> None:
     # billiard numbers its pool children 0..concurrency-1 (``Process.index``).
     pin_child_to_its_gpu(getattr(current_process(), "index", 0), get_settings())
     import worker.execution  # noqa: F401
+
+
+_registrations: list[WorkerRegistration] = []
+"""The main process's registration, from the worker's ready signal to its shutdown."""
+
+
+@worker_ready.connect
+def register_worker(**_: object) -> None:
+    """Celery's main process is consuming: write this worker's row, then keep it fresh."""
+    registration = WorkerRegistration(get_settings())
+    registration.start()
+    _registrations.append(registration)
+
+
+@worker_shutdown.connect
+def unregister_worker(**_: object) -> None:
+    """A clean stop (warm or cold): delete this worker's row."""
+    while _registrations:
+        _registrations.pop().stop()
 
 
 def job_task(self: Task, job_id: str) -> None:

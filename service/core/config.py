@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from llfc_core.params import MATCH_METHODS, MERGE_METHODS
+from llfc_results.jobs import JobKind
 
 DEVELOPMENT_SECRET_KEY = "llfc-development-secret-key"
 """The default pepper; acceptable only with auth off, where no key is ever checked."""
@@ -28,6 +31,56 @@ MAX_MODELS_FIELD = 1000
 """A bound on a job body's ``models`` that holds whatever the settings say, so no body makes the
 service look up an unbounded list; ``LLFC_MAX_JOB_MODELS`` (at most this) is the limit a
 submission is held to."""
+
+
+QUEUE_NAME_PATTERN = r"^[a-z][a-z0-9_-]{0,39}$"
+"""A logical queue's name: short, lower case, safe as part of a Celery queue and a label."""
+ROUTED_METHODS = (*MATCH_METHODS, *MERGE_METHODS)
+"""What a routing rule's ``methods`` may name: a job's matching method (match, analyze, sweep)
+or merging method (merge)."""
+
+
+class QueueRoute(BaseModel):
+    """One rule of ``LLFC_QUEUE_ROUTES``: a job goes to ``queue`` when every condition given
+    holds (its kind is one of ``kinds``, its method one of ``methods``, its model has at least
+    ``min_params`` parameters, the engine estimates its peak memory at ``min_memory_bytes`` or
+    more). A rule without conditions matches every job."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    queue: str = Field(pattern=QUEUE_NAME_PATTERN)
+    kinds: tuple[JobKind, ...] | None = Field(default=None, min_length=1)
+    methods: tuple[str, ...] | None = Field(default=None, min_length=1)
+    min_params: int | None = Field(default=None, ge=1)
+    min_memory_bytes: int | None = Field(default=None, ge=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        unknown = sorted(set(methods or ()) - set(ROUTED_METHODS))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(map(repr, unknown))} is not a method; a rule's methods are "
+                f"{', '.join(ROUTED_METHODS)}"
+            )
+        return methods
+
+    @property
+    def is_fallback(self) -> bool:
+        return (self.kinds, self.methods, self.min_params, self.min_memory_bytes) == (None,) * 4
+
+
+GPU_QUEUE = "gpu"
+"""The default rules' queue for jobs that need a GPU; a worker with LLFC_DEVICE=cpu that names
+it in LLFC_WORKER_QUEUES is warned at start."""
+DEFAULT_QUEUE_ROUTES = (
+    QueueRoute(queue=GPU_QUEUE, kinds=(JobKind.TRAIN,)),
+    QueueRoute(queue=GPU_QUEUE, methods=("ste",)),
+    QueueRoute(queue=GPU_QUEUE, min_params=5_000_000),
+    QueueRoute(queue="cpu"),
+)
+"""Training and STE matching (gradient descent) and models of 5M parameters or more need a
+GPU; the rest (small models' matching, interpolation, analyses) runs well on CPUs."""
 
 
 class Settings(BaseSettings):
@@ -129,7 +182,8 @@ class Settings(BaseSettings):
     republish_after_seconds: float = Field(
         default=300.0,
         gt=0.0,
-        description="A job still queued this long after its last publish is published again.",
+        description="A job still queued this long after its last publish is published again, "
+        "once a live worker consumes its queue.",
     )
     incoming_max_age_seconds: float = Field(
         default=3600.0,
@@ -258,6 +312,55 @@ class Settings(BaseSettings):
                 "AWS_SECRET_ACCESS_KEY instead."
             )
         return url
+
+    # --- Queues by device --------------------------------------------------------------------
+    queue_routes: tuple[QueueRoute, ...] = Field(
+        default=DEFAULT_QUEUE_ROUTES,
+        description="Which queue each job goes to, as JSON: an ordered list of rules "
+        '{"queue", "kinds", "methods", "min_params", "min_memory_bytes"}; the first rule whose '
+        "conditions all hold wins, and the last must have none (the fallback).",
+    )
+    worker_queues: str | None = Field(
+        default=None,
+        description="The queues an 'llfc worker' consumes, comma-separated ('gpu', 'cpu,gpu'); "
+        "default every queue LLFC_QUEUE_ROUTES names. 'llfc serve' consumes them all.",
+    )
+
+    @field_validator("queue_routes")
+    @classmethod
+    def _routes_end_with_a_fallback(cls, routes: tuple[QueueRoute, ...]) -> tuple[QueueRoute, ...]:
+        if not routes or not routes[-1].is_fallback:
+            raise ValueError(
+                "LLFC_QUEUE_ROUTES must end with a rule without conditions, such as "
+                '{"queue": "cpu"}, so that every job has a queue.'
+            )
+        return routes
+
+    @field_validator("worker_queues")
+    @classmethod
+    def _queue_names(cls, listed: str | None) -> str | None:
+        if listed is None:
+            return None
+        names = [name.strip() for name in listed.split(",") if name.strip()]
+        bad = [name for name in names if not re.fullmatch(QUEUE_NAME_PATTERN, name)]
+        if not names or bad:
+            raise ValueError(
+                "LLFC_WORKER_QUEUES must list queue names separated by commas (lower-case "
+                f"letters, digits, '-' and '_', at most 40 characters), got {listed!r}."
+            )
+        return ",".join(dict.fromkeys(names))
+
+    @property
+    def routed_queues(self) -> list[str]:
+        """Every queue a rule of ``LLFC_QUEUE_ROUTES`` sends jobs to, in the rules' order."""
+        return list(dict.fromkeys(route.queue for route in self.queue_routes))
+
+    @property
+    def consumed_queues(self) -> list[str]:
+        """The queues this process's worker consumes (``LLFC_WORKER_QUEUES``, default all)."""
+        if self.worker_queues is None:
+            return self.routed_queues
+        return self.worker_queues.split(",")
 
     @field_validator("metrics_token", mode="before")
     @classmethod

@@ -228,6 +228,9 @@ class Job(Base):
     BatchNorm re-estimation and activation matching, when the job names one apart from its
     evaluation data.
 
+    ``queue`` is the logical queue the routing rules gave it at submission (``service/routing.py``):
+    only workers consuming it take the job.
+
     ``model_ids`` lists the models of a job on N of them (a sweep), in the order asked; null for
     jobs on a pair or on none. It, ``model_a_id``, ``model_b_id``, ``dataset_ref`` and
     ``train_dataset_ref`` are kept as plain text (no foreign key) so a job still says what it
@@ -244,6 +247,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
     owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id", ondelete="CASCADE"))
     kind: Mapped[JobKind] = mapped_column(_stored_as_text(JobKind))
+    queue: Mapped[str] = mapped_column(String(40))
     status: Mapped[JobStatus] = mapped_column(_stored_as_text(JobStatus), default=JobStatus.QUEUED)
     progress_fraction: Mapped[float] = mapped_column(Float, default=0.0)
     progress_stage: Mapped[str] = mapped_column(String(200), default="queued")
@@ -328,3 +332,23 @@ class SweepPair(Base):
     matched_error_barrier: Mapped[float | None] = mapped_column(Float, nullable=True)
     matched_llfc_distance: Mapped[float | None] = mapped_column(Float, nullable=True)
     analysis: Mapped[dict[str, Any]] = mapped_column(JSONType)
+
+
+class Worker(Base):
+    """A live (or lately live) ``llfc worker``: its main process writes its row at start and
+    every ``LLFC_HEARTBEAT_SECONDS``, and deletes it when it stops cleanly.
+
+    ``name`` is ``host:pid`` of the main process; ``queues`` the logical queues it consumes;
+    ``device`` its ``LLFC_DEVICE`` and ``gpus`` the GPUs it was given, as text (read from its
+    settings, never from CUDA). A row whose heartbeat is older than the lease belongs to a worker
+    that is gone; the maintenance sweep deletes rows a day old.
+    """
+
+    __tablename__ = "workers"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    queues: Mapped[list[str]] = mapped_column(JSONType)
+    device: Mapped[str] = mapped_column(String(20))
+    gpus: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    last_heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)

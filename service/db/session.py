@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Engine, Update, create_engine, event
+from sqlalchemy import CursorResult, Delete, Engine, Update, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
@@ -147,6 +147,7 @@ def short_lived_session() -> Iterator[Session]:
         engine.dispose()
 
 
-def rows_changed(session: Session, statement: Update) -> int:
-    """Run an UPDATE and return how many rows it changed (0 when its condition did not hold)."""
+def rows_changed(session: Session, statement: Update | Delete) -> int:
+    """Run an UPDATE or DELETE and return how many rows it changed (0 when its condition did not
+    hold)."""
     return cast(CursorResult[Any], session.execute(statement)).rowcount

@@ -30,7 +30,16 @@ def test_health_and_readiness(anonymous: httpx.Client) -> None:
     assert anonymous.get("/healthz").json() == {"status": "ok"}
     ready = anonymous.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json() == {"status": "ready", "database": "ok", "broker": "ok", "storage": "ok"}
+    answer = ready.json()
+    assert {key: answer[key] for key in ("status", "database", "broker", "storage")} == {
+        "status": "ready",
+        "database": "ok",
+        "broker": "ok",
+        "storage": "ok",
+    }
+    # `llfc serve`'s one worker consumes every queue the rules name.
+    assert set(answer["queues"]) >= {"cpu", "gpu"}
+    assert answer["queues"]["gpu"]["consumers"] == answer["queues"]["cpu"]["consumers"]
 
 
 def _sample(metrics: str, name: str, **labels: str) -> float:
@@ -65,7 +74,8 @@ def test_metrics_count_requests_jobs_and_uploads(alice: httpx.Client) -> None:
         >= 1
     )
     assert _sample(text, "llfc_jobs", kind="match", status="succeeded") >= 1
-    assert _sample(text, "llfc_queue_depth") >= 0
+    assert _sample(text, "llfc_queue_depth", queue="cpu") >= 0
+    assert _sample(text, "llfc_workers", queue="cpu") == 1
     assert _sample(text, "llfc_job_duration_seconds_count", kind="match") >= 1
     assert _sample(text, "llfc_upload_bytes_total") > 0
     assert "# TYPE llfc_http_request_duration_seconds histogram" in text

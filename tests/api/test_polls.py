@@ -40,6 +40,7 @@ def _add_job(engine: Engine, owner_name: str, artifacts: list[str]) -> str:
             id=f"job_{owner_name}",
             owner_id=owner.id,
             kind="match",
+            queue="cpu",
             status="succeeded",
             params={"method": "weight"},
             result={"loss_barrier": 0.25},
@@ -87,6 +88,7 @@ def test_a_poll_is_one_statement_and_shows_the_job_as_the_list_does(
     with make_sessionmaker(engine)() as session:
         (listed,) = jobs_public(session, [session.get(Job, job_id)])
     assert public == listed
+    assert public.queue == "cpu"
     assert [artifact.name for artifact in public.artifacts] == ["permuted_b", "interpolated"]
 
 

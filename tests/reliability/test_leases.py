@@ -62,6 +62,7 @@ def _job(session: Session, job_id: str, **values: object) -> str:
     fields: dict[str, object] = {
         "owner_id": "own_1",
         "kind": "train",
+        "queue": "gpu",
         "status": "queued",
         "progress_fraction": 0.0,
         "progress_stage": "queued",

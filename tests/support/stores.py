@@ -120,7 +120,8 @@ class RedisServer:
             self.process.wait()
         self.process = None
 
-    def messages_waiting(self, queue: str = "llfc") -> int:
+    def messages_waiting(self, queue: str = "llfc.cpu") -> int:
+        """Messages waiting in the Celery queue ``queue`` (default: the jobs routed to 'cpu')."""
         import redis
 
         return int(redis.Redis(port=self.port).llen(queue))

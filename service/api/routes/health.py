@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import logging
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
+from sqlalchemy.orm import Session
 
 from service.api.deps import BearerCredentials, SessionDep, SettingsDep, StoreDep
 from service.api.problems import (
@@ -19,8 +21,10 @@ from service.api.problems import (
 from service.broker import check_connection
 from service.core.config import Settings
 from service.db.migrate import current_revision, head_revision
+from service.db.models import utcnow
 from service.db.session import get_engine
-from service.metrics import METRICS, job_lines, render, request_lines
+from service.fleet import QueueState, queue_states, registered_workers, unserved_queues_sentence
+from service.metrics import METRICS, fleet_lines, job_lines, render, request_lines
 from service.shared_metrics import collect
 
 logger = logging.getLogger(__name__)
@@ -58,9 +62,19 @@ def _broker_problem() -> str | None:
     return None
 
 
+def _queues(session: Session, settings: Settings) -> tuple[dict[str, QueueState], str | None]:
+    """Each queue's live consumers and queued jobs, and a warning naming those without a
+    consumer."""
+    states = queue_states(session, settings, registered_workers(session), utcnow())
+    session.commit()
+    return states, unserved_queues_sentence(states, settings)
+
+
 @router.get("/readyz", responses=problem_responses(503))
-def readyz(store: StoreDep) -> JSONResponse:
-    """Database (migrated), broker and storage reachable; 503 naming what is not."""
+def readyz(store: StoreDep, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+    """Database (migrated), broker and storage reachable; 503 naming what is not. Also each
+    queue's live consumers and queued jobs, with a warning (still 200: the API itself is ready)
+    naming any queue that jobs are routed to or wait in and that no live worker consumes."""
     problems = [
         problem
         for problem in (
@@ -74,7 +88,17 @@ def readyz(store: StoreDep) -> JSONResponse:
         return problem_response(
             503, "Not ready: " + "; ".join(problems) + ".", type_slug="not-ready"
         )
-    return JSONResponse({"status": "ready", "database": "ok", "broker": "ok", "storage": "ok"})
+    states, warning = _queues(session, settings)
+    return JSONResponse(
+        {
+            "status": "ready",
+            "database": "ok",
+            "broker": "ok",
+            "storage": "ok",
+            "queues": {name: dataclasses.asdict(state) for name, state in states.items()},
+            "warning": warning,
+        }
+    )
 
 
 def _check_scrape_token(settings: Settings, credentials: BearerCredentials) -> None:
@@ -122,11 +146,21 @@ def metrics(
     session: SessionDep, settings: SettingsDep, credentials: BearerCredentials
 ) -> PlainTextResponse:
     """Prometheus text: requests by route and status with latencies (summed over this host's API
-    processes), jobs by kind and status, queue depth, job durations, upload bytes.
+    processes), jobs by kind and status, queue depth and live workers by queue, each worker's
+    heartbeat age, job durations, upload bytes.
 
     With auth on, only for `Authorization: Bearer <LLFC_METRICS_TOKEN>`.
     """
     _check_scrape_token(settings, credentials)
-    body = render([request_lines(collect(settings.metrics_dir, METRICS)), job_lines(session)])
+    now = utcnow()
+    workers = registered_workers(session)
+    states = queue_states(session, settings, workers, now)
+    body = render(
+        [
+            request_lines(collect(settings.metrics_dir, METRICS)),
+            job_lines(session),
+            fleet_lines(states, workers, now),
+        ]
+    )
     session.commit()
     return PlainTextResponse(body, media_type="text/plain; version=0.0.4; charset=utf-8")

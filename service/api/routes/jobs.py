@@ -95,7 +95,7 @@ def create_job(
     """
     job, created = submit_job(session, settings, owner.id, body, idempotency_key)
     if created:
-        publish_job(job.id)
+        publish_job(job.id, job.queue)
     else:
         response.headers["Idempotent-Replayed"] = "true"
     _polling_headers(response, job.id, is_finished(job), settings.retry_after_seconds)
