@@ -49,7 +49,7 @@ def place_dataset(dataset: Dataset, device: torch.device, free_bytes: int | None
         return dataset
     arrays = _arrays_of(dataset)
     if arrays is not None:
-        if arrays.x.device == device:
+        if is_on(arrays.x.device, device):
             return dataset
         free = device_free_bytes(device) if free_bytes is None else free_bytes
         if placement_for(_held_bytes(arrays), free) == "device":
@@ -57,6 +57,12 @@ def place_dataset(dataset: Dataset, device: torch.device, free_bytes: int | None
     if isinstance(dataset, StreamedDataset):
         return dataset
     return StreamedDataset(dataset, device)
+
+
+def is_on(at: torch.device, device: torch.device) -> bool:
+    """Whether a tensor at ``at`` is on ``device`` (a bare ``cuda`` is the current GPU: cuda:0
+    in a worker child, which sees only its own)."""
+    return at.type == device.type and (device.index is None or at.index == device.index)
 
 
 def _arrays_of(dataset: Dataset) -> ArrayDataset | None:

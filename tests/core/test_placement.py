@@ -14,6 +14,7 @@ from llfc_core.matching.weight import summed_on_device, summed_on_host
 from llfc_core.placement import (
     DEVICE_DATA_FRACTION,
     StreamedDataset,
+    is_on,
     place_dataset,
     placement_for,
 )
@@ -140,3 +141,10 @@ def test_cost_terms_summed_on_the_device_equal_numpys_sum_bit_for_bit() -> None:
     on_device = summed_on_device(terms).numpy()
     assert on_host.dtype == on_device.dtype == np.float64
     assert np.array_equal(on_host, reference) and np.array_equal(on_device, reference)
+
+
+def test_a_tensor_on_the_numbered_gpu_is_on_the_bare_cuda_device() -> None:
+    assert is_on(torch.device("cuda", 0), torch.device("cuda"))
+    assert is_on(torch.device("cuda", 1), torch.device("cuda", 1))
+    assert not is_on(torch.device("cuda", 1), torch.device("cuda", 0))
+    assert not is_on(torch.device("cpu"), torch.device("cuda"))
