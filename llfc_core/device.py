@@ -3,6 +3,8 @@ the device fails: out of memory, or in a way only a new process recovers from.""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -60,3 +62,22 @@ def release_cached_memory() -> None:
     cuda: Any = torch.cuda  # its is_initialized() is untyped
     if cuda.is_initialized():
         cuda.empty_cache()
+
+
+@contextmanager
+def deterministic_convolutions() -> Iterator[None]:
+    """Run the block with cuDNN's deterministic convolution algorithms and without its autotuner
+    (which may pick another algorithm from one run to the next); restore the flags after.
+
+    A train job then gives the same bits when run twice on the same GPU, as it does on the CPU.
+    ``torch.use_deterministic_algorithms(True)`` is not set: it refuses the backward pass of
+    ``AdaptiveAvgPool2d`` on CUDA, which the VGG and ResNet archs hold, and needs
+    ``CUBLAS_WORKSPACE_CONFIG`` in the environment before cuBLAS starts.
+    """
+    cudnn: Any = torch.backends.cudnn  # its flags are untyped module attributes
+    previous = (cudnn.deterministic, cudnn.benchmark)
+    try:
+        cudnn.deterministic, cudnn.benchmark = True, False
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = previous

@@ -16,7 +16,7 @@ from torch import nn
 
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset, fit_to_arch
-from llfc_core.device import resolve_device
+from llfc_core.device import deterministic_convolutions, resolve_device
 from llfc_core.errors import CheckpointMismatchError, DatasetError, InvalidParameterError
 from llfc_core.params import MAX_BATCH_SIZE, MAX_SEED, check_int
 from llfc_core.permutation import StateDict
@@ -164,7 +164,11 @@ def train_mode(
 
     reporter.report(0.0, f"training epoch {start_epoch + 1}/{config.epochs}")
     rng_devices = [device] if device.type == "cuda" else []
-    with float32_precision(config.precision), torch.random.fork_rng(devices=rng_devices):
+    with (
+        float32_precision(config.precision),
+        deterministic_convolutions(),
+        torch.random.fork_rng(devices=rng_devices),
+    ):
         for epoch in range(start_epoch, end_epoch):
             stage = f"training epoch {epoch + 1}/{config.epochs}"
             loss_sum = torch.zeros((), device=device)
