@@ -3,6 +3,10 @@ the device fails: out of memory, or in a way only a new process recovers from.""
 
 from __future__ import annotations
 
+import ctypes
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -60,3 +64,74 @@ def release_cached_memory() -> None:
     cuda: Any = torch.cuda  # its is_initialized() is untyped
     if cuda.is_initialized():
         cuda.empty_cache()
+
+
+@contextmanager
+def deterministic_convolutions() -> Iterator[None]:
+    """Run the block with cuDNN's deterministic convolution algorithms and without its autotuner
+    (which may pick another algorithm from one run to the next); restore the flags after.
+
+    A train job then gives the same bits when run twice on the same GPU, as it does on the CPU.
+    ``torch.use_deterministic_algorithms(True)`` is not set: it refuses the backward pass of
+    ``AdaptiveAvgPool2d`` on CUDA, which the VGG and ResNet archs hold, and needs
+    ``CUBLAS_WORKSPACE_CONFIG`` in the environment before cuBLAS starts.
+    """
+    cudnn: Any = torch.backends.cudnn  # its flags are untyped module attributes
+    previous = (cudnn.deterministic, cudnn.benchmark)
+    try:
+        cudnn.deterministic, cudnn.benchmark = True, False
+        yield
+    finally:
+        cudnn.deterministic, cudnn.benchmark = previous
+
+
+@dataclass(frozen=True)
+class GpuReport:
+    """What a process's GPU is, and whether this torch can compute on it."""
+
+    name: str
+    capability: tuple[int, int]
+    driver: str
+    kernel_archs: list[str]
+    """The architectures torch was built with kernels for (``torch.cuda.get_arch_list()``)."""
+
+    @property
+    def arch(self) -> str:
+        return f"sm_{self.capability[0]}{self.capability[1]}"
+
+    @property
+    def has_kernels(self) -> bool:
+        return self.arch in self.kernel_archs
+
+    def sentence(self) -> str:
+        kernels = "yes" if self.has_kernels else f"NO (torch has {', '.join(self.kernel_archs)})"
+        major, minor = self.capability
+        return (
+            f"{self.name}, driver {self.driver}, compute capability {major}.{minor}, "
+            f"torch {torch.__version__} kernels for {self.arch}: {kernels}"
+        )
+
+
+def gpu_report() -> GpuReport | None:
+    """This process's first CUDA GPU (initialising CUDA), or None when it sees none."""
+    if not torch.cuda.is_available():
+        return None
+    return GpuReport(
+        name=torch.cuda.get_device_name(0),
+        capability=torch.cuda.get_device_capability(0),
+        driver=cuda_driver_version(),
+        kernel_archs=torch.cuda.get_arch_list(),
+    )
+
+
+def cuda_driver_version() -> str:
+    """The newest CUDA version the installed driver supports (torch does not report its
+    driver), or "unknown" where the driver library cannot be loaded."""
+    version = ctypes.c_int()
+    try:
+        failed = ctypes.CDLL("libcuda.so.1").cuDriverGetVersion(ctypes.byref(version))
+    except OSError:
+        return "unknown"
+    if failed:
+        return "unknown"
+    return f"for CUDA {version.value // 1000}.{version.value % 1000 // 10}"

@@ -20,6 +20,7 @@ from llfc_core.models import load_model
 from llfc_core.pair import check_same_layout
 from llfc_core.params import DEFAULT_BATCH_SIZE
 from llfc_core.permutation import StateDict
+from llfc_core.placement import place_dataset
 from llfc_core.progress import Reporter
 
 
@@ -103,7 +104,6 @@ def interpolate_checkpoint(
         return mixed
     device = device or resolve_device("auto")
     model = load_model(arch, mixed, device)
-    reset_batch_norm(
-        model, fit_to_arch(arch, bn_data), batch_size=batch_size, device=device, reporter=reporter
-    )
+    bn_batches = place_dataset(fit_to_arch(arch, bn_data), device)
+    reset_batch_norm(model, bn_batches, batch_size=batch_size, device=device, reporter=reporter)
     return {key: value.cpu() for key, value in model.state_dict().items()}

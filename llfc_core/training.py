@@ -16,10 +16,11 @@ from torch import nn
 
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset, fit_to_arch
-from llfc_core.device import resolve_device
+from llfc_core.device import deterministic_convolutions, resolve_device
 from llfc_core.errors import CheckpointMismatchError, DatasetError, InvalidParameterError
 from llfc_core.params import MAX_BATCH_SIZE, MAX_SEED, check_int
 from llfc_core.permutation import StateDict
+from llfc_core.placement import place_dataset
 from llfc_core.precision import DEFAULT_PRECISION, Precision, check_precision, float32_precision
 from llfc_core.progress import Reporter
 
@@ -149,6 +150,7 @@ def train_mode(
     data = fit_to_arch(arch, dataset)
     if data.num_examples == 0:
         raise DatasetError(f"The dataset '{data.name}' holds no examples to train on.")
+    data = place_dataset(data, device)
     data_seed = config.seed if data_seed is None else data_seed
     task = arch.task
 
@@ -162,7 +164,11 @@ def train_mode(
 
     reporter.report(0.0, f"training epoch {start_epoch + 1}/{config.epochs}")
     rng_devices = [device] if device.type == "cuda" else []
-    with float32_precision(config.precision), torch.random.fork_rng(devices=rng_devices):
+    with (
+        float32_precision(config.precision),
+        deterministic_convolutions(),
+        torch.random.fork_rng(devices=rng_devices),
+    ):
         for epoch in range(start_epoch, end_epoch):
             stage = f"training epoch {epoch + 1}/{config.epochs}"
             loss_sum = torch.zeros((), device=device)
@@ -278,6 +284,7 @@ def evaluate(
     data = fit_to_arch(arch, dataset)
     if data.num_examples == 0:
         raise DatasetError(f"The dataset '{data.name}' holds no examples to evaluate on.")
+    data = place_dataset(data, device)
     model = _initial_model(arch, 0, state).to(device)
     model.eval()
     task = arch.task

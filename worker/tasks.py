@@ -161,8 +161,12 @@ def load_engine(**_: object) -> None:
     """Pin the new pool child to its GPU (``worker/gpus.py``), then import the engine, so the
     first job does not wait for torch."""
     # billiard numbers its pool children 0..concurrency-1 (``Process.index``).
-    pin_child_to_its_gpu(getattr(current_process(), "index", 0), get_settings())
+    index = getattr(current_process(), "index", 0)
+    pin_child_to_its_gpu(index, get_settings())
     import worker.execution  # noqa: F401
+    from worker.child_gpu import log_child_gpu
+
+    log_child_gpu(index)
 
 
 _registrations: list[WorkerRegistration] = []

@@ -29,6 +29,7 @@ from llfc_core.matching import match_models
 from llfc_core.metrics import DISTANCE_NAMES
 from llfc_core.pair import check_same_layout
 from llfc_core.permutation import StateDict
+from llfc_core.placement import place_dataset
 from llfc_core.progress import Reporter
 from llfc_core.training import evaluate
 from llfc_results import AnalysisResult, Endpoint, LossError, PairResult
@@ -56,15 +57,19 @@ def analysis_data(
     dataset: Dataset,
     config: AnalysisConfig,
     train_dataset: Dataset | None = None,
+    *,
+    device: torch.device,
 ) -> AnalysisData:
-    """Check ``config``'s layers against the arch and fit the data to it (DatasetError when it
-    holds no examples)."""
+    """Check ``config``'s layers against the arch, fit the data to it (DatasetError when it
+    holds no examples) and place it on ``device`` once for every pass of the analysis."""
     config.check_layers(arch.feature_layers())
     dataset = fit_to_arch(arch, dataset)
     if dataset.num_examples == 0:
         raise DatasetError("The dataset holds no examples; an analysis needs at least one.")
-    side_data = fit_to_arch(arch, train_dataset) if train_dataset is not None else dataset
-    return AnalysisData(dataset, side_data)
+    dataset = place_dataset(dataset, device)
+    if train_dataset is None:
+        return AnalysisData(dataset, dataset)
+    return AnalysisData(dataset, place_dataset(fit_to_arch(arch, train_dataset), device))
 
 
 def analyze_pair(
@@ -87,13 +92,14 @@ def analyze_pair(
     state_a = validate_state_dict(arch, state_a)
     state_b = validate_state_dict(arch, state_b)
     check_same_layout(state_a, state_b)
+    device = device or resolve_device("auto")
     return analyze_validated(
         arch,
         state_a,
         state_b,
-        analysis_data(arch, dataset, config, train_dataset),
+        analysis_data(arch, dataset, config, train_dataset, device=device),
         config,
-        device=device or resolve_device("auto"),
+        device=device,
         reporter=reporter or Reporter(),
         # The naive and the matched pair share A, and B as uploaded is evaluated once.
         per_model=PerModel([state_a, state_b]),

@@ -77,7 +77,17 @@ from llfc_results import Lemma, Llfc, Lmc, LossError, PairResult
 LOGITS = "logits"
 TINY = 1e-300
 CHUNK_VALUES = 1 << 22
-"""Values per metric temporary (16 MB in float32): e.g. 64 examples of a 64x32x32 feature map."""
+"""Values per metric temporary on the CPU (16 MB in float32, near its caches): e.g. 64 examples
+of a 64x32x32 feature map."""
+GPU_CHUNK_VALUES = 1 << 24
+"""Values per metric temporary on a GPU (64 MB): a whole default batch of 256 such maps in one
+chunk, so each metric is a few large kernels rather than four times as many small ones. The
+chunks split examples, never one example's sums: the numbers are the same to rounding."""
+
+
+def chunk_values(device: torch.device) -> int:
+    """The most values a metric temporary holds on ``device``."""
+    return GPU_CHUNK_VALUES if device.type == "cuda" else CHUNK_VALUES
 
 
 def _apply_layer(module: nn.Module, inputs: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
@@ -92,11 +102,11 @@ def _apply_layer(module: nn.Module, inputs: torch.Tensor, weight: torch.Tensor) 
 
 
 def _example_chunks(*tensors: torch.Tensor) -> list[slice]:
-    """Consecutive ranges of examples holding at most CHUNK_VALUES values of the largest tensor,
-    so the metrics' temporaries stay small whatever the batch size and layer size."""
+    """Consecutive ranges of examples holding at most :func:`chunk_values` values of the largest
+    tensor, so the metrics' temporaries stay small whatever the batch size and layer size."""
     examples = tensors[0].shape[0]
     per_example = max(tensor[0].numel() for tensor in tensors) if examples else 1
-    rows = max(1, CHUNK_VALUES // per_example)
+    rows = max(1, chunk_values(tensors[0].device) // per_example)
     return [slice(start, start + rows) for start in range(0, examples, rows)]
 
 

@@ -93,7 +93,7 @@ def analyze_sweep(
     validated = [validate_state_dict(arch, state) for state in states]
     for state in validated[1:]:
         check_same_layout(validated[0], state)
-    data = analysis_data(arch, dataset, config, train_dataset)
+    data = analysis_data(arch, dataset, config, train_dataset, device=device)
     per_model = PerModel(validated)
     pairs = sweep_pairs(len(states))
     analysed = []

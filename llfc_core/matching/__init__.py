@@ -26,6 +26,7 @@ from llfc_core.permutation import (
     apply_permutation,
     permutation_to_lists,
 )
+from llfc_core.placement import place_dataset
 from llfc_core.progress import Reporter
 from llfc_core.symmetry.proof import PROOF_TOLERANCE, check_proof, relative_change
 from llfc_core.symmetry.report import proof_json, symmetry_summary
@@ -166,7 +167,7 @@ def match_models(
                 f"{method.capitalize()} matching needs a dataset with examples to "
                 + ("train on." if method == "ste" else "compute features on.")
             )
-        dataset = fit_to_arch(arch, dataset)
+        dataset = place_dataset(fit_to_arch(arch, dataset), device)
     weight_reporter = reporter if method == "weight" else None
     if method in ("weight", "commutativity"):
         perm, iterations = weight_matching(

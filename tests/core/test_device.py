@@ -1,13 +1,18 @@
 import pytest
 import torch
+from torch import nn
 
+from llfc_core.archs import parse_arch
+from llfc_core.data import digits
 from llfc_core.device import (
+    deterministic_convolutions,
     is_device_failure,
     is_out_of_memory,
     release_cached_memory,
     resolve_device,
 )
 from llfc_core.errors import InvalidParameterError
+from llfc_core.training import TrainConfig, train_mode
 
 
 def test_auto_picks_cuda_exactly_when_available() -> None:
@@ -58,3 +63,32 @@ def test_out_of_memory_and_gpu_failures_are_told_apart_from_other_errors() -> No
     assert is_device_failure(RuntimeError("CUDA error: an illegal memory access was encountered"))
     assert not is_out_of_memory(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_device_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
+
+
+def test_convolutions_are_deterministic_inside_the_block_and_as_before_after() -> None:
+    cudnn = torch.backends.cudnn
+    before = (cudnn.deterministic, cudnn.benchmark)
+    cudnn.deterministic, cudnn.benchmark = False, True
+    try:
+        with deterministic_convolutions():
+            assert (cudnn.deterministic, cudnn.benchmark) == (True, False)
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+        with pytest.raises(ValueError), deterministic_convolutions():
+            raise ValueError("a failing block")
+        assert (cudnn.deterministic, cudnn.benchmark) == (False, True)
+    finally:
+        cudnn.deterministic, cudnn.benchmark = before
+
+
+def test_training_runs_with_deterministic_convolutions(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[tuple[bool, bool]] = []
+    original = nn.Linear.forward
+
+    def recording(self: nn.Linear, inputs: torch.Tensor) -> torch.Tensor:
+        seen.append((torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark))
+        return original(self, inputs)
+
+    monkeypatch.setattr(nn.Linear, "forward", recording)
+    arch = parse_arch({"name": "mlp", "widths": [64, 8, 10]})
+    train_mode(arch, digits("train").limit(64), TrainConfig(epochs=1), torch.device("cpu"))
+    assert seen and set(seen) == {(True, False)}

@@ -51,3 +51,12 @@ def test_chunks_of_examples_give_the_same_numbers_as_whole_batches(monkeypatch) 
     monkeypatch.setattr(pair_metrics, "CHUNK_VALUES", 1536)
     chunked = analyze_pair(arch, state_a, state_b, data, device=CPU)
     assert _numbers(chunked) == pytest.approx(_numbers(whole), rel=1e-6, abs=1e-9)
+
+
+def test_a_gpu_chunks_metrics_in_larger_pieces_than_the_cpu() -> None:
+    assert pair_metrics.chunk_values(torch.device("cpu")) == pair_metrics.CHUNK_VALUES
+    assert pair_metrics.chunk_values(torch.device("cuda", 0)) == pair_metrics.GPU_CHUNK_VALUES
+    assert pair_metrics.GPU_CHUNK_VALUES >= 4 * pair_metrics.CHUNK_VALUES
+    # A default batch of 256 64x32x32 maps: four chunks on the CPU, one on a GPU.
+    maps = 256 * 64 * 32 * 32
+    assert maps // pair_metrics.CHUNK_VALUES == 4 and maps <= pair_metrics.GPU_CHUNK_VALUES

@@ -466,6 +466,13 @@ def test_dockerfile_pins_a_cuda_torch_of_at_least_2_10_with_its_torchvision(
     assert tuple(int(part) for part in pins["torch"].split(".")[:2]) >= (2, 10)
 
 
+def test_the_image_pins_the_torch_and_torchvision_that_dev_and_ci_install() -> None:
+    pin = r"['\"]?(torch|torchvision)===?([0-9.]+)['\"]?"
+    in_image = dict(re.findall(pin, DOCKERFILE_PATH.read_text()))
+    in_ci = dict(re.findall(pin, (ROOT / "scripts" / "install").read_text()))
+    assert set(in_image) == {"torch", "torchvision"} and in_image == in_ci, (in_image, in_ci)
+
+
 def test_dockerfile_runs_as_a_non_root_user_and_exposes_8000(
     dockerfile: list[tuple[str, str]],
 ) -> None:

@@ -6,11 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
+from support.pool_children import start_pool_child
 
-import worker.tasks
 from service.core.config import Settings
 from worker.gpus import gpu_of_child
 
@@ -39,14 +38,7 @@ def test_the_gpus_come_from_the_setting_else_from_the_workers_own_visible_device
 def test_the_child_start_hook_sets_the_childs_cuda_visible_devices_from_its_index(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("LLFC_WORKER_GPUS", "3,5")
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,5")
-    monkeypatch.setattr(worker.tasks, "current_process", lambda: SimpleNamespace(index=1))
-    worker.tasks.get_settings.cache_clear()
-    try:
-        worker.tasks.load_engine()
-    finally:
-        worker.tasks.get_settings.cache_clear()
+    start_pool_child(monkeypatch, "3,5", 1)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
 
 
