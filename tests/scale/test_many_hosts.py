@@ -156,11 +156,7 @@ def test_jobs_run_once_across_hosts_and_survive_a_killed_worker(fleet: Fleet) ->
             )
         ).all()
         blob_names = set(connection.scalars(text("SELECT sha256 FROM blobs")))
-        referenced = set(
-            connection.scalars(
-                text("SELECT blob_sha256 FROM checkpoints")
-            )
-        )
+        referenced = set(connection.scalars(text("SELECT blob_sha256 FROM checkpoints")))
     # Every job's output was stored once: no job ran to its end twice.
     counts = {row.source_job_id: row.n for row in outputs}
     assert {job_id: counts.get(job_id) for job_id in job_ids} == dict.fromkeys(job_ids, 1)
