@@ -15,16 +15,16 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from service.db.models import FINISHED_STATUSES
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class JobState:
-    """What a waiter watches of a job row: its status and progress."""
+class JobState(NamedTuple):
+    """What a waiter watches of a job row: its status and progress (a tuple: every tick makes
+    one per waited job, and compares it to the last)."""
 
     status: str
     stage: str

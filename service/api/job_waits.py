@@ -155,6 +155,7 @@ async def job_events(
                 )
                 await subscription.changed(min(wake_at, deadline) - now)
             else:
+                # max_seconds passed: the client connects again for the rest.
                 return
         try:
             job, _ = await read_job()
