@@ -38,6 +38,7 @@ from llfc_client import (
     LLFCClientError,
 )
 from llfc_client.client import (
+    DEFAULT_POLL_S,
     LONG_POLL_S,
     MAX_POLL_S,
     MIN_POLL_S,
@@ -445,6 +446,36 @@ def test_follow_goes_on_with_wait_when_the_stream_gives_no_job(
 
 def _refuse_sleep(seconds: float) -> None:
     raise AssertionError(f"slept {seconds} s")
+
+
+def test_wait_many_reads_only_the_unfinished_jobs_until_all_are_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ends = {"job_a": 1, "job_b": 3}
+    asked: list[list[str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        ids = request.url.params["ids"].split(",")
+        asked.append(ids)
+        items = [
+            {**_job_json("succeeded" if len(asked) >= ends[job_id] else "running"), "id": job_id}
+            for job_id in ids
+            if job_id in ends
+        ]
+        return httpx.Response(200, json={"items": items, "next_cursor": None})
+
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    with Client("http://new.example", transport=httpx.MockTransport(answer)) as client:
+        jobs = client.wait_many(["job_b", "job_a"])
+        assert [(job.id, job.status) for job in jobs] == [
+            ("job_b", "succeeded"),
+            ("job_a", "succeeded"),
+        ]
+        assert asked == [["job_b", "job_a"], ["job_b"], ["job_b"]]
+        assert slept == [DEFAULT_POLL_S, DEFAULT_POLL_S]
+        with pytest.raises(LLFCClientError, match="job_other"):
+            client.wait_many(["job_a", "job_other"])
 
 
 def test_get_jobs_reads_the_owners_jobs_named_by_id(client: Client, analyze_job: Job) -> None:

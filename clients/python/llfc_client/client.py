@@ -36,6 +36,8 @@ DEFAULT_PAGE_SIZE = 50
 MIN_POLL_S = 0.2
 MAX_POLL_S = 5.0
 DEFAULT_POLL_S = 1.0
+MAX_IDS_PER_REQUEST = 100
+"""The most job ids one ``GET /v1/jobs?ids=`` takes."""
 LONG_POLL_S = 30.0
 """How long one request of :meth:`Client.wait` lets the service hold it (the service allows 60):
 under the idle timeouts of common proxies, which would cut a silent request off."""
@@ -78,6 +80,11 @@ def poll_delay(retry_after: float | None) -> float:
     so a wrong hint neither hammers the server nor leaves a finished job unnoticed for long."""
     delay = DEFAULT_POLL_S if retry_after is None else retry_after
     return min(max(delay, MIN_POLL_S), MAX_POLL_S)
+
+
+def _finished(jobs: Mapping[str, Job], job_id: str) -> bool:
+    job = jobs.get(job_id)
+    return job is not None and job.finished
 
 
 def _server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
@@ -496,6 +503,43 @@ class Client:
                 if deadline is not None:
                     delay = min(delay, max(deadline - time.monotonic(), 0.0))
                 time.sleep(delay)
+
+    def wait_many(self, job_ids: Sequence[str], timeout: float | None = None) -> list[Job]:
+        """Wait until every job of ``job_ids`` is finished; returns them in that order.
+
+        The unfinished ones are read together (``?ids=``, 100 a request) every DEFAULT_POLL_S
+        seconds. An id that names none of the owner's jobs raises :class:`LLFCClientError`;
+        after ``timeout`` seconds :class:`JobTimeout` names the first unfinished job.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        latest: dict[str, Job] = {}
+        while True:
+            unfinished = [
+                job_id for job_id in dict.fromkeys(job_ids) if not _finished(latest, job_id)
+            ]
+            if not unfinished:
+                return [latest[job_id] for job_id in job_ids]
+            for start in range(0, len(unfinished), MAX_IDS_PER_REQUEST):
+                asked = unfinished[start : start + MAX_IDS_PER_REQUEST]
+                latest.update((job.id, job) for job in self.get_jobs(asked))
+                missing = [job_id for job_id in asked if job_id not in latest]
+                if missing:
+                    raise LLFCClientError(
+                        f"No job {missing[0]!r} of yours exists; give the ids that submitting "
+                        "printed."
+                    )
+            waiting = [latest[job_id] for job_id in unfinished if not latest[job_id].finished]
+            if not waiting:
+                continue
+            delay = DEFAULT_POLL_S
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    assert timeout is not None
+                    first = waiting[0]
+                    raise JobTimeout(first.id, timeout, first.status, first.progress.stage)
+                delay = min(delay, remaining)
+            time.sleep(delay)
 
     def follow(
         self,
