@@ -721,6 +721,18 @@ def get_owned_job(session: Session, owner_id: str, job_id: str) -> Job:
     return job
 
 
+def owned_jobs(session: Session, owner_id: str, job_ids: Sequence[str]) -> list[Job]:
+    """The owner's jobs among ``job_ids``, in that order; other owners' and unknown ids are
+    left out, alike."""
+    found = {
+        job.id: job
+        for job in session.scalars(
+            select(Job).where(Job.owner_id == owner_id, Job.id.in_(list(job_ids)))
+        )
+    }
+    return [found[job_id] for job_id in job_ids if job_id in found]
+
+
 def cancel_job(session: Session, job: Job) -> Job:
     """Cancel: a queued job ends ``cancelled`` now and never runs; a running one is asked to
     stop at its next batch. Cancelling a cancelled job is a no-op; a succeeded or failed one

@@ -24,7 +24,10 @@ from service.api.routes import (
 from service.api.security_headers import SecurityHeadersMiddleware
 from service.checkpoints import warn_if_torch_files_are_refused
 from service.core.config import get_settings
+from service.db.session import get_engine
+from service.job_watch import JobWatcher
 from service.metrics import METRICS
+from service.polls import read_job_states
 from service.shared_metrics import publishing
 from service.storage import open_blob_store
 
@@ -43,11 +46,17 @@ def create_app() -> FastAPI:
     open_blob_store(settings).ensure()
     warn_if_torch_files_are_refused()
 
+    # One per process: every long poll and event stream of this process shares its one query.
+    job_watcher = JobWatcher(
+        lambda job_ids: read_job_states(get_engine(), job_ids), settings.wait_tick_seconds
+    )
+
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         # Other API processes of this host report this one's request counts from the file.
         with publishing(settings.metrics_dir, METRICS):
             yield
+        await job_watcher.stop()
 
     # /docs is ours (service/api/routes/web.py): FastAPI's loads Swagger UI from a CDN through
     # an inline script; ReDoc, the same way, is not offered.
@@ -59,6 +68,7 @@ def create_app() -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
+    app.state.job_watcher = job_watcher
     install_problem_handlers(app)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(

@@ -12,12 +12,15 @@ Every answer is read fresh: nothing is cached, so a poll never shows a stale sta
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from sqlalchemy import Engine, bindparam, select
 
 from service.core.config import Settings
 from service.db.models import FINISHED_STATUSES, ApiKey, Job, JobArtifact, Owner
 from service.db.session import READ_ONLY_OPTION
 from service.errors import NotFoundError
+from service.job_watch import JobState
 from service.jobs import public_job
 from service.schemas import JobPublic
 from service.security import LOCAL_OWNER_NAME, hash_api_key, key_error
@@ -109,3 +112,16 @@ def read_polled_job(
         raise NotFoundError("job", job_id)
     artifacts = [row for row in rows if row.name is not None]
     return public_job(rows[0], artifacts), rows[0].status in FINISHED_STATUSES
+
+
+_STATES = select(Job.id, Job.status, Job.progress_stage, Job.progress_fraction).where(
+    Job.id.in_(bindparam("job_ids", expanding=True))
+)
+
+
+def read_job_states(engine: Engine, job_ids: Sequence[str]) -> dict[str, JobState]:
+    """The states of the jobs ``job_ids`` that exist, in one statement: the job watcher's tick
+    (``service/job_watch.py``), which has checked who may see them already."""
+    with _reading_engine(engine).connect() as connection:
+        rows = connection.execute(_STATES, {"job_ids": list(job_ids)}).all()
+    return {row.id: JobState(row.status, row.progress_stage, row.progress_fraction) for row in rows}

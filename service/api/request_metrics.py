@@ -31,8 +31,14 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, send_with_status)
         finally:
+            # A route may file a request under another name (a long poll, apart from the
+            # polls answered at once) in request.state.metrics_route.
             route = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = (
+                scope.get("state", {}).get("metrics_route")
+                or getattr(route, "path", None)
+                or "unmatched"
+            )
             METRICS.observe_request(
                 scope["method"], template, status, time.perf_counter() - started
             )

@@ -261,6 +261,18 @@ class Settings(BaseSettings):
         ge=1,
         description="Open connections one API process serves at once; requests past it get 503.",
     )
+    wait_tick_seconds: float = Field(
+        default=0.05,
+        gt=0.0,
+        le=5.0,
+        description="How often each API process reads, in one query, the jobs its long polls "
+        "and event streams wait on (none while nobody waits).",
+    )
+    events_max_seconds: float = Field(
+        default=3600.0,
+        gt=0.0,
+        description="A job's event stream ends after this long; the client connects again.",
+    )
 
     # --- Blob storage (README "Blob storage") ---------------------------------------------
     blob_url: str | None = Field(

@@ -60,7 +60,6 @@ def test_every_documented_route_is_served_or_marked_not_served_yet(
     served_part, not_served_part = API_DOC.split(NOT_SERVED_HEADING)
     assert _documented(served_part) - served_routes == set()
     not_served = _documented(not_served_part, with_query=False)
-    assert not_served, "the Not served yet section names no route"
     assert not_served & served_routes == set(), "a route marked not served yet is served"
 
 

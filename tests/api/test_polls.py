@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from sqlalchemy import Engine, event, update
-from support.stores import migrated_engine
+from sqlalchemy import Engine, update
+from support.stores import count_statements, migrated_engine
 
 from service.api.problems import user_error_response
 from service.core.config import Settings
@@ -61,25 +60,12 @@ def _key(engine: Engine, owner_name: str) -> str:
         return key
 
 
-def _count_statements(engine: Engine) -> list[str]:
-    statements: list[str] = []
-
-    def record(*args: Any) -> None:
-        # SQLite's BEGIN is ours (service/db/session.py) and costs no round trip; on PostgreSQL
-        # the poll runs in autocommit mode and sends none.
-        if args[2] != "BEGIN":
-            statements.append(args[2])
-
-    event.listen(engine, "before_cursor_execute", record)
-    return statements
-
-
 def test_a_poll_is_one_statement_and_shows_the_job_as_the_list_does(
     engine: Engine, tmp_path: Path
 ) -> None:
     job_id = _add_job(engine, "alice", ["permuted_b", "interpolated"])
     key = _key(engine, "alice")
-    statements = _count_statements(engine)
+    statements = count_statements(engine)
 
     public, finished = read_polled_job(engine, _settings(tmp_path, auth=True), job_id, key)
 

@@ -153,3 +153,27 @@ def test_service_sweep_times_one_sweep_against_its_pairs_analyze_jobs_with_equal
         record["baseline"]["median_s"] / record["ours"]["median_s"], abs=0.002
     )
     assert record["met"] == (record["speedup_median"] >= record["target_speedup"])
+
+
+@pytest.mark.slow
+def test_service_waiting_compares_long_polls_with_polling_on_every_database() -> None:
+    modes = ["postgres", "sqlite"] if _reachable(5432) else ["sqlite"]
+    [record] = _run("service_waiting", "--modes", ",".join(modes))
+    assert record["benchmark"] == "service_waiting"
+    assert (record["jobs"], record["clients"]) == (64, 32)
+    assert list(record["databases"]) == modes
+    for compared in record["databases"].values():
+        long_poll, polling = compared["long_poll"], compared["polling"]
+        for measured in (long_poll, polling):
+            delays = measured["delay_ms"]
+            assert 0 <= delays["p50"] <= delays["p99"] <= delays["max"]
+            assert measured["requests"] >= record["jobs"]
+            assert measured["server_cpu_ms_per_wait"] == pytest.approx(
+                measured["server_cpu_s"] / record["jobs"] * 1e3, abs=0.01
+            )
+        # A long poll is answered when its job ends; a poll waits for its next Retry-After.
+        assert long_poll["requests_per_wait"] < 1.5
+        assert long_poll["delay_ms"]["p50"] < polling["delay_ms"]["p50"]
+        assert compared["meets_targets"]["p99_delay_ms"] == (
+            long_poll["delay_ms"]["p99"] < record["targets"]["p99_delay_ms"]
+        )

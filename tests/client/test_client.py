@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import sys
 import time
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -18,7 +21,6 @@ from support.client_service import (
     JOB_TIMEOUT_S,
     MLP_ARCH,
     MLP_NUM_PARAMS,
-    RETRY_AFTER_S,
     RunningService,
     mlp_state_dict,
     write_mlp_checkpoint,
@@ -26,8 +28,18 @@ from support.client_service import (
 
 import llfc_client.client as client_module
 from llfc_cli.embedded import free_port
-from llfc_client import ApiError, Client, ConnectionFailed, Job, JobTimeout, LLFCClientError
+from llfc_client import (
+    ApiError,
+    Client,
+    ConnectionFailed,
+    Job,
+    JobProgress,
+    JobTimeout,
+    LLFCClientError,
+)
 from llfc_client.client import (
+    DEFAULT_POLL_S,
+    LONG_POLL_S,
     MAX_POLL_S,
     MIN_POLL_S,
     poll_delay,
@@ -311,26 +323,164 @@ def test_jobs_list_and_filter_by_kind_and_status(
     assert client.get_job(analyze_job.id).result == analyze_job.result
 
 
-def test_wait_sleeps_for_the_servers_retry_after(
+def test_wait_long_polls_the_service_and_never_sleeps(
     client: Client, trained_pair: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     slept: list[float] = []
-    real_sleep = time.sleep
-
-    def recording_sleep(seconds: float) -> None:
-        slept.append(seconds)
-        real_sleep(seconds)
-
-    monkeypatch.setattr(client_module.time, "sleep", recording_sleep)
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
     seen: list[Job] = []
     job = client.submit_job("analyze", *trained_pair, "builtin:digits", {"match": "none"})
     finished = client.wait(job.id, on_progress=seen.append)
     assert finished.status == "succeeded"
-    assert slept and set(slept) == {float(RETRY_AFTER_S)}
-    assert len(seen) == len(slept) + 1
-    assert seen[-1].status == "succeeded"
-    fractions = [job.progress.fraction for job in seen]
+    assert slept == []
+    # Each answer came when the job took a step (its status or stage changed), not on a timer.
+    steps = [(seen_job.status, seen_job.progress.stage) for seen_job in seen]
+    assert len(steps) >= 2
+    assert all(before != after for before, after in itertools.pairwise(steps))
+    fractions = [seen_job.progress.fraction for seen_job in seen]
     assert fractions == sorted(fractions)
+
+
+def _job_json(status: str, fraction: float = 0.0, stage: str = "queued") -> dict[str, Any]:
+    return {
+        "id": "job_x",
+        "kind": "match",
+        "status": status,
+        "progress": {"fraction": fraction, "stage": stage},
+        "error": None,
+        "created_at": "2026-11-30T00:00:00Z",
+        "started_at": None,
+        "finished_at": None,
+        "result": None,
+        "artifacts": [],
+    }
+
+
+def test_wait_polls_a_service_without_long_polls_at_its_retry_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An older service ignores ?wait and sends no ETag: each answer comes at once.
+    statuses = iter(["queued", "running", "succeeded"])
+    asked: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return httpx.Response(200, json=_job_json(next(statuses)), headers={"Retry-After": "3"})
+
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    with Client("http://old.example", transport=httpx.MockTransport(answer)) as client:
+        assert client.wait("job_x").status == "succeeded"
+    assert asked[0].url.params["wait"] == f"{LONG_POLL_S:.3f}"
+    assert slept == [3.0, 3.0]
+
+
+def test_wait_sends_the_last_etag_and_keeps_the_job_of_a_304(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    answers = iter(
+        [
+            httpx.Response(200, json=_job_json("running"), headers={"ETag": '"a"'}),
+            httpx.Response(304, headers={"ETag": '"a"'}),
+            httpx.Response(200, json=_job_json("succeeded"), headers={"ETag": '"b"'}),
+        ]
+    )
+    asked: list[httpx.Request] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        asked.append(request)
+        return next(answers)
+
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    seen: list[Job] = []
+    with Client("http://new.example", transport=httpx.MockTransport(answer)) as client:
+        assert client.wait("job_x", on_progress=seen.append).status == "succeeded"
+    assert [request.headers.get("If-None-Match") for request in asked] == [None, '"a"', '"a"']
+    assert [job.status for job in seen] == ["running", "running", "succeeded"]
+
+
+def _event_stream(*events: tuple[str, dict[str, Any]]) -> bytes:
+    body = ": keep-alive\n\n"
+    for name, data in events:
+        body += f"event: {name}\ndata: {json.dumps(data)}\n\n"
+    return body.encode()
+
+
+def test_follow_reports_every_event_then_returns_the_job_of_the_last() -> None:
+    progress = [
+        {"id": "job_x", "status": "running", "progress": {"fraction": f, "stage": "step"}}
+        for f in (0.25, 0.5)
+    ]
+    events = [("progress", data) for data in progress] + [("job", _job_json("succeeded"))]
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/jobs/job_x/events"
+        stream = _event_stream(*events)
+        return httpx.Response(200, content=stream, headers={"Content-Type": "text/event-stream"})
+
+    seen: list[JobProgress | Job] = []
+    with Client("http://new.example", transport=httpx.MockTransport(answer)) as client:
+        finished = client.follow("job_x", on_progress=seen.append)
+    assert finished.status == "succeeded"
+    assert [item.progress.fraction for item in seen[:2]] == [0.25, 0.5]
+    assert isinstance(seen[0], JobProgress) and seen[-1] == finished
+
+
+@pytest.mark.parametrize("stream", ["ends early", "not served"])
+def test_follow_goes_on_with_wait_when_the_stream_gives_no_job(
+    stream: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            if stream == "not served":
+                return httpx.Response(404, json={"detail": "Not Found"})
+            running = {"id": "job_x", "status": "running", "progress": {"fraction": 0.5}}
+            return httpx.Response(200, content=_event_stream(("progress", running)))
+        return httpx.Response(200, json=_job_json("failed"), headers={"ETag": '"z"'})
+
+    monkeypatch.setattr(client_module.time, "sleep", _refuse_sleep)
+    with Client("http://new.example", transport=httpx.MockTransport(answer)) as client:
+        assert client.follow("job_x").status == "failed"
+
+
+def _refuse_sleep(seconds: float) -> None:
+    raise AssertionError(f"slept {seconds} s")
+
+
+def test_wait_many_reads_only_the_unfinished_jobs_until_all_are_done(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    ends = {"job_a": 1, "job_b": 3}
+    asked: list[list[str]] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        ids = request.url.params["ids"].split(",")
+        asked.append(ids)
+        items = [
+            {**_job_json("succeeded" if len(asked) >= ends[job_id] else "running"), "id": job_id}
+            for job_id in ids
+            if job_id in ends
+        ]
+        return httpx.Response(200, json={"items": items, "next_cursor": None})
+
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    with Client("http://new.example", transport=httpx.MockTransport(answer)) as client:
+        jobs = client.wait_many(["job_b", "job_a"])
+        assert [(job.id, job.status) for job in jobs] == [
+            ("job_b", "succeeded"),
+            ("job_a", "succeeded"),
+        ]
+        assert asked == [["job_b", "job_a"], ["job_b"], ["job_b"]]
+        assert slept == [DEFAULT_POLL_S, DEFAULT_POLL_S]
+        with pytest.raises(LLFCClientError, match="job_other"):
+            client.wait_many(["job_a", "job_other"])
+
+
+def test_get_jobs_reads_the_owners_jobs_named_by_id(client: Client, analyze_job: Job) -> None:
+    jobs = client.get_jobs([analyze_job.id, "job_nobodys", analyze_job.id])
+    assert [job.id for job in jobs] == [analyze_job.id]
 
 
 def test_wait_times_out_and_the_job_keeps_going(client: Client) -> None:

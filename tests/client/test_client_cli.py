@@ -348,6 +348,25 @@ def test_wait_on_a_finished_job_exits_zero(llfc: Cli, analyze_job: Job) -> None:
     assert f"Job {analyze_job.id} succeeded" in result.stderr
 
 
+def test_wait_follows_the_event_stream_to_the_end(
+    llfc: Cli, client: Client, trained_pair: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_polling(*_args: object, **_kwargs: object) -> Job:
+        raise AssertionError("llfc wait polled instead of following the events")
+
+    monkeypatch.setattr(Client, "wait", no_polling)
+    job = client.submit_job("analyze", *trained_pair, "builtin:digits", {"match": "none"})
+    result = llfc("wait", job.id, "--timeout", str(JOB_TIMEOUT_S))
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.strip().splitlines()
+    assert lines[-1].startswith(f"Job {job.id} succeeded in")
+    # Off a terminal, a line per stage or tenth done, the last one the finished job's.
+    progress = [line.split() for line in lines[:-1]]
+    assert {line[0] for line in progress} == {job.id}
+    assert progress[-1][1:3] == ["succeeded", "100%"]
+    assert len(progress) >= 2
+
+
 def test_cancel_then_wait_and_results_exit_nonzero(llfc: Cli, client: Client) -> None:
     job = client.submit_job(
         "train", dataset="builtin:digits", params={"arch": MLP_ARCH, "epochs": 400}

@@ -237,6 +237,10 @@ def test_another_owners_ids_cannot_be_used_as_job_inputs_or_seen_in_lists(
     assert own_a in listed
     for alices_id in (model_a, dataset_id, *alices_resources["job_id"]):
         assert alices_id not in listed
+    # Asked for by id, alice's jobs are left out as unknown ids are: nothing tells them apart.
+    by_ids = bob.get("/v1/jobs", params={"ids": ",".join(alices_resources["job_id"])})
+    assert by_ids.status_code == 200
+    assert by_ids.json() == {"items": [], "next_cursor": None}
 
 
 # --- Keys at rest -------------------------------------------------------------------------------

@@ -21,10 +21,11 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.command import upgrade
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 
 from llfc_cli.embedded import free_port
 from service.db.migrate import alembic_config
@@ -175,3 +176,19 @@ def migrated_engine(url: str, owners: Mapping[str, str]) -> Iterator[Engine]:
         yield engine
     finally:
         engine.dispose()
+
+
+def count_statements(engine: Engine) -> list[str]:
+    """The statements ``engine`` sends from now on, as a list that grows with them.
+
+    SQLite's BEGIN is left out: it is ours (service/db/session.py) and costs no round trip; on
+    PostgreSQL a lone read runs in autocommit mode and sends none.
+    """
+    statements: list[str] = []
+
+    def record(*args: Any) -> None:
+        if args[2] != "BEGIN":
+            statements.append(args[2])
+
+    event.listen(engine, "before_cursor_execute", record)
+    return statements

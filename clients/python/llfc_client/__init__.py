@@ -16,7 +16,16 @@ from llfc_client.errors import (
     JobTimeout,
     LLFCClientError,
 )
-from llfc_client.models import Artifact, Checkpoint, Dataset, Job, LayerMetric, Page, Progress
+from llfc_client.models import (
+    Artifact,
+    Checkpoint,
+    Dataset,
+    Job,
+    JobProgress,
+    LayerMetric,
+    Page,
+    Progress,
+)
 
 __all__ = [
     "ApiError",
@@ -27,6 +36,7 @@ __all__ = [
     "Dataset",
     "InvalidIdError",
     "Job",
+    "JobProgress",
     "JobTimeout",
     "LLFCClientError",
     "LayerMetric",

@@ -28,7 +28,7 @@ from llfc_client.errors import (
     JobTimeout,
     LLFCClientError,
 )
-from llfc_client.models import Checkpoint, Dataset, Job, LayerMetric, Page
+from llfc_client.models import Checkpoint, Dataset, Job, JobProgress, LayerMetric, Page
 from llfc_results import AnalysisResult
 
 DEFAULT_URL = "http://127.0.0.1:8000"
@@ -36,6 +36,11 @@ DEFAULT_PAGE_SIZE = 50
 MIN_POLL_S = 0.2
 MAX_POLL_S = 5.0
 DEFAULT_POLL_S = 1.0
+MAX_IDS_PER_REQUEST = 100
+"""The most job ids one ``GET /v1/jobs?ids=`` takes."""
+LONG_POLL_S = 30.0
+"""How long one request of :meth:`Client.wait` lets the service hold it (the service allows 60):
+under the idle timeouts of common proxies, which would cut a silent request off."""
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 OCTET_STREAM = "application/octet-stream"
 STATE_DICT_FILENAME = "state_dict.safetensors"
@@ -75,6 +80,25 @@ def poll_delay(retry_after: float | None) -> float:
     so a wrong hint neither hammers the server nor leaves a finished job unnoticed for long."""
     delay = DEFAULT_POLL_S if retry_after is None else retry_after
     return min(max(delay, MIN_POLL_S), MAX_POLL_S)
+
+
+def _finished(jobs: Mapping[str, Job], job_id: str) -> bool:
+    job = jobs.get(job_id)
+    return job is not None and job.finished
+
+
+def _server_sent_events(lines: Iterator[str]) -> Iterator[tuple[str, str]]:
+    """(event name, data) of each event of a text/event-stream; comments are skipped."""
+    name, data = "message", list[str]()
+    for line in lines:
+        if not line:
+            if data:
+                yield name, "\n".join(data)
+            name, data = "message", list[str]()
+        elif line.startswith("event:"):
+            name = line.removeprefix("event:").strip()
+        elif line.startswith("data:"):
+            data.append(line.removeprefix("data:").removeprefix(" "))
 
 
 def state_dict_bytes(state_dict: Mapping[str, Any]) -> bytes:
@@ -375,14 +399,37 @@ class Client:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key is not None else {}
         return Job.from_json(self._json("POST", "/v1/jobs", json=payload, headers=headers))
 
-    def _read_job(self, job_id: str) -> tuple[Job, float | None]:
-        response = self._request("GET", f"/v1/jobs/{_segment(job_id)}")
-        return Job.from_json(response.json()), retry_after_seconds(
-            response.headers.get("Retry-After")
+    def _read_job(
+        self, job_id: str, wait_s: float = 0.0, etag: str | None = None
+    ) -> tuple[Job | None, httpx.Response]:
+        """The job (None for a ``304``: still the version ``etag`` names) and the answer;
+        ``wait_s`` makes it a long poll, whose answer may take that long on top of the
+        client's timeout."""
+        params = {"wait": f"{wait_s:.3f}"} if wait_s > 0 else None
+        headers = {"If-None-Match": etag} if etag is not None else None
+        request = self._http.build_request(
+            "GET",
+            f"/v1/jobs/{_segment(job_id)}",
+            params=params,
+            headers=headers,
+            timeout=self.timeout + wait_s,
         )
+        response = self._send(request)
+        if response.status_code == HTTPStatus.NOT_MODIFIED:
+            return None, response
+        return Job.from_json(response.json()), response
 
     def get_job(self, job_id: str) -> Job:
-        return self._read_job(job_id)[0]
+        job, _ = self._read_job(job_id)
+        assert job is not None  # no If-None-Match was sent, so no 304
+        return job
+
+    def get_jobs(self, job_ids: Sequence[str]) -> list[Job]:
+        """``GET /v1/jobs?ids=``: the owner's jobs among ``job_ids`` (at most 100), in that
+        order; an id the owner has no job of is left out."""
+        ids = ",".join(_segment(job_id) for job_id in job_ids)
+        body = self._json("GET", "/v1/jobs", params={"ids": ids})
+        return [Job.from_json(item) for item in body["items"]]
 
     def list_jobs(
         self,
@@ -420,28 +467,136 @@ class Client:
         timeout: float | None = None,
         on_progress: Callable[[Job], None] | None = None,
     ) -> Job:
-        """Poll until the job is finished (succeeded, failed or cancelled) and return it.
+        """Wait until the job is finished (succeeded, failed or cancelled) and return it.
 
-        Between polls it sleeps for the server's ``Retry-After`` hint, kept within
-        [MIN_POLL_S, MAX_POLL_S] and never past the deadline. ``on_progress`` sees the job after
-        every poll. After ``timeout`` seconds it raises :class:`JobTimeout`; the job itself keeps
-        running. A failed job is returned, not raised: check ``job.status``.
+        Each request is a long poll (``?wait=``, up to LONG_POLL_S seconds, with the last
+        answer's ``ETag``): the service answers as soon as the status or progress stage
+        changes, so the end of the job is seen at once and no request is sent in between. A
+        service that answers at once instead (one without long polls, which sends no ETag) is
+        polled, sleeping for its ``Retry-After`` hint within [MIN_POLL_S, MAX_POLL_S].
+        ``on_progress`` sees the job after every answer. After ``timeout`` seconds it raises
+        :class:`JobTimeout`; the job itself keeps running. A failed job is returned, not
+        raised: check ``job.status``.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
+        job: Job | None = None
+        etag: str | None = None
         while True:
-            job, retry_after = self._read_job(job_id)
+            remaining = None if deadline is None else deadline - time.monotonic()
+            wait_s = LONG_POLL_S if remaining is None else max(min(LONG_POLL_S, remaining), 0.0)
+            asked_at = time.monotonic()
+            answered, response = self._read_job(job_id, wait_s, etag)
+            changed = answered is not None and response.headers.get("ETag") != etag
+            job = answered or job
+            assert job is not None  # the first request sends no If-None-Match: no 304
+            etag = response.headers.get("ETag")
             if on_progress is not None:
                 on_progress(job)
             if job.finished:
                 return job
-            delay = poll_delay(retry_after)
+            if deadline is not None and time.monotonic() >= deadline:
+                assert timeout is not None
+                raise JobTimeout(job.id, timeout, job.status, job.progress.stage)
+            if etag is None or (not changed and time.monotonic() - asked_at < MIN_POLL_S):
+                # No long poll here: poll at the server's pace, never past the deadline.
+                delay = poll_delay(retry_after_seconds(response.headers.get("Retry-After")))
+                if deadline is not None:
+                    delay = min(delay, max(deadline - time.monotonic(), 0.0))
+                time.sleep(delay)
+
+    def wait_many(self, job_ids: Sequence[str], timeout: float | None = None) -> list[Job]:
+        """Wait until every job of ``job_ids`` is finished; returns them in that order.
+
+        The unfinished ones are read together (``?ids=``, 100 a request) every DEFAULT_POLL_S
+        seconds. An id that names none of the owner's jobs raises :class:`LLFCClientError`;
+        after ``timeout`` seconds :class:`JobTimeout` names the first unfinished job.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        latest: dict[str, Job] = {}
+        while True:
+            unfinished = [
+                job_id for job_id in dict.fromkeys(job_ids) if not _finished(latest, job_id)
+            ]
+            if not unfinished:
+                return [latest[job_id] for job_id in job_ids]
+            for start in range(0, len(unfinished), MAX_IDS_PER_REQUEST):
+                asked = unfinished[start : start + MAX_IDS_PER_REQUEST]
+                latest.update((job.id, job) for job in self.get_jobs(asked))
+                missing = [job_id for job_id in asked if job_id not in latest]
+                if missing:
+                    raise LLFCClientError(
+                        f"No job {missing[0]!r} of yours exists; give the ids that submitting "
+                        "printed."
+                    )
+            waiting = [latest[job_id] for job_id in unfinished if not latest[job_id].finished]
+            if not waiting:
+                continue
+            delay = DEFAULT_POLL_S
             if deadline is not None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     assert timeout is not None
-                    raise JobTimeout(job.id, timeout, job.status, job.progress.stage)
+                    first = waiting[0]
+                    raise JobTimeout(first.id, timeout, first.status, first.progress.stage)
                 delay = min(delay, remaining)
             time.sleep(delay)
+
+    def follow(
+        self,
+        job_id: str,
+        timeout: float | None = None,
+        on_progress: Callable[[JobProgress | Job], None] | None = None,
+    ) -> Job:
+        """As :meth:`wait`, from the job's event stream (``/v1/jobs/{id}/events``):
+        ``on_progress`` sees every change of status, stage and fraction as it happens (at most
+        four a second), a :class:`JobProgress` or, once, the finished :class:`Job`. When the
+        stream breaks, ends early or is not served, it goes on with :meth:`wait`."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            finished = self._follow_events(job_id, deadline, on_progress)
+        except (ConnectionFailed, ApiError) as error:
+            if isinstance(error, ApiError) and error.status != HTTPStatus.NOT_FOUND:
+                raise
+            # A dropped stream, or a service without one; a job that does not exist makes
+            # wait() raise its own 404.
+            finished = None
+        if finished is not None:
+            if on_progress is not None:
+                on_progress(finished)
+            return finished
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        return self.wait(job_id, remaining, on_progress)
+
+    def _follow_events(
+        self,
+        job_id: str,
+        deadline: float | None,
+        on_progress: Callable[[JobProgress | Job], None] | None,
+    ) -> Job | None:
+        """The finished job from the event stream, or None when the stream ended without it."""
+        read_timeout = self.timeout
+        if deadline is not None:
+            read_timeout = min(read_timeout, max(deadline - time.monotonic(), 0.1))
+        request = self._http.build_request(
+            "GET",
+            f"/v1/jobs/{_segment(job_id)}/events",
+            headers={"Accept": "text/event-stream"},
+            timeout=httpx.Timeout(self.timeout, read=read_timeout),
+        )
+        response = self._send(request, stream=True)
+        try:
+            for name, data in _server_sent_events(response.iter_lines()):
+                if name == "job":
+                    return Job.from_json(json.loads(data))
+                if name == "progress" and on_progress is not None:
+                    on_progress(JobProgress.from_json(json.loads(data)))
+                if deadline is not None and time.monotonic() >= deadline:
+                    return None
+        except httpx.TransportError as error:
+            raise ConnectionFailed(self.base_url, f"the event stream broke off: {error}") from error
+        finally:
+            response.close()
+        return None
 
     def get_layer_metrics(
         self,

@@ -103,6 +103,26 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class JobProgress:
+    """A job's status and progress as its event stream reports them while it runs."""
+
+    id: str
+    status: str
+    progress: Progress
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> JobProgress:
+        progress = body.get("progress") or {}
+        return cls(
+            id=body["id"],
+            status=body["status"],
+            progress=Progress(
+                fraction=float(progress.get("fraction", 0.0)), stage=progress.get("stage", "")
+            ),
+        )
+
+
+@dataclass(frozen=True)
 class Artifact:
     """Something a job produced: a new checkpoint, or bytes at a URL relative to the service."""
 

@@ -3,12 +3,16 @@ sweep's pairs are in ``sweeps.py``)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import functools
+import re
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Response
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 from sqlalchemy import select
 
+from llfc_core.params import named
 from service.api.deps import (
     BearerCredentials,
     CurrentOwner,
@@ -16,6 +20,14 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
     filter_query,
+)
+from service.api.job_waits import (
+    MAX_WAIT_SECONDS,
+    ReadJob,
+    job_events,
+    job_response,
+    should_wait,
+    wait_for_step,
 )
 from service.api.json_body import json_body, json_body_openapi
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
@@ -30,10 +42,12 @@ from service.jobs import (
     is_finished,
     job_public,
     jobs_public,
+    owned_jobs,
     submit_job,
 )
 from service.polls import read_polled_job
 from service.schemas import (
+    RESOURCE_ID_PATTERN,
     JobCreate,
     JobKind,
     JobPublic,
@@ -102,16 +116,64 @@ def create_job(
     return job_public(session, job)
 
 
+MAX_IDS = 100
+IdsQuery = Annotated[
+    str | None,
+    Query(
+        max_length=MAX_IDS * 101,
+        description=f"Comma-separated job ids, at most {MAX_IDS}: the owner's jobs among them, "
+        "in this order (other ids are left out); takes no other filter.",
+    ),
+]
+
+
+def _job_ids(ids: str) -> list[str]:
+    """The ids of ``?ids=``, each once, in their order; 422 for a malformed or too long list."""
+    job_ids = list(dict.fromkeys(part.strip() for part in ids.split(",") if part.strip()))
+    if not job_ids:
+        raise ProblemError(
+            422, "The parameter 'ids' names no job; give job ids separated by commas."
+        )
+    if len(job_ids) > MAX_IDS:
+        raise ProblemError(
+            422,
+            f"The parameter 'ids' names {len(job_ids)} jobs; ask for at most {MAX_IDS} at once.",
+        )
+    malformed = [job_id for job_id in job_ids if not re.fullmatch(RESOURCE_ID_PATTERN, job_id)]
+    if malformed:
+        raise ProblemError(
+            422, f"{malformed[0][:100]!r} in 'ids' is not a job id (job_... as submitting printed)."
+        )
+    return job_ids
+
+
 @router.get("", response_model=JobsPublic)
 def list_jobs(
+    request: Request,
     owner: CurrentOwner,
     session: SessionDep,
     status: JobStatus | None = None,
     kind: JobKind | None = None,
     limit: LimitQuery = DEFAULT_PAGE_SIZE,
     cursor: CursorQuery = None,
+    ids: IdsQuery = None,
 ) -> JobsPublic:
-    """The owner's jobs, newest first, optionally of one status and kind."""
+    """The owner's jobs, newest first, optionally of one status and kind; or, with `ids`, the
+    named ones in the order named."""
+    if ids is not None:
+        others = [
+            name for name in ("status", "kind", "limit", "cursor") if name in request.query_params
+        ]
+        if others:
+            raise ProblemError(
+                422,
+                f"The parameter 'ids' reads the jobs it names and takes no {named(others)}; "
+                "send them without it.",
+            )
+        return JobsPublic(
+            items=jobs_public(session, owned_jobs(session, owner.id, _job_ids(ids))),
+            next_cursor=None,
+        )
     statement = select(Job).where(Job.owner_id == owner.id)
     if status is not None:
         statement = statement.where(Job.status == status)
@@ -121,18 +183,78 @@ def list_jobs(
     return JobsPublic(items=jobs_public(session, rows), next_cursor=next_cursor)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses=problem_responses(404))
-async def read_job(
-    job_id: ResourceIdPath, response: Response, credentials: BearerCredentials
-) -> JobPublic:
-    """A job's status, progress, result and artifacts; `Retry-After` while it is not finished."""
-    # The route clients poll: the key check and the read are one statement (service/polls.py),
-    # run in one thread-pool call. Every answer is read fresh.
+WaitQuery = Annotated[
+    float | None,
+    Query(
+        ge=0,
+        le=MAX_WAIT_SECONDS,
+        description="Hold the answer until the status or progress stage changes, at most this "
+        "many seconds (with `If-None-Match`: until the job differs from that version).",
+    ),
+]
+IfNoneMatch = Annotated[str | None, Header(alias="If-None-Match")]
+NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
+    304: {"description": "The job is still the version `If-None-Match` names."}
+}
+
+
+def _job_reader(job_id: str, credentials: BearerCredentials) -> ReadJob:
+    """The poll's one-statement read of the job (key check included), in the thread pool."""
     settings = get_settings()
     key = credentials.credentials if credentials is not None else None
-    public, finished = await run_in_threadpool(read_polled_job, get_engine(), settings, job_id, key)
-    _polling_headers(response, job_id, finished, settings.retry_after_seconds)
-    return public
+    return functools.partial(
+        run_in_threadpool, read_polled_job, get_engine(), settings, job_id, key
+    )
+
+
+@router.get(
+    "/{job_id}", response_model=JobPublic, responses={**NOT_MODIFIED, **problem_responses(404)}
+)
+async def read_job(
+    job_id: ResourceIdPath,
+    request: Request,
+    credentials: BearerCredentials,
+    wait: WaitQuery = None,
+    if_none_match: IfNoneMatch = None,
+) -> Response:
+    """A job's status, progress, result and artifacts, with its `ETag`; `Retry-After` while it
+    is not finished. With `wait`, a long poll: the answer waits for the job's next step."""
+    # The route clients poll: the key check and the read are one statement (service/polls.py),
+    # run in one thread-pool call. Every answer is read fresh.
+    read = _job_reader(job_id, credentials)
+    public, finished = await read()
+    if wait and should_wait(public, finished, if_none_match):
+        # Held answers have their own latency series, apart from the polls answered at once.
+        request.state.metrics_route = f"{router.prefix}/{{job_id}}?wait"
+        if await wait_for_step(request.app.state.job_watcher, request.receive, public, wait):
+            public, finished = await read()
+    return job_response(public, finished, if_none_match, get_settings().retry_after_seconds)
+
+
+@router.get(
+    "/{job_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "`progress` events while the job runs, then one `job` event.",
+        },
+        **problem_responses(404),
+    },
+)
+async def job_event_stream(
+    job_id: ResourceIdPath, request: Request, credentials: BearerCredentials
+) -> StreamingResponse:
+    """The job as Server-Sent Events: `progress` (status and progress) whenever they change,
+    then `job` (the finished job) and the stream ends."""
+    read = _job_reader(job_id, credentials)
+    public, finished = await read()
+    events = job_events(
+        request.app.state.job_watcher, read, public, finished, get_settings().events_max_seconds
+    )
+    # No-cache and no proxy buffering: each event must reach the client when it is sent.
+    headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    return StreamingResponse(events, media_type="text/event-stream", headers=headers)
 
 
 @router.post(

@@ -32,7 +32,7 @@ from llfc_client.cli.tables import (
     sweep_table,
 )
 from llfc_client.client import DEFAULT_URL
-from llfc_client.models import JobKind, JobStatus
+from llfc_client.models import JobKind, JobProgress, JobStatus
 from llfc_results import (
     MULTI_MODEL_KINDS,
     AnalysisResult,
@@ -257,7 +257,7 @@ class ProgressDisplay:
         self._last: tuple[str, str, int] | None = None
         self._drawn = False
 
-    def __call__(self, job: Job) -> None:
+    def __call__(self, job: Job | JobProgress) -> None:
         percent = round(100 * min(max(job.progress.fraction, 0.0), 1.0))
         stage = job.progress.stage or job.status
         if self.interactive:
@@ -284,7 +284,7 @@ class ProgressDisplay:
 def _wait_with_progress(client: Client, job_id: str, timeout: float | None, quiet: bool) -> Job:
     display = None if quiet else ProgressDisplay(sys.stderr)
     try:
-        job = client.wait(job_id, timeout=timeout, on_progress=display)
+        job = client.follow(job_id, timeout=timeout, on_progress=display)
     finally:
         if display is not None:
             display.close()
