@@ -184,8 +184,9 @@ def test_repair_lowers_the_weight_matched_barrier_of_a_plain_vgg_pair(one_thread
     arch = parse_arch({**PLAIN_VGG, "width": 0.25})
     train, test = digits("train"), digits("test")
     state_a, state_b = train_modes(arch, train, PLAIN_VGG_TRAINING, device=CPU)
-    # Measured 10.6 % and 7.8 % test error.
-    assert all(evaluate(arch, state, test, device=CPU)[1] < 0.15 for state in (state_a, state_b))
+    # Trained, far from chance (90 %): 10.6 % and 7.8 % test error on one machine, 19.2 % and
+    # 9.2 % on another, whose CPU rounds this chaotic training into other models.
+    assert all(evaluate(arch, state, test, device=CPU)[1] < 0.3 for state in (state_a, state_b))
     result = analyze_pair(
         arch,
         state_a,
