@@ -22,6 +22,7 @@ from service.api.routes import (
     web,
 )
 from service.api.security_headers import SecurityHeadersMiddleware
+from service.api.wait_slots import WaitSlots
 from service.checkpoints import warn_if_torch_files_are_refused
 from service.core.config import get_settings
 from service.db.session import get_engine
@@ -69,6 +70,7 @@ def create_app() -> FastAPI:
         redoc_url=None,
     )
     app.state.job_watcher = job_watcher
+    app.state.wait_slots = WaitSlots(settings.max_waits_per_key)
     install_problem_handlers(app)
     app.add_middleware(MetricsMiddleware)
     app.add_middleware(

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import suppress
+from contextlib import AbstractContextManager, suppress
 
 from fastapi import Response
 from starlette.types import Receive
@@ -121,44 +121,51 @@ def _progress_event(job_id: str, state: JobState) -> bytes:
 
 
 async def job_events(
-    watcher: JobWatcher, read_job: ReadJob, job: JobPublic, finished: bool, max_seconds: float
+    watcher: JobWatcher,
+    read_job: ReadJob,
+    job: JobPublic,
+    finished: bool,
+    max_seconds: float,
+    slot: AbstractContextManager[None],
 ) -> AsyncIterator[bytes]:
     """The Server-Sent Events of a job the caller may see (``job``, read just before):
     ``progress`` events while it runs, then one ``job`` event with the finished job, and the
     stream ends. A stream that reaches ``max_seconds`` ends without the ``job`` event (the
-    client reconnects), as does one whose job was deleted or whose key was revoked."""
-    if not finished:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + max_seconds
-        sent = job_state(job)
-        yield _progress_event(job.id, sent)
-        sent_at = written_at = loop.time()
-        async with watcher.subscribe(job.id, sent) as subscription:
-            while (now := loop.time()) < deadline:
-                state = subscription.state
-                if state is None or state.finished:
-                    break
-                pending = state != sent
-                if pending and (
-                    not state.same_step(sent) or now >= sent_at + EVENT_FRACTION_INTERVAL_S
-                ):
-                    yield _progress_event(job.id, state)
-                    sent, sent_at, written_at = state, now, now
-                    continue
-                if now >= written_at + KEEP_ALIVE_SECONDS:
-                    yield b": keep-alive\n\n"
-                    written_at = now
-                wake_at = (
-                    sent_at + EVENT_FRACTION_INTERVAL_S
-                    if pending
-                    else written_at + KEEP_ALIVE_SECONDS
-                )
-                await subscription.changed(min(wake_at, deadline) - now)
-            else:
-                # max_seconds passed: the client connects again for the rest.
+    client reconnects), as does one whose job was deleted or whose key was revoked. ``slot``
+    (the key's share of waits) is held while the stream waits."""
+    with slot:
+        if not finished:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + max_seconds
+            sent = job_state(job)
+            yield _progress_event(job.id, sent)
+            sent_at = written_at = loop.time()
+            async with watcher.subscribe(job.id, sent) as subscription:
+                while (now := loop.time()) < deadline:
+                    state = subscription.state
+                    if state is None or state.finished:
+                        break
+                    pending = state != sent
+                    if pending and (
+                        not state.same_step(sent) or now >= sent_at + EVENT_FRACTION_INTERVAL_S
+                    ):
+                        yield _progress_event(job.id, state)
+                        sent, sent_at, written_at = state, now, now
+                        continue
+                    if now >= written_at + KEEP_ALIVE_SECONDS:
+                        yield b": keep-alive\n\n"
+                        written_at = now
+                    wake_at = (
+                        sent_at + EVENT_FRACTION_INTERVAL_S
+                        if pending
+                        else written_at + KEEP_ALIVE_SECONDS
+                    )
+                    await subscription.changed(min(wake_at, deadline) - now)
+                else:
+                    # max_seconds passed: the client connects again for the rest.
+                    return
+            try:
+                job, _ = await read_job()
+            except ServiceError:
                 return
-        try:
-            job, _ = await read_job()
-        except ServiceError:
-            return
-    yield _event("job", job.model_dump_json())
+        yield _event("job", job.model_dump_json())

@@ -273,6 +273,12 @@ class Settings(BaseSettings):
         gt=0.0,
         description="A job's event stream ends after this long; the client connects again.",
     )
+    max_waits_per_key: int = Field(
+        default=100,
+        ge=1,
+        description="Long polls and event streams one API key holds open in one API process; "
+        "past it a long poll answers at once and an event stream gets 429.",
+    )
 
     # --- Blob storage (README "Blob storage") ---------------------------------------------
     blob_url: str | None = Field(

@@ -11,53 +11,25 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import Engine, select, update
+from sqlalchemy import update
 from support.api import client
-from support.servers import (
-    TEST_METRICS_TOKEN,
-    create_key,
-    free_port,
-    run_llfc,
-    service_env,
-    start,
-    wait_ready,
-    wait_until,
-)
+from support.servers import TEST_METRICS_TOKEN, wait_until
+from support.waits import WaitService, add_job, wait_service
 
-from service.db.models import Job, Owner, utcnow
-from service.db.session import make_engine, make_sessionmaker
+from service.db.models import Job
+from service.db.session import make_sessionmaker
 
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class WaitService:
-    base_url: str
-    engine: Engine
-    keys: dict[str, str]
-
-
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WaitService]:
-    data_dir = tmp_path_factory.mktemp("waits")
-    env = service_env(data_dir, LLFC_AUTH="on", LLFC_API_WORKERS="2")
-    run_llfc("migrate", env=env)
-    keys = {owner: create_key(owner, env) for owner in ("alice", "bob")}
-    port = free_port()
-    process = start(["api", "--port", str(port)], env, data_dir / "api.log")
-    base_url = f"http://127.0.0.1:{port}"
-    engine = make_engine(f"sqlite:///{data_dir / 'llfc.db'}")
-    try:
-        wait_ready(base_url, process)
-        yield WaitService(base_url, engine, keys)
-    finally:
-        engine.dispose()
-        process.stop()
+    with wait_service(tmp_path_factory.mktemp("waits"), LLFC_API_WORKERS="2") as started:
+        yield started
 
 
 @pytest.fixture(scope="module")
@@ -76,21 +48,7 @@ _count = iter(range(1_000_000))
 
 
 def _job(service: WaitService, owner: str = "alice", status: str = "running") -> str:
-    with make_sessionmaker(service.engine)() as session:
-        owner_id = session.scalar(select(Owner.id).where(Owner.name == owner))
-        job = Job(
-            id=f"job_wait{next(_count)}",
-            owner_id=owner_id,
-            kind="match",
-            status=status,
-            progress_stage="step 1",
-            progress_fraction=0.1,
-            params={},
-            created_at=utcnow(),
-        )
-        session.add(job)
-        session.commit()
-        return job.id
+    return add_job(service, f"job_wait{next(_count)}", owner, status)
 
 
 def _set_later(service: WaitService, delay: float, job_id: str, **values: Any) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import json
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ def _add_jobs(engine: Engine, count: int) -> list[str]:
                 id=f"job_{index}",
                 owner_id="own_alice",
                 kind="match",
+                queue="cpu",
                 status="running",
                 progress_stage="step 1",
                 progress_fraction=0.1,
@@ -199,7 +201,7 @@ def test_the_event_stream_sends_progress_then_the_finished_job(engine: Engine) -
             (0.8, {"status": "succeeded", "progress_stage": "done", "progress_fraction": 1.0}),
         ):
             loop.call_later(delay, _set, engine, job_id, values)
-        events = job_events(watcher, read_job, _public(engine, job_id), False, 30)
+        events = job_events(watcher, read_job, _public(engine, job_id), False, 30, nullcontext())
         async with asyncio.timeout(5):
             sent = [chunk async for chunk in events]
         await watcher.stop()

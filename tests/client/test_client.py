@@ -427,7 +427,7 @@ def test_follow_reports_every_event_then_returns_the_job_of_the_last() -> None:
     assert isinstance(seen[0], JobProgress) and seen[-1] == finished
 
 
-@pytest.mark.parametrize("stream", ["ends early", "not served"])
+@pytest.mark.parametrize("stream", ["ends early", "not served", "too many waits"])
 def test_follow_goes_on_with_wait_when_the_stream_gives_no_job(
     stream: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -435,6 +435,8 @@ def test_follow_goes_on_with_wait_when_the_stream_gives_no_job(
         if request.url.path.endswith("/events"):
             if stream == "not served":
                 return httpx.Response(404, json={"detail": "Not Found"})
+            if stream == "too many waits":
+                return httpx.Response(429, json={"detail": "Too many"})
             running = {"id": "job_x", "status": "running", "progress": {"fraction": 0.5}}
             return httpx.Response(200, content=_event_stream(("progress", running)))
         return httpx.Response(200, json=_job_json("failed"), headers={"ETag": '"z"'})

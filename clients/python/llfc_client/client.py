@@ -82,6 +82,10 @@ def poll_delay(retry_after: float | None) -> float:
     return min(max(delay, MIN_POLL_S), MAX_POLL_S)
 
 
+_NO_STREAM = (HTTPStatus.NOT_FOUND, HTTPStatus.TOO_MANY_REQUESTS)
+"""Answers to an event stream after which :meth:`Client.follow` goes on with :meth:`Client.wait`."""
+
+
 def _finished(jobs: Mapping[str, Job], job_id: str) -> bool:
     job = jobs.get(job_id)
     return job is not None and job.finished
@@ -555,10 +559,10 @@ class Client:
         try:
             finished = self._follow_events(job_id, deadline, on_progress)
         except (ConnectionFailed, ApiError) as error:
-            if isinstance(error, ApiError) and error.status != HTTPStatus.NOT_FOUND:
+            if isinstance(error, ApiError) and error.status not in _NO_STREAM:
                 raise
-            # A dropped stream, or a service without one; a job that does not exist makes
-            # wait() raise its own 404.
+            # A dropped stream, a service without one, or a key holding its share of streams
+            # already; a job that does not exist makes wait() raise its own 404.
             finished = None
         if finished is not None:
             if on_progress is not None:

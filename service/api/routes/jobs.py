@@ -32,6 +32,7 @@ from service.api.job_waits import (
 from service.api.json_body import json_body, json_body_openapi
 from service.api.pagination import DEFAULT_PAGE_SIZE, CursorQuery, LimitQuery, paginate
 from service.api.problems import ProblemError, problem_responses
+from service.api.wait_slots import WaitSlots, waiter_identity
 from service.broker import publish_job
 from service.core.config import get_settings
 from service.db.models import Job, LayerMetric
@@ -198,12 +199,14 @@ NOT_MODIFIED: dict[int | str, dict[str, Any]] = {
 }
 
 
+def _key(credentials: BearerCredentials) -> str | None:
+    return credentials.credentials if credentials is not None else None
+
+
 def _job_reader(job_id: str, credentials: BearerCredentials) -> ReadJob:
     """The poll's one-statement read of the job (key check included), in the thread pool."""
-    settings = get_settings()
-    key = credentials.credentials if credentials is not None else None
     return functools.partial(
-        run_in_threadpool, read_polled_job, get_engine(), settings, job_id, key
+        run_in_threadpool, read_polled_job, get_engine(), get_settings(), job_id, _key(credentials)
     )
 
 
@@ -218,15 +221,22 @@ async def read_job(
     if_none_match: IfNoneMatch = None,
 ) -> Response:
     """A job's status, progress, result and artifacts, with its `ETag`; `Retry-After` while it
-    is not finished. With `wait`, a long poll: the answer waits for the job's next step."""
+    is not finished. With `wait`, a long poll: the answer waits for the job's next step (or
+    comes at once when the key holds LLFC_MAX_WAITS_PER_KEY waits already)."""
     # The route clients poll: the key check and the read are one statement (service/polls.py),
     # run in one thread-pool call. Every answer is read fresh.
     read = _job_reader(job_id, credentials)
     public, finished = await read()
-    if wait and should_wait(public, finished, if_none_match):
+    slots: WaitSlots = request.app.state.wait_slots
+    identity = waiter_identity(_key(credentials))
+    if wait and should_wait(public, finished, if_none_match) and not slots.full(identity):
         # Held answers have their own latency series, apart from the polls answered at once.
         request.state.metrics_route = f"{router.prefix}/{{job_id}}?wait"
-        if await wait_for_step(request.app.state.job_watcher, request.receive, public, wait):
+        with slots.hold(identity):
+            stepped = await wait_for_step(
+                request.app.state.job_watcher, request.receive, public, wait
+            )
+        if stepped:
             public, finished = await read()
     return job_response(public, finished, if_none_match, get_settings().retry_after_seconds)
 
@@ -239,7 +249,9 @@ async def read_job(
             "content": {"text/event-stream": {}},
             "description": "`progress` events while the job runs, then one `job` event.",
         },
-        **problem_responses(404),
+        **problem_responses(
+            404, 429, s429="The key holds LLFC_MAX_WAITS_PER_KEY waits open already."
+        ),
     },
 )
 async def job_event_stream(
@@ -249,8 +261,25 @@ async def job_event_stream(
     then `job` (the finished job) and the stream ends."""
     read = _job_reader(job_id, credentials)
     public, finished = await read()
+    settings = get_settings()
+    slots: WaitSlots = request.app.state.wait_slots
+    identity = waiter_identity(_key(credentials))
+    if slots.full(identity):
+        raise ProblemError(
+            429,
+            f"This API key holds {slots.max_per_key} long polls and event streams open already "
+            "(LLFC_MAX_WAITS_PER_KEY); close some, or read the job with GET "
+            f"/v1/jobs/{job_id} meanwhile.",
+            type_slug="too-many-waits",
+            headers={"Retry-After": str(settings.retry_after_seconds)},
+        )
     events = job_events(
-        request.app.state.job_watcher, read, public, finished, get_settings().events_max_seconds
+        request.app.state.job_watcher,
+        read,
+        public,
+        finished,
+        settings.events_max_seconds,
+        slots.hold(identity),
     )
     # No-cache and no proxy buffering: each event must reach the client when it is sent.
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
