@@ -28,6 +28,7 @@ from service.checkpoints import job_arch
 from service.core.config import Settings, get_settings
 from service.db.models import Job, JobKind
 from service.db.session import session_scope
+from service.errors import StorageError
 from service.lifecycle import soft_time_limit_sentence
 from service.queue import publish_waiting_jobs
 from service.storage import open_blob_store
@@ -114,6 +115,11 @@ def run_job(job_id: str, redelivered: bool = False) -> None:
             run.cancelled()
     except LLFCError as error:
         logger.info("Job %s failed: %s", job_id, error.message)
+        run.fail(error.message)
+    except StorageError as error:
+        # The blob store's sentence names the bucket and what the operators must do, never a
+        # credential; the user learns the job did not fail for its inputs' sake.
+        logger.exception("Job %s failed: the blob store failed", job_id)
         run.fail(error.message)
     except Exception as error:
         if is_out_of_memory(error):

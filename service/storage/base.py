@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from service.errors import StorageError
 from service.storage.staging import IncomingBlob
 
 _SHA256_HEX = re.compile(r"\A[0-9a-f]{64}\Z")
@@ -35,6 +36,14 @@ def checked_sha256(sha256: str) -> str:
 def blob_key(sha256: str) -> str:
     """A blob's name relative to the store's root: ``<sha[:2]>/<sha256>``."""
     return f"{sha256[:2]}/{checked_sha256(sha256)}"
+
+
+def missing_blob_error(sha256: str, store: str) -> StorageError:
+    """A blob a row names is not in the store: removed outside the service."""
+    return StorageError(
+        f"Blob {sha256} is missing from {store}: it was removed outside the service; the "
+        "operators must restore it (from a backup), or delete what names it."
+    )
 
 
 @dataclass(frozen=True)

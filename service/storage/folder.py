@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from service.storage.base import BlobStore, blob_key
+from service.storage.base import BlobStore, blob_key, missing_blob_error
 
 
 class FolderBlobStore(BlobStore):
@@ -40,10 +40,13 @@ class FolderBlobStore(BlobStore):
         return self.path_for(sha256).read_bytes()
 
     def download(self, sha256: str) -> Path:
-        return self.path_for(sha256)
+        return self.local_path(sha256)
 
     def local_path(self, sha256: str) -> Path:
-        return self.path_for(sha256)
+        path = self.path_for(sha256)
+        if not path.is_file():
+            raise missing_blob_error(sha256, "the blob storage folder")
+        return path
 
     def problem(self) -> str | None:
         if self.staging_problem() is not None:

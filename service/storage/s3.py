@@ -26,7 +26,7 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from service.core.config import S3Location
 from service.errors import StorageError
-from service.storage.base import BlobStore, BlobStream, blob_key
+from service.storage.base import BlobStore, BlobStream, blob_key, missing_blob_error
 from service.storage.cache import BlobCache
 from service.storage.staging import CHUNK_BYTES
 
@@ -149,8 +149,15 @@ class S3BlobStore(BlobStore):
             return bytes(response["Body"].read())
 
     def _open(self, sha256: str) -> tuple[int, Any]:
-        with self._requests("read a blob"):
-            response = self.client.get_object(Bucket=self.location.bucket, Key=self.key(sha256))
+        try:
+            with self._requests("read a blob"):
+                response = self.client.get_object(Bucket=self.location.bucket, Key=self.key(sha256))
+        except StorageError as error:
+            if _is_missing(error):
+                raise missing_blob_error(
+                    sha256, f"the blob store (bucket '{self.location.bucket}')"
+                ) from error.__cause__
+            raise
         return int(response["ContentLength"]), response["Body"]
 
     def _chunks(self, sha256: str) -> Iterator[bytes]:

@@ -20,8 +20,10 @@ from support.api import (
     mlp_state,
     run_job,
     safetensors_file,
+    submit,
     torch_file,
     upload_checkpoint,
+    wait_for_job,
 )
 from support.s3 import MotoS3, moto_s3
 from support.servers import serve
@@ -181,3 +183,27 @@ def test_a_shared_blob_survives_the_first_delete_and_goes_with_the_last(
 
     assert service.bob.delete(f"/v1/checkpoints/{ids[1]}").status_code == 204
     assert key not in service.moto.keys(BLOBS)
+
+
+def test_an_object_removed_behind_the_services_back_is_a_sentence_not_a_500(
+    service: S3Service,
+) -> None:
+    content = safetensors_file(mlp_state(WIDTHS, 5))
+    model = upload_checkpoint(service.alice, content, mlp_arch(WIDTHS)).json()["id"]
+    other = upload_checkpoint(
+        service.alice, safetensors_file(mlp_state(WIDTHS, 6)), mlp_arch(WIDTHS)
+    )
+    sha256 = hashlib.sha256(content).hexdigest()
+    service.moto.client.delete_object(Bucket=service.moto.bucket, Key=_key(sha256))
+
+    download = service.alice.get(f"/v1/checkpoints/{model}/file")
+    assert download.status_code == 503
+    assert download.json()["type"].endswith("/storage-unavailable")
+    assert f"Blob {sha256} is missing" in download.json()["detail"]
+
+    body = {"kind": "match", "model_a": model, "model_b": other.json()["id"], "params": {}}
+    body["dataset"] = "builtin:digits"
+    job = wait_for_job(service.alice, submit(service.alice, body).json()["id"])
+    assert job["status"] == "failed"
+    assert f"Blob {sha256} is missing" in job["error"]
+    assert "credential" not in job["error"].lower()

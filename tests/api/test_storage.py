@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from service.errors import StorageError
 from service.storage import FolderBlobStore, UploadTooLargeError, hash_file
 
 
@@ -51,3 +52,13 @@ def test_blob_paths_are_never_built_from_anything_but_a_hex_digest(tmp_path: Pat
     for name in ("../../etc/passwd", "a" * 63, "A" * 64, "g" * 64):
         with pytest.raises(ValueError):
             store.path_for(name)
+
+
+def test_a_blob_removed_behind_the_stores_back_is_a_storage_error_naming_it(
+    tmp_path: Path,
+) -> None:
+    store = FolderBlobStore(tmp_path)
+    sha256 = hashlib.sha256(b"gone").hexdigest()
+    for read in (store.download, store.local_path):
+        with pytest.raises(StorageError, match=f"Blob {sha256} is missing"):
+            read(sha256)
