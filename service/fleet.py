@@ -108,12 +108,16 @@ def queue_states(
     return {name: QueueState(consumers[name], queued.get(name, 0)) for name in names}
 
 
-def unserved_queues_sentence(states: dict[str, QueueState], settings: Settings) -> str | None:
+def unserved_queues_sentence(
+    states: dict[str, QueueState], settings: Settings, with_counts: bool = True
+) -> str | None:
     """A sentence naming each queue that jobs are routed to or wait in while no live worker
-    consumes it, or None when every such queue has one."""
+    consumes it (with its queued jobs when ``with_counts``), or None when every such queue has
+    one."""
     routed = set(settings.routed_queues)
     unserved = [
-        f"'{name}' ({state.queued} job{'s' if state.queued != 1 else ''} queued)"
+        f"'{name}'"
+        + (f" ({state.queued} job{'s' if state.queued != 1 else ''} queued)" if with_counts else "")
         for name, state in states.items()
         if state.consumers == 0 and (name in routed or state.queued)
     ]

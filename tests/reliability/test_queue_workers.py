@@ -57,7 +57,9 @@ class Fleet:
         return worker
 
     def ready(self) -> dict[str, Any]:
-        answer = httpx.get(f"{self.base_url}/readyz", timeout=30)
+        """/readyz as the scrape token sees it: with the queues' counts."""
+        headers = {"Authorization": f"Bearer {TEST_METRICS_TOKEN}"}
+        answer = httpx.get(f"{self.base_url}/readyz", headers=headers, timeout=30)
         assert answer.status_code == 200, answer.text
         return dict(answer.json())
 
@@ -112,6 +114,10 @@ def test_a_cpu_worker_runs_cpu_jobs_only_and_readyz_names_the_queue_without_a_wo
     assert ready["warning"].startswith(
         "No live worker consumes the queues 'cpu' (0 jobs queued), 'gpu' (0 jobs queued): "
     )
+    # Without the scrape token, no counts of every owner's jobs: the warning names the queues.
+    anonymous = httpx.get(f"{fleet.base_url}/readyz", timeout=30).json()
+    assert anonymous["queues"] is None
+    assert anonymous["warning"].startswith("No live worker consumes the queues 'cpu', 'gpu': ")
 
     cpu_worker = fleet.worker("cpu", LLFC_WORKER_QUEUES="cpu", LLFC_DEVICE="cpu")
     wait_until(lambda: fleet.ready()["queues"]["cpu"]["consumers"] == 1, 30, "a cpu consumer")

@@ -5,8 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import logging
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 from fastapi.responses import JSONResponse, PlainTextResponse
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -62,19 +63,29 @@ def _broker_problem() -> str | None:
     return None
 
 
-def _queues(session: Session, settings: Settings) -> tuple[dict[str, QueueState], str | None]:
+def _queues(
+    session: Session, settings: Settings, with_counts: bool
+) -> tuple[dict[str, QueueState], str | None]:
     """Each queue's live consumers and queued jobs, and a warning naming those without a
     consumer."""
     states = queue_states(session, settings, registered_workers(session), utcnow())
     session.commit()
-    return states, unserved_queues_sentence(states, settings)
+    return states, unserved_queues_sentence(states, settings, with_counts)
+
+
+ScrapeHeader = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
+"""/readyz's optional scrape token, read as a plain header: the route stays public (no security
+scheme in the OpenAPI document), and only the queue counts depend on it."""
 
 
 @router.get("/readyz", responses=problem_responses(503))
-def readyz(store: StoreDep, session: SessionDep, settings: SettingsDep) -> JSONResponse:
+def readyz(
+    store: StoreDep, session: SessionDep, settings: SettingsDep, authorization: ScrapeHeader = None
+) -> JSONResponse:
     """Database (migrated), broker and storage reachable; 503 naming what is not. Also each
     queue's live consumers and queued jobs, with a warning (still 200: the API itself is ready)
-    naming any queue that jobs are routed to or wait in and that no live worker consumes."""
+    naming any queue that jobs are routed to or wait in and that no live worker consumes. With
+    auth on, the counts (every owner's jobs) only for the scrape token, as /metrics."""
     problems = [
         problem
         for problem in (
@@ -88,17 +99,27 @@ def readyz(store: StoreDep, session: SessionDep, settings: SettingsDep) -> JSONR
         return problem_response(
             503, "Not ready: " + "; ".join(problems) + ".", type_slug="not-ready"
         )
-    states, warning = _queues(session, settings)
+    token = authorization.removeprefix("Bearer ").strip() if authorization else None
+    with_counts = not settings.auth or _is_scrape_token(settings, token)
+    states, warning = _queues(session, settings, with_counts)
+    queues = {name: dataclasses.asdict(state) for name, state in states.items()}
     return JSONResponse(
         {
             "status": "ready",
             "database": "ok",
             "broker": "ok",
             "storage": "ok",
-            "queues": {name: dataclasses.asdict(state) for name, state in states.items()},
+            "queues": queues if with_counts else None,
             "warning": warning,
         }
     )
+
+
+def _is_scrape_token(settings: Settings, token: str | None) -> bool:
+    if token is None or settings.metrics_token is None:
+        return False
+    expected = settings.metrics_token.get_secret_value().encode()
+    return hmac.compare_digest(token.encode(), expected)
 
 
 def _check_scrape_token(settings: Settings, credentials: BearerCredentials) -> None:
@@ -121,8 +142,7 @@ def _check_scrape_token(settings: Settings, credentials: BearerCredentials) -> N
             "operator sets LLFC_METRICS_TOKEN to open it to a scraper.",
             type_slug="forbidden",
         )
-    expected = settings.metrics_token.get_secret_value().encode()
-    if not hmac.compare_digest(credentials.credentials.encode(), expected):
+    if not _is_scrape_token(settings, credentials.credentials):
         raise ProblemError(
             401,
             "The scrape token is not valid: send the value of LLFC_METRICS_TOKEN "
