@@ -532,12 +532,35 @@ def worker_compose_text() -> str:
 
 
 @pytest.fixture(scope="module")
-def extra_worker(worker_compose_text: str) -> dict[str, Any]:
-    """The one service of docker-compose.worker.yml, its variables exported."""
+def extra_workers(worker_compose_text: str) -> dict[str, dict[str, Any]]:
+    """The services of docker-compose.worker.yml, its variables exported."""
     document = interpolate_tree(yaml.safe_load(worker_compose_text), WORKER_SAMPLE_ENV)
-    assert set(document["services"]) == {"worker"}
-    service: dict[str, Any] = document["services"]["worker"]
-    return service
+    assert set(document["services"]) == {"worker", "cpu-worker"}
+    services: dict[str, dict[str, Any]] = document["services"]
+    return services
+
+
+@pytest.fixture(scope="module")
+def extra_worker(extra_workers: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The GPU worker, which a plain `up` starts."""
+    return extra_workers["worker"]
+
+
+def test_a_cpu_machine_starts_the_cpu_worker_by_name_without_reserving_a_gpu(
+    extra_workers: dict[str, dict[str, Any]],
+) -> None:
+    """Docker refuses a container reserving a GPU on a host without the NVIDIA toolkit."""
+    gpu, cpu = extra_workers["worker"], extra_workers["cpu-worker"]
+    assert "profiles" not in gpu and cpu["profiles"] == ["cpu"]
+    assert "deploy" not in cpu
+    environment = cpu["environment"]
+    assert (environment["LLFC_DEVICE"], environment["LLFC_WORKER_QUEUES"]) == ("cpu", "cpu")
+    shared = {key: value for key, value in gpu["environment"].items() if key not in environment}
+    assert shared == {}
+    for key in ("LLFC_DATABASE_URL", "LLFC_BROKER_URL", "LLFC_BLOB_URL", "AWS_SECRET_ACCESS_KEY"):
+        assert environment[key] == gpu["environment"][key], key
+    for key in ("command", "image", "volumes", "stop_grace_period"):
+        assert cpu[key] == gpu[key], key
 
 
 def test_worker_compose_file_satisfies_the_compose_spec_schema(
