@@ -42,6 +42,8 @@ from llfc_client.client import (
     LONG_POLL_S,
     MAX_POLL_S,
     MIN_POLL_S,
+    RECONNECT_PAUSE_S,
+    RECONNECT_TRIES,
     poll_delay,
     retry_after_seconds,
     state_dict_bytes,
@@ -448,6 +450,54 @@ def test_follow_goes_on_with_wait_when_the_stream_gives_no_job(
 
 def _refuse_sleep(seconds: float) -> None:
     raise AssertionError(f"slept {seconds} s")
+
+
+def _restarting_service(away_for: int) -> httpx.MockTransport:
+    """A service whose event stream ends early, and that then is away for ``away_for`` reads
+    of the job (an API restart) before it answers with the job finished."""
+    reads = itertools.count()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/events"):
+            running = {"id": "job_x", "status": "running", "progress": {"fraction": 0.5}}
+            return httpx.Response(200, content=_event_stream(("progress", running)))
+        if next(reads) < away_for:
+            raise httpx.ConnectError("Connection refused", request=request)
+        return httpx.Response(200, json=_job_json("succeeded"), headers={"ETag": '"z"'})
+
+    return httpx.MockTransport(answer)
+
+
+def test_follow_and_wait_ask_again_while_a_service_that_answered_restarts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    with Client("http://new.example", transport=_restarting_service(3)) as client:
+        assert client.follow("job_x").status == "succeeded"
+    assert slept == [RECONNECT_PAUSE_S] * 3
+
+
+def test_a_service_away_for_good_or_never_reached_ends_the_wait_with_a_sentence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(client_module.time, "sleep", slept.append)
+    with (
+        Client("http://new.example", transport=_restarting_service(1000)) as client,
+        pytest.raises(ConnectionFailed, match="Could not reach"),
+    ):
+        client.follow("job_x")
+    assert slept == [RECONNECT_PAUSE_S] * RECONNECT_TRIES
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("Connection refused", request=request)
+
+    monkeypatch.setattr(client_module.time, "sleep", _refuse_sleep)
+    with Client("http://new.example", transport=httpx.MockTransport(refuse)) as client:
+        for wait in (client.wait, client.follow):
+            with pytest.raises(ConnectionFailed, match="Could not reach"):
+                wait("job_x")
 
 
 def test_wait_many_reads_only_the_unfinished_jobs_until_all_are_done(

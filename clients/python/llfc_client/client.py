@@ -41,6 +41,10 @@ MAX_IDS_PER_REQUEST = 100
 LONG_POLL_S = 30.0
 """How long one request of :meth:`Client.wait` lets the service hold it (the service allows 60):
 under the idle timeouts of common proxies, which would cut a silent request off."""
+RECONNECT_TRIES = 20
+RECONNECT_PAUSE_S = 3.0
+"""After answering once, a service may be away this many times this long (a minute: an API
+restart or deploy) before :meth:`Client.wait` gives up."""
 DOWNLOAD_CHUNK_BYTES = 1 << 20
 OCTET_STREAM = "application/octet-stream"
 STATE_DICT_FILENAME = "state_dict.safetensors"
@@ -478,18 +482,44 @@ class Client:
         changes, so the end of the job is seen at once and no request is sent in between. A
         service that answers at once instead (one without long polls, which sends no ETag) is
         polled, sleeping for its ``Retry-After`` hint within [MIN_POLL_S, MAX_POLL_S].
-        ``on_progress`` sees the job after every answer. After ``timeout`` seconds it raises
+        ``on_progress`` sees the job after every answer. A service that stops answering after
+        it answered once is asked again every RECONNECT_PAUSE_S seconds, RECONNECT_TRIES times
+        (an API restart), before :class:`ConnectionFailed`. After ``timeout`` seconds it raises
         :class:`JobTimeout`; the job itself keeps running. A failed job is returned, not
         raised: check ``job.status``.
         """
+        return self._wait(job_id, timeout, on_progress, answered_before=False)
+
+    def _wait(
+        self,
+        job_id: str,
+        timeout: float | None,
+        on_progress: Callable[[Job], None] | None,
+        answered_before: bool,
+    ) -> Job:
+        """:meth:`wait`; ``answered_before``: the service answered about this job already (an
+        event stream that broke off), so it is asked again when it is away."""
         deadline = None if timeout is None else time.monotonic() + timeout
         job: Job | None = None
         etag: str | None = None
+        failures = 0
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             wait_s = LONG_POLL_S if remaining is None else max(min(LONG_POLL_S, remaining), 0.0)
             asked_at = time.monotonic()
-            answered, response = self._read_job(job_id, wait_s, etag)
+            try:
+                answered, response = self._read_job(job_id, wait_s, etag)
+            except ConnectionFailed:
+                # The service answered before and went away (a restart, a deploy): the job goes
+                # on, so ask again for a while. A service never reached fails at once.
+                past_deadline = deadline is not None and time.monotonic() >= deadline
+                reached = answered_before or job is not None
+                if not reached or failures >= RECONNECT_TRIES or past_deadline:
+                    raise
+                failures += 1
+                time.sleep(RECONNECT_PAUSE_S)
+                continue
+            failures = 0
             changed = answered is not None and response.headers.get("ETag") != etag
             job = answered or job
             assert job is not None  # the first request sends no If-None-Match: no 304
@@ -556,20 +586,23 @@ class Client:
         four a second), a :class:`JobProgress` or, once, the finished :class:`Job`. When the
         stream breaks, ends early or is not served, it goes on with :meth:`wait`."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        streamed = False
         try:
             finished = self._follow_events(job_id, deadline, on_progress)
+            streamed = True
         except (ConnectionFailed, ApiError) as error:
             if isinstance(error, ApiError) and error.status not in _NO_STREAM:
                 raise
-            # A dropped stream, a service without one, or a key holding its share of streams
-            # already; a job that does not exist makes wait() raise its own 404.
+            # A service without a stream, a key holding its share of streams already, or no
+            # service at all (wait() then says so at once); a job that does not exist makes
+            # wait() raise its own 404.
             finished = None
         if finished is not None:
             if on_progress is not None:
                 on_progress(finished)
             return finished
         remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-        return self.wait(job_id, remaining, on_progress)
+        return self._wait(job_id, remaining, on_progress, answered_before=streamed)
 
     def _follow_events(
         self,
@@ -596,8 +629,9 @@ class Client:
                     on_progress(JobProgress.from_json(json.loads(data)))
                 if deadline is not None and time.monotonic() >= deadline:
                     return None
-        except httpx.TransportError as error:
-            raise ConnectionFailed(self.base_url, f"the event stream broke off: {error}") from error
+        except httpx.TransportError:
+            # The stream broke off (an API restart, a proxy's timeout): wait() goes on.
+            return None
         finally:
             response.close()
         return None
