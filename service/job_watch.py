@@ -79,6 +79,7 @@ class JobWatcher:
         self._tick_seconds = tick_seconds
         self._subscriptions: dict[str, set[Subscription]] = {}
         self._loop_task: asyncio.Task[None] | None = None
+        self._failing = False
 
     @property
     def waiting(self) -> int:
@@ -110,9 +111,17 @@ class JobWatcher:
                 states = await asyncio.to_thread(self._read_states, job_ids)
             except Exception:
                 # A database hiccup: the waiters keep waiting (their own deadlines end them) and
-                # the next tick tries again.
-                logger.exception("Reading the states of %d waited-on jobs failed", len(job_ids))
+                # the next tick tries again. Said once per outage, not twenty times a second.
+                if not self._failing:
+                    logger.exception(
+                        "Reading the states of %d waited-on jobs failed; retrying every tick",
+                        len(job_ids),
+                    )
+                self._failing = True
             else:
+                if self._failing:
+                    logger.warning("Reading the states of waited-on jobs works again")
+                self._failing = False
                 for job_id in job_ids:
                     for subscription in self._subscriptions.get(job_id, ()):
                         subscription.see(states.get(job_id))

@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, update
+from sqlalchemy.exc import OperationalError
 from support.stores import count_statements, migrated_engine
 
 from service.api.job_waits import etag_matches, job_etag, job_events, wait_for_step
 from service.db.models import Job, utcnow
 from service.db.session import make_sessionmaker
-from service.job_watch import JobWatcher
+from service.job_watch import JobState, JobWatcher
 from service.jobs import public_job
 from service.polls import read_job_states
 from service.schemas import JobPublic
@@ -140,6 +142,29 @@ def test_a_wait_ends_at_the_next_step_but_not_at_a_fraction(engine: Engine) -> N
     fraction_only, fraction_s, stepped, step_s = asyncio.run(scenario())
     assert not fraction_only and fraction_s >= 0.4
     assert stepped and 0.1 <= step_s < 0.1 + 10 * TICK_S
+
+
+def test_a_database_outage_is_logged_once_not_at_every_tick(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    [job_id] = _add_jobs(engine, 1)
+    reads = iter(range(1_000_000))
+
+    def read_states(job_ids: Sequence[str]) -> Mapping[str, JobState]:
+        if next(reads) < 20:
+            raise OperationalError("SELECT", {}, ConnectionRefusedError("database down"))
+        return read_job_states(engine, job_ids)
+
+    watcher = JobWatcher(read_states, TICK_S)
+
+    async def scenario() -> None:
+        await wait_for_step(watcher, _never_disconnects, _public(engine, job_id), 30 * TICK_S)
+        await watcher.stop()
+
+    with caplog.at_level(logging.WARNING, logger="service.job_watch"):
+        asyncio.run(scenario())
+    assert [record.levelname for record in caplog.records] == ["ERROR", "WARNING"]
+    assert "retrying every tick" in caplog.records[0].getMessage()
 
 
 def test_a_change_between_the_read_and_the_subscription_is_not_missed(engine: Engine) -> None:
