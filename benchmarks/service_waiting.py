@@ -82,6 +82,7 @@ def _add_jobs(engine: Engine, count: int) -> list[str]:
                 id=f"job_wait_{index:04d}",
                 owner_id=owner_id,
                 kind="match",
+                queue="cpu",
                 status="running",
                 progress_stage="matching",
                 progress_fraction=0.5,
