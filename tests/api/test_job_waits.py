@@ -233,7 +233,10 @@ def test_ids_refuses_too_many_malformed_or_combined_with_filters(
 ) -> None:
     response = alice.get("/v1/jobs", params=params)
     assert response.status_code == 422
-    assert says in response.json()["detail"]
+    problem = response.json()
+    assert says in problem["detail"]
+    # A malformed request field, typed as the others are (docs/API.md, "Errors").
+    assert problem["type"] == "/problems/validation"
 
 
 def test_the_metrics_count_long_polls_apart_from_polls(

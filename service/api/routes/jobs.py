@@ -128,22 +128,25 @@ IdsQuery = Annotated[
 ]
 
 
+def _ids_problem(detail: str) -> ProblemError:
+    """The 422 of a query parameter ``ids`` of the wrong form, typed as every malformed
+    request field is (``validation``)."""
+    return ProblemError(422, detail, type_slug="validation")
+
+
 def _job_ids(ids: str) -> list[str]:
     """The ids of ``?ids=``, each once, in their order; 422 for a malformed or too long list."""
     job_ids = list(dict.fromkeys(part.strip() for part in ids.split(",") if part.strip()))
     if not job_ids:
-        raise ProblemError(
-            422, "The parameter 'ids' names no job; give job ids separated by commas."
-        )
+        raise _ids_problem("The parameter 'ids' names no job; give job ids separated by commas.")
     if len(job_ids) > MAX_IDS:
-        raise ProblemError(
-            422,
-            f"The parameter 'ids' names {len(job_ids)} jobs; ask for at most {MAX_IDS} at once.",
+        raise _ids_problem(
+            f"The parameter 'ids' names {len(job_ids)} jobs; ask for at most {MAX_IDS} at once."
         )
     malformed = [job_id for job_id in job_ids if not re.fullmatch(RESOURCE_ID_PATTERN, job_id)]
     if malformed:
-        raise ProblemError(
-            422, f"{malformed[0][:100]!r} in 'ids' is not a job id (job_... as submitting printed)."
+        raise _ids_problem(
+            f"{malformed[0][:100]!r} in 'ids' is not a job id (job_... as submitting printed)."
         )
     return job_ids
 
@@ -166,10 +169,9 @@ def list_jobs(
             name for name in ("status", "kind", "limit", "cursor") if name in request.query_params
         ]
         if others:
-            raise ProblemError(
-                422,
+            raise _ids_problem(
                 f"The parameter 'ids' reads the jobs it names and takes no {named(others)}; "
-                "send them without it.",
+                "send them without it."
             )
         return JobsPublic(
             items=jobs_public(session, owned_jobs(session, owner.id, _job_ids(ids))),
