@@ -31,7 +31,7 @@ from llfc_core.repair import (
     settle_endpoint,
     variance_ratio,
 )
-from llfc_core.training import evaluate
+from llfc_core.training import evaluate_model
 from llfc_results import Lmc, VarianceRatio
 from llfc_results.analysis import Numbers
 
@@ -83,14 +83,14 @@ def _lmc_under(
     for index, alpha in enumerate(config.alphas):
         stage = reporter.sub(index / len(config.alphas), 1 / len(config.alphas))
         model = _theta(arch, states, endpoints, path_repair, alpha, device, stage.sub(0.0, 0.8))
-        loss, error = evaluate(
-            arch, model.state_dict(), dataset, device=device, batch_size=batch_size
-        )
+        loss, error = evaluate_model(arch, model, dataset, device=device, batch_size=batch_size)
         losses.append(loss)
         errors.append(error)
         stage.report(1.0, f"LMC with repair {mode!r}: alpha={alpha:g}")
-    at_a = evaluate(arch, endpoints[0].state_dict(), dataset, device=device, batch_size=batch_size)
-    at_b = evaluate(arch, endpoints[1].state_dict(), dataset, device=device, batch_size=batch_size)
+    at_a, at_b = (
+        evaluate_model(arch, model, dataset, device=device, batch_size=batch_size)
+        for model in endpoints
+    )
     return Lmc(
         alphas=list(config.alphas),
         loss=losses,
