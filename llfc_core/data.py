@@ -313,20 +313,11 @@ def _is_int(value: object) -> bool:
 
 
 @dataclass(frozen=True)
-class ReshapedDataset:
-    """Another dataset whose examples are reshaped batch by batch (same values, same order);
-    with ``channels`` > 1, each one-channel example is repeated over that many channels (a
-    grayscale image for a model that reads RGB)."""
+class DatasetView:
+    """Another dataset (``base``) whose batches a subclass changes on the way out: its name,
+    size, classes, kind and batch count are the base's."""
 
     base: Dataset
-    input_shape: tuple[int, ...]
-    channels: int = 1
-
-    def _shaped(self, x: torch.Tensor, count: int) -> torch.Tensor:
-        if self.channels == 1:
-            return x.reshape(count, *self.input_shape)
-        single = x.reshape(count, 1, *self.input_shape[1:])
-        return single.expand(count, *self.input_shape).contiguous()
 
     @property
     def name(self) -> str:
@@ -344,6 +335,25 @@ class ReshapedDataset:
     def kind(self) -> DataKind:
         return self.base.kind
 
+    def num_batches(self, batch_size: int) -> int:
+        return self.base.num_batches(batch_size)
+
+
+@dataclass(frozen=True)
+class ReshapedDataset(DatasetView):
+    """Another dataset whose examples are reshaped batch by batch (same values, same order);
+    with ``channels`` > 1, each one-channel example is repeated over that many channels (a
+    grayscale image for a model that reads RGB)."""
+
+    input_shape: tuple[int, ...]
+    channels: int = 1
+
+    def _shaped(self, x: torch.Tensor, count: int) -> torch.Tensor:
+        if self.channels == 1:
+            return x.reshape(count, *self.input_shape)
+        single = x.reshape(count, 1, *self.input_shape[1:])
+        return single.expand(count, *self.input_shape).contiguous()
+
     def limit(self, max_examples: int | None) -> ReshapedDataset:
         return ReshapedDataset(self.base.limit(max_examples), self.input_shape, self.channels)
 
@@ -354,9 +364,6 @@ class ReshapedDataset:
     def shuffled_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         for x, y in self.base.shuffled_batches(batch_size, generator):
             yield self._shaped(x, len(y)), y
-
-    def num_batches(self, batch_size: int) -> int:
-        return self.base.num_batches(batch_size)
 
 
 def fit_to_arch(arch: Architecture, dataset: Dataset) -> Dataset:

@@ -18,8 +18,7 @@ from typing import Literal
 
 import torch
 
-from llfc_core.data import ArrayDataset, Batch, Dataset, ReshapedDataset
-from llfc_core.tasks import DataKind
+from llfc_core.data import ArrayDataset, Batch, Dataset, DatasetView, ReshapedDataset
 
 DEVICE_DATA_FRACTION = 0.25
 """The share of the device's free memory a job's examples may take: the rest is for the models,
@@ -102,31 +101,14 @@ def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 @dataclass(frozen=True)
-class StreamedDataset:
+class StreamedDataset(DatasetView):
     """Another dataset whose batches are copied to ``device`` as they are read."""
 
-    base: Dataset
     device: torch.device
-
-    @property
-    def name(self) -> str:
-        return self.base.name
-
-    @property
-    def num_examples(self) -> int:
-        return self.base.num_examples
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return self.base.input_shape
-
-    @property
-    def num_classes(self) -> int:
-        return self.base.num_classes
-
-    @property
-    def kind(self) -> DataKind:
-        return self.base.kind
 
     def limit(self, max_examples: int | None) -> StreamedDataset:
         return StreamedDataset(self.base.limit(max_examples), self.device)
@@ -142,6 +124,3 @@ class StreamedDataset:
     def shuffled_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[Batch]:
         for batch in self.base.shuffled_batches(batch_size, generator):
             yield self._moved(batch)
-
-    def num_batches(self, batch_size: int) -> int:
-        return self.base.num_batches(batch_size)

@@ -435,6 +435,24 @@ def interpolate_checkpoint(
     )
 
 
+def settle_endpoint(
+    model: nn.Module,
+    arch: Architecture,
+    mode: str,
+    data: Dataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    reporter: Reporter | None = None,
+) -> nn.Module:
+    """``model`` (A or B) as the repair ``mode`` measures it, and as :class:`PathRepair` takes
+    it: under 'reset' its BatchNorm statistics re-estimated on ``data`` like every other point
+    of the path (so A with itself gives a flat path), otherwise as trained."""
+    if mode == "reset" and arch.has_batch_norm:
+        reset_batch_norm(model, data, batch_size=batch_size, device=device, reporter=reporter)
+    return model
+
+
 class PathRepair:
     """The repair of every theta_alpha = alpha A + (1 - alpha) B of one pair, A's and B's
     statistics measured once (``model_a`` and ``model_b`` as they will be measured: already

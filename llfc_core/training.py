@@ -272,7 +272,25 @@ def evaluate(
     batch_size: int = 512,
     reporter: Reporter | None = None,
 ) -> tuple[float, float]:
-    """``(loss, error)`` of the model ``state`` on every example of ``dataset``.
+    """``(loss, error)`` of the model ``state`` on every example of ``dataset``: the arch
+    holding ``state``, measured by :func:`evaluate_model`."""
+    device = device or resolve_device()
+    model = _initial_model(arch, 0, state).to(device)
+    return evaluate_model(
+        arch, model, dataset, device=device, batch_size=batch_size, reporter=reporter
+    )
+
+
+def evaluate_model(
+    arch: Architecture,
+    model: nn.Module,
+    dataset: Dataset,
+    device: torch.device | None = None,
+    batch_size: int = 512,
+    reporter: Reporter | None = None,
+) -> tuple[float, float]:
+    """``(loss, error)`` of ``model`` (built from ``arch``, on ``device``) on every example of
+    ``dataset``; the model is left in eval mode.
 
     ``loss = (1/P) sum_p CE(f_p, y_p)`` and ``error = (1/P) #{p : argmax f_p != y_p}`` over the
     P predictions of the arch's task (:mod:`llfc_core.tasks`): one per example for a
@@ -285,7 +303,6 @@ def evaluate(
     if data.num_examples == 0:
         raise DatasetError(f"The dataset '{data.name}' holds no examples to evaluate on.")
     data = place_dataset(data, device)
-    model = _initial_model(arch, 0, state).to(device)
     model.eval()
     task = arch.task
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)

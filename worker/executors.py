@@ -190,6 +190,15 @@ def run_sweep(context: JobContext) -> Outcome:
     return Outcome(result, sweep_pairs=analyses)
 
 
+def _evaluations(context: JobContext, key: str, data: Dataset) -> dict[str, Dataset]:
+    """``data`` under ``key`` and, when it is a built-in's train split, that built-in's test
+    split under "test": what a merge or train job scores its models on."""
+    evaluations = {key: data}
+    if context.uses_builtin_dataset and context.job.params["split"] == "train":
+        evaluations["test"] = context.load_dataset("test")
+    return evaluations
+
+
 def run_merge(context: JobContext) -> Outcome:
     """Merge the job's models into one checkpoint (``merged``), scored beside its inputs and
     the unmatched average on the data it was merged on, and on a built-in's test split."""
@@ -217,9 +226,7 @@ def run_merge(context: JobContext) -> Outcome:
         reporter=context.reporter.sub(0.0, MERGE_SHARE),
     )
     # Keyed by the split measured on: an upload is used whole as the training data ("train").
-    evaluations = {params["split"]: data}
-    if context.uses_builtin_dataset and params["split"] == "train":
-        evaluations["test"] = context.load_dataset("test")
+    evaluations = _evaluations(context, params["split"], data)
     scores = {}
     for index, (split, evaluation_data) in enumerate(evaluations.items()):
         share = (1.0 - MERGE_SHARE) / len(evaluations)
@@ -256,9 +263,7 @@ def run_train(context: JobContext) -> Outcome:
         device=context.device,
         reporter=context.reporter.sub(0.0, TRAIN_SHARE),
     )
-    evaluations = {"train": dataset}
-    if context.uses_builtin_dataset and params["split"] == "train":
-        evaluations["test"] = context.load_dataset("test")
+    evaluations = _evaluations(context, "train", dataset)
     modes = []
     evaluation = context.reporter.sub(TRAIN_SHARE, 1.0 - TRAIN_SHARE)
     for index, state in enumerate(states):

@@ -66,11 +66,11 @@ from llfc_core.features import (
     watch_features,
     weighted_layer_names,
 )
-from llfc_core.interpolation import interpolate_states, reset_batch_norm
+from llfc_core.interpolation import interpolate_states
 from llfc_core.metrics import relative_squared_distance_from_sums
 from llfc_core.models import load_model
 from llfc_core.progress import Reporter
-from llfc_core.repair import PathRepair
+from llfc_core.repair import PathRepair, settle_endpoint
 from llfc_core.tasks import Task
 from llfc_results import Lemma, Llfc, Lmc, LossError, PairResult
 
@@ -606,16 +606,15 @@ def measure_pair(
     stages = 3 + len(interior)
 
     def built(state: Mapping[str, torch.Tensor], stage_reporter: Reporter) -> nn.Module:
-        model = _prepared(load_model(arch, state, device), device)
-        if mode == "reset" and arch.has_batch_norm:
-            reset_batch_norm(
-                model,
-                bn_data,
-                batch_size=config.batch_size,
-                device=device,
-                reporter=stage_reporter,
-            )
-        return model
+        return settle_endpoint(
+            _prepared(load_model(arch, state, device), device),
+            arch,
+            mode,
+            bn_data,
+            batch_size=config.batch_size,
+            device=device,
+            reporter=stage_reporter,
+        )
 
     endpoints = []
     for index, (label, state) in enumerate((("A", state_a), ("B", state_b))):

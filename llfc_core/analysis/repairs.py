@@ -21,32 +21,19 @@ from llfc_core.analysis.config import AnalysisConfig, alpha_key
 from llfc_core.analysis.pair_metrics import barrier
 from llfc_core.archs.base import Architecture
 from llfc_core.data import Dataset
-from llfc_core.interpolation import interpolate_states, reset_batch_norm
+from llfc_core.interpolation import interpolate_states
 from llfc_core.models import load_model
 from llfc_core.progress import Reporter
-from llfc_core.repair import PathRepair, channel_statistics, default_repair_mode, variance_ratio
-from llfc_core.training import evaluate
+from llfc_core.repair import (
+    PathRepair,
+    channel_statistics,
+    default_repair_mode,
+    settle_endpoint,
+    variance_ratio,
+)
+from llfc_core.training import evaluate_model
 from llfc_results import Lmc, VarianceRatio
 from llfc_results.analysis import Numbers
-
-
-def _endpoint_models(
-    arch: Architecture,
-    states: tuple[Mapping[str, torch.Tensor], Mapping[str, torch.Tensor]],
-    mode: str,
-    bn_data: Dataset,
-    *,
-    batch_size: int,
-    device: torch.device,
-) -> tuple[nn.Module, nn.Module]:
-    """A and B as the repair ``mode`` measures them: re-estimated under 'reset'."""
-    models = []
-    for state in states:
-        model = load_model(arch, state, device)
-        if mode == "reset" and arch.has_batch_norm:
-            reset_batch_norm(model, bn_data, batch_size=batch_size, device=device)
-        models.append(model)
-    return models[0], models[1]
 
 
 def _theta(
@@ -78,21 +65,32 @@ def _lmc_under(
     reporter: Reporter,
 ) -> Lmc:
     batch_size = config.batch_size
-    endpoints = _endpoint_models(arch, states, mode, bn_data, batch_size=batch_size, device=device)
+    model_a, model_b = (
+        settle_endpoint(
+            load_model(arch, state, device),
+            arch,
+            mode,
+            bn_data,
+            batch_size=batch_size,
+            device=device,
+        )
+        for state in states
+    )
+    endpoints = (model_a, model_b)
     path_repair = PathRepair(mode, *endpoints, bn_data, batch_size=batch_size, device=device)
     losses: list[float] = []
     errors: list[float] = []
     for index, alpha in enumerate(config.alphas):
         stage = reporter.sub(index / len(config.alphas), 1 / len(config.alphas))
         model = _theta(arch, states, endpoints, path_repair, alpha, device, stage.sub(0.0, 0.8))
-        loss, error = evaluate(
-            arch, model.state_dict(), dataset, device=device, batch_size=batch_size
-        )
+        loss, error = evaluate_model(arch, model, dataset, device=device, batch_size=batch_size)
         losses.append(loss)
         errors.append(error)
         stage.report(1.0, f"LMC with repair {mode!r}: alpha={alpha:g}")
-    at_a = evaluate(arch, endpoints[0].state_dict(), dataset, device=device, batch_size=batch_size)
-    at_b = evaluate(arch, endpoints[1].state_dict(), dataset, device=device, batch_size=batch_size)
+    at_a, at_b = (
+        evaluate_model(arch, model, dataset, device=device, batch_size=batch_size)
+        for model in endpoints
+    )
     return Lmc(
         alphas=list(config.alphas),
         loss=losses,
