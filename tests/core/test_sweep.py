@@ -102,15 +102,15 @@ def test_a_sweep_builds_and_evaluates_each_batch_norm_model_once(monkeypatch) ->
         return evaluate(*args, **kwargs)
 
     monkeypatch.setattr(llfc_core.analysis, "evaluate", counting_evaluate)
-    reset = llfc_core.analysis.pair_metrics.reset_batch_norm
+    reset = llfc_core.repair.reset_batch_norm
     resets = []
 
     def counting_reset(model, *args, **kwargs):
         resets.append(model)
         return reset(model, *args, **kwargs)
 
-    # Endpoints are re-estimated by the pass, each theta_alpha by the path's repair.
-    monkeypatch.setattr(llfc_core.analysis.pair_metrics, "reset_batch_norm", counting_reset)
+    # Endpoints are re-estimated by settle_endpoint, each theta_alpha by the path's repair:
+    # both in llfc_core.repair.
     monkeypatch.setattr(llfc_core.repair, "reset_batch_norm", counting_reset)
     config = AnalysisConfig(alphas=(0.0, 0.5, 1.0), llfc_alphas=(0.5,))
     analyze_sweep(arch, states, digits("test").limit(64), config, device=CPU)
